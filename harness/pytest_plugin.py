@@ -1,1 +1,301 @@
-"""pytest plugin (placeholder, being written)."""
+"""The harness's pytest plugin: options, the ``evidence`` fixture, references and the table.
+
+A claim check is a test marked ``@pytest.mark.claim(CLAIM)`` that takes the ``evidence``
+fixture. After the test body, the plugin compares the evidence with the stored reference (or
+stores it, with ``--regen-references``), and at the end prints one row per claim and writes
+``results/<run>/claims.csv``, ``claims.json`` and ``report.md``. Heavy imports stay lazy so
+the plugin costs nothing in runs that have no claims.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.claim import Claim, Evidence
+
+EVIDENCE = pytest.StashKey["Evidence"]()
+STARTED = pytest.StashKey[float]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    g = parser.getgroup("harness", "claims harness")
+    g.addoption("--profile", choices=["smoke", "full", "auto"], default="auto",
+                help="experiment scale: smoke (2-core CPU), full (one GPU, CIFAR), "
+                     "auto = full with CUDA else smoke (default)")
+    g.addoption("--device", choices=["cpu", "cuda", "auto"], default="auto",
+                help="where to run (default auto: cuda when available)")
+    g.addoption("--dry-run", action="store_true",
+                help="run every cell of the profile for one step on tiny inputs, on the CPU")
+    g.addoption("--regen-references", action="store_true",
+                help="store this run's measurements as the references (atomic, shows changes)")
+    g.addoption("--strict-references", action="store_true",
+                help="fail a claim that has no stored reference for this device class")
+    g.addoption("--claim", action="append", default=[], metavar="ID",
+                help="run only claims whose ID matches this glob (repeatable)")
+    g.addoption("--results-dir", default="results", help="where run folders are written")
+    g.addoption("--references-dir", default=None,
+                help="reference store root (default: the repo's reference_results/)")
+    g.addoption("--data-root", default=None,
+                help="directory with CIFAR in torchvision's format (else $CLAIMS_DATA)")
+    g.addoption("--no-cache", action="store_true",
+                help="recompute training runs instead of reusing cached records")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "claim(spec): an executable check of one published claim")
+    config.stash[RUN] = RunState(config)
+
+
+@dataclass
+class RunState:
+    """Per-session state, resolved lazily so plain unit-test runs never import torch here."""
+
+    config: pytest.Config
+    rows: list[Any] = field(default_factory=list)
+    regen_log: list[str] = field(default_factory=list)
+    _profile: Any = None
+    _run_dir: Path | None = None
+    _env: dict[str, Any] | None = None
+
+    @property
+    def profile(self):
+        if self._profile is None:
+            from harness.profiles import Profile, UsageError, resolve_device, resolve_profile
+
+            opt = self.config.option
+            try:
+                name = resolve_profile(opt.profile)
+                device = "cpu" if opt.dry_run else resolve_device(opt.device)
+            except UsageError as e:
+                raise pytest.UsageError(str(e)) from None
+            self._profile = Profile(name, device, dry_run=opt.dry_run)
+        return self._profile
+
+    @property
+    def run_dir(self) -> Path:
+        if self._run_dir is None:
+            p = self.profile
+            stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+            tag = f"{stamp}-{p.name}{'-dry' if p.dry_run else ''}-{p.device_class}"
+            self._run_dir = Path(self.config.option.results_dir).resolve() / tag
+        return self._run_dir
+
+    @property
+    def references_root(self) -> Path:
+        from harness.references import DEFAULT_ROOT
+
+        return Path(self.config.option.references_dir or DEFAULT_ROOT)
+
+    @property
+    def environment(self) -> dict[str, Any]:
+        if self._env is None:
+            from harness.environment import capture
+
+            self._env = capture(self.profile.device)
+        return self._env
+
+
+RUN = pytest.StashKey[RunState]()
+
+
+def claim_of(item: pytest.Item) -> Claim | None:
+    marker = item.get_closest_marker("claim")
+    if marker is None:
+        return None
+    if not marker.args or not isinstance(marker.args[0], Claim):
+        raise pytest.UsageError(f"{item.nodeid}: use @pytest.mark.claim(<Claim>)")
+    return marker.args[0]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    patterns = config.option.claim
+    if not patterns:
+        return
+    known = sorted({c.id for c in map(claim_of, items) if c is not None})
+    for pattern in patterns:
+        if not any(fnmatch.fnmatch(cid, pattern) for cid in known):
+            raise pytest.UsageError(
+                f"unknown claim {pattern!r}; known claims: {', '.join(known) or '(none collected)'}"
+            )
+    keep, drop = [], []
+    for item in items:
+        c = claim_of(item)
+        matched = c is not None and any(fnmatch.fnmatch(c.id, p) for p in patterns)
+        (keep if matched else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+@pytest.fixture
+def profile(request: pytest.FixtureRequest):
+    """The ``Profile`` of this run (name, device, dry_run); ``profile.pick(CONFIGS)``."""
+    return request.config.stash[RUN].profile
+
+
+@pytest.fixture
+def data_root(request: pytest.FixtureRequest) -> Path | None:
+    from harness.data import resolve_data_root
+
+    return resolve_data_root(request.config.option.data_root)
+
+
+@pytest.fixture
+def use_cache(request: pytest.FixtureRequest) -> bool:
+    return not request.config.option.no_cache
+
+
+@pytest.fixture
+def evidence(request: pytest.FixtureRequest) -> Evidence:
+    """The recorder of a claim check; the plugin checks it against the reference afterwards."""
+    claim = claim_of(request.node)
+    if claim is None:
+        raise pytest.UsageError(f"{request.node.nodeid} uses `evidence` without a claim marker")
+    import torch
+
+    state = request.config.stash[RUN]
+    torch.manual_seed(0)  # checks seed themselves; this only pins anything they forget
+    ev = Evidence(claim, state.profile.device, state.run_dir / claim.id)
+    request.node.stash[EVIDENCE] = ev
+    return ev
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    item.stash[STARTED] = time.perf_counter()
+    try:
+        result = yield
+    except BaseException as e:
+        if type(e).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError
+            _free_cuda()
+            raise pytest.fail.Exception(
+                f"out of GPU memory in {item.nodeid}: {str(e).splitlines()[0]}. The other claims "
+                "still run; use a GPU with more memory or a smaller profile."
+            ) from None
+        raise
+    ev = item.stash.get(EVIDENCE, None)
+    if ev is not None:
+        _settle_reference(item, ev)
+    return result
+
+
+def _settle_reference(item: pytest.Item, ev: Evidence) -> None:
+    """Compare with, or regenerate, the reference; fail the test on a regression."""
+    from harness import references as refs
+
+    __tracebackhide__ = True
+    state = item.config.stash[RUN]
+    p = state.profile
+    if ev.verdict is None:
+        raise AssertionError(f"{ev.claim.id}: the check recorded no verdict")
+    path = refs.reference_path(state.references_root, p.name, p.device_class, ev.claim.id)
+    if p.dry_run:
+        comparison = refs.Comparison("DRY_RUN")
+    elif item.config.option.regen_references:
+        record = refs.reference_record(ev, p.name, state.environment)
+        changes = refs.write_reference(path, record)
+        state.regen_log.append(f"{path}:")
+        state.regen_log += [f"  {c}" for c in changes] or ["  (unchanged)"]
+        comparison = refs.Comparison("REGENERATED", path=path)
+    elif not path.exists():
+        cmd = refs.regen_command(p.name, p.device, ev.claim.id)
+        comparison = refs.Comparison("NO_REFERENCE", (f"no reference at {path}; store one: {cmd}",))
+    else:
+        try:
+            comparison = refs.compare(ev, refs.load_reference(path))
+        except refs.ReferenceError as e:
+            comparison = refs.Comparison("BAD_REFERENCE", (str(e),), path)
+    item.stash[COMPARISON] = comparison
+    if comparison.status in ("REGRESSED", "BAD_REFERENCE"):
+        obtained = state.run_dir / f"{ev.claim.id}.obtained.json"
+        obtained.parent.mkdir(parents=True, exist_ok=True)
+        import json
+
+        obtained.write_text(json.dumps(refs.reference_record(ev, p.name, state.environment),
+                                       indent=2) + "\n")
+        raise AssertionError(
+            f"{ev.claim.id} {comparison.status.lower().replace('_', ' ')} against {path}:\n  "
+            + "\n  ".join(comparison.problems)
+            + f"\n(this run's record: {obtained}; if the change is intended: "
+            + refs.regen_command(p.name, p.device, ev.claim.id) + ")"
+        )
+    if comparison.status == "NO_REFERENCE" and item.config.option.strict_references:
+        raise AssertionError(comparison.problems[0])
+
+
+COMPARISON = pytest.StashKey[Any]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = yield
+    claim = claim_of(item)
+    if claim is None:
+        return report
+    state = item.config.stash[RUN]
+    from harness import reporting
+
+    seconds = time.perf_counter() - item.stash.get(STARTED, time.perf_counter())
+    if report.when == "call":
+        ev = item.stash.get(EVIDENCE, None)
+        comparison = item.stash.get(COMPARISON, None)
+        if report.skipped:
+            row = reporting.error_row(claim.id, claim.statement, _short(report), "SKIPPED", 0.0)
+        elif ev is not None and ev.verdict is not None and comparison is not None:
+            row = reporting.row_from(ev, comparison, seconds)
+        else:
+            row = reporting.error_row(claim.id, claim.statement, _short(report), "ERROR", seconds)
+        state.rows.append(row)
+    elif report.when == "setup" and (report.skipped or report.failed):
+        status = "SKIPPED" if report.skipped else "ERROR"
+        state.rows.append(reporting.error_row(claim.id, claim.statement, _short(report), status, 0.0))
+    return report
+
+
+def _short(report: pytest.TestReport) -> str:
+    if report.skipped and isinstance(report.longrepr, tuple):
+        return str(report.longrepr[2]).removeprefix("Skipped: ")
+    text = str(report.longrepr or "")
+    lines = [ln for ln in text.splitlines() if ln.startswith("E ")] or text.splitlines()[-1:]
+    return " ".join(ln[1:].strip() for ln in lines[:6])[:600]
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    state = config.stash.get(RUN, None)
+    if state is None or not state.rows:
+        return
+    from harness import reporting
+
+    tr = terminalreporter
+    p = state.profile
+    tr.section(f"claims: profile {p.name}{' (dry run)' if p.dry_run else ''} on {p.device_class}")
+    tr.write_line(reporting.terminal_table(state.rows, width=tr._tw.fullwidth))
+    context = {
+        "profile": p.name,
+        "dry_run": p.dry_run,
+        "device_class": p.device_class,
+        "environment": state.environment,
+        "seeds": {r.claim: r.seeds for r in state.rows},
+    }
+    reporting.write_results(state.run_dir, state.rows, context)
+    tr.write_line(f"\nresults: {state.run_dir}/claims.csv, claims.json, report.md")
+    if state.regen_log:
+        tr.section("references regenerated (old -> new)")
+        for line in state.regen_log:
+            tr.write_line(line)
+
+
+def _free_cuda() -> None:
+    try:
+        import torch
+
+        torch.cuda.empty_cache()
+    except Exception:  # noqa: BLE001 - best effort after an OOM
+        pass

@@ -1,0 +1,207 @@
+"""What a claim is, what a check measures, and how its verdict is recorded.
+
+A claim file in ``claims/`` declares a ``Claim`` as data next to its test and marks the test
+with ``@pytest.mark.claim(CLAIM)``. The test receives an ``Evidence`` recorder (a fixture of the
+harness plugin), measures with the harness, records metrics with their tolerances, and decides
+the verdict. The plugin compares the evidence with the stored reference and renders the table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+SCOPES = ("any", "gpu")
+DIRECTIONS = ("two-sided", "higher-is-better", "lower-is-better")
+
+
+class Verdict(str, Enum):
+    REPRODUCED = "REPRODUCED"
+    NOT_REPRODUCED = "NOT_REPRODUCED"
+    OUT_OF_SCOPE = "OUT_OF_SCOPE"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A published claim, declared as data beside the check that tests it."""
+
+    id: str
+    statement: str
+    source: str  # paper, figure or table
+    scope: str = "any"  # "any" device, or "gpu": elsewhere the verdict is OUT_OF_SCOPE
+    paper: dict[str, str] = field(default_factory=dict)  # the paper's figures, as quoted
+
+    def __post_init__(self) -> None:
+        if self.scope not in SCOPES:
+            raise ValueError(f"claim {self.id}: scope {self.scope!r} not in {SCOPES}")
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How far a metric may move from its reference, and why that much.
+
+    The band half-width is ``max(abs, rel * |reference|)``. A one-sided metric (a speed or an
+    accuracy that may only improve) fails only when it moves the wrong way.
+    """
+
+    why: str  # what noise the band covers and how it was measured
+    abs: float = 0.0
+    rel: float = 0.0
+    direction: str = "two-sided"
+
+    def __post_init__(self) -> None:
+        if self.direction not in DIRECTIONS:
+            raise ValueError(f"direction {self.direction!r} not in {DIRECTIONS}")
+        if self.abs < 0 or self.rel < 0:
+            raise ValueError("tolerances are non-negative")
+        if not self.why.strip():
+            raise ValueError("every tolerance needs a justification")
+
+    def half_width(self, reference: float) -> float:
+        return max(self.abs, self.rel * abs(reference))
+
+    def violation(self, name: str, value: float | None, reference: float | None) -> str | None:
+        """A message when ``value`` leaves the band around ``reference``, else None."""
+        if value is None or reference is None:
+            if value is None and reference is None:
+                return None  # both non-finite, e.g. a run that diverged both times
+            return f"{name}: {_fmt(value)} but reference {_fmt(reference)}"
+        tol = self.half_width(reference)
+        lo, hi = reference - tol, reference + tol
+        too_low = value < lo and self.direction != "lower-is-better"
+        too_high = value > hi and self.direction != "higher-is-better"
+        if too_low or too_high:
+            return (
+                f"{name}: measured {_fmt(value)} outside [{_fmt(lo)}, {_fmt(hi)}] "
+                f"(reference {_fmt(reference)}, tolerance ±{_fmt(tol)}, {self.direction})"
+            )
+        return None
+
+
+EXACT = Tolerance(why="an exact count: deterministic integer arithmetic, no noise")
+
+
+@dataclass(frozen=True)
+class Measurement:
+    name: str
+    value: float | None  # None when not finite (NaN/inf: e.g. a diverged run)
+    tolerance: Tolerance
+    paper: str | None = None  # the paper's figure for the same quantity, if any
+    unit: str = ""
+    key: bool = False  # shown in the terminal table
+
+    def shown(self) -> str:
+        text = f"{self.name}={_fmt(self.value)}{self.unit}"
+        return text + (f" (paper {self.paper})" if self.paper else "")
+
+
+class Evidence:
+    """Collects what one claim check measured, and its verdict."""
+
+    def __init__(self, claim: Claim, device: str, artifacts_dir: Path | None = None) -> None:
+        self.claim = claim
+        self.device = device
+        self.artifacts_dir = artifacts_dir
+        self.measurements: dict[str, Measurement] = {}
+        self.verdict: Verdict | None = None
+        self.reason = ""
+        self.config: dict[str, Any] = {}
+        self.seeds: list[int] = []
+        self.notes: list[str] = []
+        self.artifacts: list[Path] = []
+
+    def metric(
+        self,
+        name: str,
+        value: float,
+        tol: Tolerance,
+        *,
+        paper: str | None = None,
+        unit: str = "",
+        key: bool = False,
+    ) -> float:
+        """Record a measured number, guarded by ``tol`` against the reference."""
+        if name in self.measurements:
+            raise ValueError(f"{self.claim.id}: metric {name!r} recorded twice")
+        v = float(value)
+        stored = v if math.isfinite(v) else None
+        self.measurements[name] = Measurement(name, stored, tol, paper, unit, key)
+        return v
+
+    def record_config(self, config: Any, seeds: list[int] | tuple[int, ...] = ()) -> None:
+        self.config = to_jsonable(config)
+        self.seeds = list(seeds)
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+    def decide(self, holds: bool, reason: str) -> Verdict:
+        """Set the verdict from what was measured; outside the claim's scope it is OUT_OF_SCOPE."""
+        if self.claim.scope == "gpu" and self.device != "cuda":
+            self.verdict = Verdict.OUT_OF_SCOPE
+            claim_would = "holds" if holds else "fails"
+            self.reason = f"GPU-scoped, measured on {self.device} (here it {claim_would}: {reason})"
+        else:
+            self.verdict = Verdict.REPRODUCED if holds else Verdict.NOT_REPRODUCED
+            self.reason = reason
+        return self.verdict
+
+    def artifact_path(self, filename: str) -> Path | None:
+        """Where to save a file of evidence (a plot, a table); None when no results dir."""
+        if self.artifacts_dir is None:
+            return None
+        self.artifacts_dir.mkdir(parents=True, exist_ok=True)
+        path = self.artifacts_dir / filename
+        self.artifacts.append(path)
+        return path
+
+    def table(self, filename: str, frame: Any) -> None:
+        """Save a pandas DataFrame as CSV beside the results."""
+        path = self.artifact_path(filename)
+        if path is not None:
+            frame.to_csv(path, index=False)
+
+    def figure(self, filename: str, fig: Any) -> None:
+        """Save a matplotlib figure beside the results, then close it."""
+        path = self.artifact_path(filename)
+        if path is not None:
+            fig.savefig(path, dpi=120, bbox_inches="tight")
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+
+    def key_numbers(self) -> str:
+        shown = [m for m in self.measurements.values() if m.key] or list(self.measurements.values())[:3]
+        return "; ".join(m.shown() for m in shown)
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Dataclasses, tuples, paths and numpy scalars to plain JSON values."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if hasattr(obj, "item") and callable(obj.item):
+        return to_jsonable(obj.item())
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return json.loads(json.dumps(obj, default=str))
+
+
+def _fmt(x: float | None) -> str:
+    if x is None:
+        return "nan"
+    if float(x).is_integer() and abs(x) < 1e15:
+        return f"{int(x):,}"
+    return f"{x:.4g}"

@@ -1,0 +1,87 @@
+"""Profiles and devices: which scale of an experiment runs, and where.
+
+- ``smoke``: a 2-core CPU, each claim in about a minute and a half, on generated data.
+- ``full``: one GPU at CIFAR scale, the whole suite in about 30 minutes on an H100.
+- ``auto``: ``full`` when CUDA is available, else ``smoke``.
+
+A claim keeps one config per profile, as data; ``Profile.pick`` chooses it, and a dry run
+shrinks it to one step on tiny inputs so the full profile's cells run in CI without a GPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+PROFILES = ("smoke", "full")
+DEVICES = ("cpu", "cuda")
+
+
+class UsageError(ValueError):
+    """Bad input from the user (unknown profile, device, claim...)."""
+
+
+class Shrinkable(Protocol):
+    def dry_run(self) -> Any: ...
+
+
+C = TypeVar("C")
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def resolve_profile(name: str, *, cuda: bool | None = None) -> str:
+    """``smoke``/``full`` as given; ``auto`` picks ``full`` with CUDA, ``smoke`` without."""
+    if name == "auto":
+        return "full" if (cuda_available() if cuda is None else cuda) else "smoke"
+    if name not in PROFILES:
+        raise UsageError(f"unknown profile {name!r}; choose one of: {', '.join(PROFILES)}, auto")
+    return name
+
+
+def resolve_device(name: str, *, cuda: bool | None = None) -> str:
+    """``cpu``/``cuda`` as given (``cuda`` must exist); ``auto`` prefers CUDA."""
+    has_cuda = cuda_available() if cuda is None else cuda
+    if name == "auto":
+        return "cuda" if has_cuda else "cpu"
+    if name not in DEVICES:
+        raise UsageError(f"unknown device {name!r}; choose one of: {', '.join(DEVICES)}, auto")
+    if name == "cuda" and not has_cuda:
+        raise UsageError("--device cuda was asked for, but torch sees no CUDA device")
+    return name
+
+
+@dataclass(frozen=True)
+class Profile:
+    """The profile a run uses: its name, the device, and whether it is a dry run."""
+
+    name: str
+    device: str
+    dry_run: bool = False
+
+    def pick(self, configs: Mapping[str, C]) -> C:
+        """This profile's config from ``{"smoke": ..., "full": ...}``; shrunk on a dry run."""
+        try:
+            config = configs[self.name]
+        except KeyError:
+            raise UsageError(f"this claim defines no {self.name!r} profile") from None
+        return config.dry_run() if self.dry_run else config  # type: ignore[attr-defined]
+
+    @property
+    def device_class(self) -> str:
+        """``cpu`` or ``cuda-<device name>``: the key under which references are stored."""
+        return device_class(self.device)
+
+
+def device_class(device: str) -> str:
+    if device == "cpu":
+        return "cpu"
+    import torch
+
+    name = torch.cuda.get_device_name(0)
+    return "cuda-" + "".join(ch if ch.isalnum() else "-" for ch in name).strip("-").lower()

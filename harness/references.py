@@ -1,0 +1,189 @@
+"""The reference store: what each claim measured when its reference was last regenerated.
+
+Layout: ``reference_results/<profile>/<device class>/<claim id>.json``, one file per claim.
+A check fails when a metric leaves its tolerance band or the verdict differs from the stored one.
+Only ``write_reference`` (called by ``--regen-references``) ever writes there, atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from harness.claim import Evidence, Tolerance, _fmt
+
+SCHEMA_VERSION = 1
+DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "reference_results"
+
+
+class ReferenceError(Exception):
+    """A reference file that cannot be used: corrupt, unknown schema or malformed."""
+
+
+@dataclass(frozen=True)
+class StoredMetric:
+    value: float | None
+    tolerance: Tolerance
+
+
+@dataclass(frozen=True)
+class Reference:
+    path: Path
+    claim: str
+    verdict: str
+    metrics: dict[str, StoredMetric]
+    raw: dict[str, Any] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """How a run compares with its reference: PASS, REGRESSED or NO_REFERENCE."""
+
+    status: str
+    problems: tuple[str, ...] = ()
+    path: Path | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "REGRESSED"
+
+
+def reference_path(root: Path, profile: str, device_class: str, claim_id: str) -> Path:
+    return Path(root) / profile / device_class / f"{claim_id}.json"
+
+
+def regen_command(profile: str, device: str, claim_id: str) -> str:
+    """The exact command that stores (or refreshes) one claim's reference."""
+    return f"nox -s regen -- --profile {profile} --device {device} --claim {claim_id}"
+
+
+def load_reference(path: Path) -> Reference:
+    """Read and validate one reference file; every failure names the file."""
+    try:
+        raw = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise ReferenceError(f"corrupt reference file {path}: {e}") from None
+    except OSError as e:
+        raise ReferenceError(f"cannot read reference file {path}: {e}") from None
+    if not isinstance(raw, dict):
+        raise ReferenceError(f"reference file {path}: expected a JSON object")
+    schema = raw.get("schema")
+    if schema != SCHEMA_VERSION:
+        raise ReferenceError(
+            f"reference file {path} has schema {schema!r}; this harness reads schema "
+            f"{SCHEMA_VERSION}. Regenerate it deliberately with --regen-references."
+        )
+    try:
+        metrics = {
+            name: StoredMetric(
+                value=None if m["value"] is None else float(m["value"]),
+                tolerance=Tolerance(
+                    why=m["justification"],
+                    abs=float(m.get("abs_tol", 0.0)),
+                    rel=float(m.get("rel_tol", 0.0)),
+                    direction=m.get("direction", "two-sided"),
+                ),
+            )
+            for name, m in raw["metrics"].items()
+        }
+        return Reference(Path(path), raw["claim"], raw["verdict"], metrics, raw)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ReferenceError(f"malformed reference file {path}: {type(e).__name__}: {e}") from None
+
+
+def compare(evidence: Evidence, reference: Reference) -> Comparison:
+    """Every metric inside its stored band, and the same verdict, or the list of what moved."""
+    problems: list[str] = []
+    verdict = evidence.verdict.value if evidence.verdict else None
+    if verdict != reference.verdict:
+        problems.append(f"verdict: {verdict} but reference {reference.verdict}")
+    for name, stored in reference.metrics.items():
+        m = evidence.measurements.get(name)
+        if m is None:
+            problems.append(f"{name}: in the reference but not measured")
+            continue
+        msg = stored.tolerance.violation(name, m.value, stored.value)
+        if msg:
+            problems.append(msg)
+    for name in evidence.measurements.keys() - reference.metrics.keys():
+        problems.append(f"{name}: measured but not in the reference (regenerate to add it)")
+    status = "REGRESSED" if problems else "PASS"
+    return Comparison(status, tuple(problems), reference.path)
+
+
+def reference_record(evidence: Evidence, profile: str, env: dict[str, Any]) -> dict[str, Any]:
+    """The JSON document stored for a claim's evidence."""
+    return {
+        "schema": SCHEMA_VERSION,
+        "claim": evidence.claim.id,
+        "statement": evidence.claim.statement,
+        "profile": profile,
+        "verdict": evidence.verdict.value if evidence.verdict else None,
+        "reason": evidence.reason,
+        "metrics": {
+            m.name: {
+                "value": m.value,
+                "abs_tol": m.tolerance.abs,
+                "rel_tol": m.tolerance.rel,
+                "direction": m.tolerance.direction,
+                "justification": m.tolerance.why,
+                "unit": m.unit,
+                "paper": m.paper,
+            }
+            for m in evidence.measurements.values()
+        },
+        "config": evidence.config,
+        "seeds": evidence.seeds,
+        "environment": env,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def write_reference(path: Path, record: dict[str, Any]) -> list[str]:
+    """Atomically replace ``path`` with ``record``; return old-vs-new lines for every metric."""
+    path = Path(path)
+    old: dict[str, Any] = {}
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            old = {}  # a corrupt file is being replaced on purpose
+    changes = _describe_changes(old, record)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f, indent=2, sort_keys=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return changes
+
+
+def _describe_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    lines = []
+    if old.get("verdict") != new.get("verdict"):
+        lines.append(f"verdict: {old.get('verdict', '(none)')} -> {new.get('verdict')}")
+    old_m, new_m = old.get("metrics", {}), new.get("metrics", {})
+    for name in list(new_m) + [n for n in old_m if n not in new_m]:
+        before = old_m.get(name, {}).get("value", "(absent)") if name in old_m else "(absent)"
+        after = new_m[name]["value"] if name in new_m else "(removed)"
+        lines.append(f"{name}: {_show(before)} -> {_show(after)}")
+        if name in old_m and name in new_m:
+            for key in ("abs_tol", "rel_tol", "direction"):
+                if old_m[name].get(key) != new_m[name].get(key):
+                    lines.append(f"  {key}: {old_m[name].get(key)} -> {new_m[name].get(key)}")
+    return lines
+
+
+def _show(x: Any) -> str:
+    return _fmt(x) if isinstance(x, (int, float)) or x is None else str(x)

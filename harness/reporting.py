@@ -1,0 +1,132 @@
+"""Results as a pandas table, a terminal table and a readable Markdown report."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from harness.claim import Evidence, to_jsonable
+from harness.references import Comparison
+
+
+@dataclass
+class ClaimRow:
+    """One claim's outcome in a run."""
+
+    claim: str
+    verdict: str
+    reason: str
+    measured: str
+    paper: str
+    reference: str
+    problems: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    metrics: dict[str, Any] = field(default_factory=dict)
+    artifacts: list[str] = field(default_factory=list)
+    statement: str = ""
+    source: str = ""
+    seeds: list[int] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+def row_from(evidence: Evidence, comparison: Comparison, seconds: float) -> ClaimRow:
+    claim = evidence.claim
+    return ClaimRow(
+        claim=claim.id,
+        verdict=evidence.verdict.value if evidence.verdict else "NO_VERDICT",
+        reason=evidence.reason,
+        measured=evidence.key_numbers(),
+        paper="; ".join(f"{k}: {v}" for k, v in claim.paper.items()),
+        reference=comparison.status,
+        problems=list(comparison.problems),
+        seconds=round(seconds, 2),
+        metrics={k: m.value for k, m in evidence.measurements.items()},
+        artifacts=[str(p) for p in evidence.artifacts],
+        statement=claim.statement,
+        source=claim.source,
+        seeds=list(evidence.seeds),
+        config=evidence.config,
+    )
+
+
+def error_row(claim_id: str, statement: str, reason: str, status: str, seconds: float) -> ClaimRow:
+    """A claim whose check errored or was skipped: no verdict, and why."""
+    return ClaimRow(claim_id, status, reason, "", "", status, seconds=round(seconds, 2),
+                    statement=statement)
+
+
+def to_frame(rows: list[ClaimRow]) -> pd.DataFrame:
+    columns = ["claim", "verdict", "reason", "measured", "paper", "reference", "problems", "seconds"]
+    return pd.DataFrame([{c: getattr(r, c) for c in columns} for r in rows], columns=columns)
+
+
+def terminal_table(rows: list[ClaimRow], width: int = 120) -> str:
+    """A fixed-width table: one block per claim, measured numbers beside the paper's."""
+    if not rows:
+        return "no claims ran"
+    id_w = max(len(r.claim) for r in rows)
+    verdict_w = max(len(r.verdict) for r in rows)
+    ref_w = max(len(r.reference) for r in rows)
+    head = f"{'claim':<{id_w}}  {'verdict':<{verdict_w}}  {'reference':<{ref_w}}  evidence"
+    lines = [head, "-" * min(width, max(len(head), 80))]
+    indent = " " * (id_w + verdict_w + ref_w + 6)
+    body_w = max(40, width - len(indent))
+    for r in rows:
+        details = [f"why: {r.reason}"] if r.reason else []
+        if r.measured:
+            details.append(f"measured: {r.measured}")
+        if r.paper:
+            details.append(f"paper: {r.paper}")
+        details += [f"! {p}" for p in r.problems]
+        wrapped = [w for d in details for w in textwrap.wrap(d, body_w, subsequent_indent="  ")]
+        first = wrapped[0] if wrapped else ""
+        lines.append(f"{r.claim:<{id_w}}  {r.verdict:<{verdict_w}}  {r.reference:<{ref_w}}  {first}")
+        lines += [indent + w for w in wrapped[1:]]
+    return "\n".join(lines)
+
+
+def write_results(run_dir: Path, rows: list[ClaimRow], context: dict[str, Any]) -> pd.DataFrame:
+    """``claims.csv``, ``claims.json`` and ``report.md`` in ``run_dir``; returns the frame."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    frame = to_frame(rows)
+    frame.to_csv(run_dir / "claims.csv", index=False)
+    doc = {**to_jsonable(context), "claims": [to_jsonable(r) for r in rows]}
+    (run_dir / "claims.json").write_text(json.dumps(doc, indent=2) + "\n")
+    (run_dir / "report.md").write_text(markdown_report(rows, context, run_dir))
+    return frame
+
+
+def markdown_report(rows: list[ClaimRow], context: dict[str, Any], run_dir: Path) -> str:
+    env = context.get("environment", {})
+    out = [
+        "# Claims report",
+        "",
+        f"Profile **{context.get('profile')}**{' (dry run)' if context.get('dry_run') else ''} "
+        f"on **{env.get('device_name')}** ({context.get('device_class')}), torch {env.get('torch')}, "
+        f"CUDA {env.get('cuda')}, commit `{env.get('harness_commit')}`.",
+        "",
+        "| claim | verdict | reference | measured | paper |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    out += [
+        f"| `{r.claim}` | {r.verdict} | {r.reference} | {r.measured} | {r.paper} |" for r in rows
+    ]
+    for r in rows:
+        out += ["", f"## `{r.claim}`: {r.verdict}", "", f"> {r.statement}", ""]
+        if r.source:
+            out.append(f"Source: {r.source}.")
+        out += [f"Why: {r.reason}", ""]
+        if r.metrics:
+            out += ["| metric | value |", "| --- | --- |"]
+            out += [f"| {k} | {v} |" for k, v in r.metrics.items()]
+        if r.problems:
+            out += ["", "Reference comparison:"] + [f"- {p}" for p in r.problems]
+        for a in r.artifacts:
+            rel = Path(a).relative_to(run_dir) if Path(a).is_relative_to(run_dir) else Path(a)
+            out.append(f"\n![{rel.name}]({rel})" if rel.suffix == ".png" else f"\n[{rel.name}]({rel})")
+    return "\n".join(out) + "\n"

@@ -1,0 +1,104 @@
+"""Statistics over seeds and populations: summaries, one-sided comparisons, correlations.
+
+Comparisons are decided by a one-sided Welch confidence bound on the difference of means
+(``scipy.stats.ttest_ind``), never by single runs. With few seeds the bound is wide, so a claim
+can fail to be established: that is reported as such, not rounded up.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+
+@dataclass(frozen=True)
+class SeedSummary:
+    """Mean, sample standard deviation and a two-sided t confidence interval over seeds."""
+
+    mean: float
+    std: float
+    n: int
+    ci_low: float
+    ci_high: float
+
+    def __str__(self) -> str:
+        return f"{self.mean:.4g} ± {self.std:.2g} (n={self.n}, CI [{self.ci_low:.4g}, {self.ci_high:.4g}])"
+
+
+def summarize(values: Sequence[float], confidence: float = 0.95) -> SeedSummary:
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        raise ValueError("summarize needs at least one value")
+    mean = float(x.mean())
+    if x.size == 1:
+        return SeedSummary(mean, math.nan, 1, math.nan, math.nan)
+    std = float(x.std(ddof=1))
+    half = float(stats.t.ppf(0.5 + confidence / 2, x.size - 1)) * std / math.sqrt(x.size)
+    return SeedSummary(mean, std, int(x.size), mean - half, mean + half)
+
+
+@dataclass(frozen=True)
+class OneSided:
+    """Is mean(a) − mean(b) > −margin?  ``lower`` is the one-sided bound on mean(a) − mean(b)."""
+
+    holds: bool
+    difference: float
+    lower: float
+    margin: float
+    confidence: float
+
+    def __str__(self) -> str:
+        return (f"diff {self.difference:+.4g}, {self.confidence:.0%} lower bound {self.lower:+.4g} "
+                f"vs −margin {-self.margin:+.4g}")
+
+
+def lower_bound_of_difference(a: Sequence[float], b: Sequence[float],
+                              confidence: float = 0.95) -> tuple[float, float]:
+    """(mean(a) − mean(b), its one-sided Welch lower confidence bound)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    diff = float(a.mean() - b.mean())
+    if a.size < 2 or b.size < 2:
+        return diff, -math.inf  # one run per side bounds nothing
+    if a.std(ddof=1) == 0 and b.std(ddof=1) == 0:
+        return diff, diff  # deterministic: no spread to allow for
+    res = stats.ttest_ind(a, b, equal_var=False, alternative="greater")
+    return diff, float(res.confidence_interval(confidence).low)
+
+
+def within_margin(a: Sequence[float], b: Sequence[float], margin: float,
+                  confidence: float = 0.95) -> OneSided:
+    """A is no worse than B by more than ``margin``, at the given one-sided confidence."""
+    diff, lower = lower_bound_of_difference(a, b, confidence)
+    return OneSided(lower > -margin, diff, lower, margin, confidence)
+
+
+def beats(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> OneSided:
+    """A is better than B (mean(a) > mean(b)) at the given one-sided confidence."""
+    diff, lower = lower_bound_of_difference(a, b, confidence)
+    return OneSided(lower > 0, diff, lower, 0.0, confidence)
+
+
+@dataclass(frozen=True)
+class Correlation:
+    r: float
+    ci_low: float
+    ci_high: float
+    n: int
+
+    def __str__(self) -> str:
+        return f"r={self.r:.3f} [{self.ci_low:.3f}, {self.ci_high:.3f}] (n={self.n})"
+
+
+def pearson(x: Sequence[float], y: Sequence[float], confidence: float = 0.95) -> Correlation:
+    """Pearson r with its Fisher-z confidence interval (scipy)."""
+    res = stats.pearsonr(np.asarray(x, float), np.asarray(y, float))
+    ci = res.confidence_interval(confidence_level=confidence)
+    return Correlation(float(res.statistic), float(ci.low), float(ci.high), len(x))
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    return float(stats.spearmanr(np.asarray(x, float), np.asarray(y, float)).statistic)

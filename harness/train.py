@@ -1,0 +1,306 @@
+"""One compact training loop for every claim, readable in one sitting (airbench-style).
+
+Sections: config -> optimizer and schedule -> the loop -> evaluation -> the on-disk cache.
+
+- SGD with momentum (Nesterov optional), linear warm-up then cosine or exponential decay,
+  label smoothing, no weight decay on norms and biases (ndim <= 1).
+- CUDA: AMP (bf16, or fp16 with a GradScaler), channels_last, optional torch.compile.
+- Two hook points, so AGC, sparse masks and gradient projection plug in without forking:
+  ``before_step`` runs between backward (after unscaling) and the optimizer step,
+  ``after_step`` runs after it.
+- A NaN or exploding loss stops the run and is recorded as ``diverged=True``: a result.
+- Records are cached on disk by a hash of everything that determines them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from harness.claim import to_jsonable
+
+# ----------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: float = 10  # may be fractional: the loop counts steps
+    batch_size: int = 128
+    lr: float = 0.1  # peak learning rate at ``batch_size`` (claims scale it themselves)
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4  # not applied to norms, gains and biases
+    warmup_epochs: float = 1.0
+    schedule: str = "cosine"  # "cosine" | "exponential" | "constant"
+    final_lr_fraction: float = 0.0  # cosine floor / exponential end, as a fraction of lr
+    label_smoothing: float = 0.1
+    augment: bool = False  # random crop + flip
+    amp: str | None = None  # "bf16" | "fp16" | None; CUDA only
+    channels_last: bool = False  # CUDA only
+    compile: bool = False  # torch.compile; CUDA only
+    max_steps: int | None = None  # hard cap (dry runs)
+    divergence_loss: float = 50.0  # a loss above this (or NaN) ends the run as diverged
+    check_every: int = 10  # steps between divergence checks (each check syncs the GPU)
+    eval_batch_size: int = 1000
+    seed: int = 0
+
+    def steps_per_epoch(self, n_train: int) -> int:
+        return max(1, n_train // self.batch_size)
+
+    def total_steps(self, n_train: int) -> int:
+        total = max(1, round(self.epochs * self.steps_per_epoch(n_train)))
+        return min(total, self.max_steps) if self.max_steps else total
+
+
+@dataclass
+class StepState:
+    """What a hook sees: gradients are present and unscaled in ``before_step``."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    step: int
+    loss: torch.Tensor
+
+
+StepHook = Callable[[StepState], None]
+
+
+@dataclass
+class TrainRecord:
+    test_acc: float  # NaN when the run diverged with non-finite weights
+    test_loss: float
+    diverged: bool
+    steps: int
+    loss_curve: list[tuple[int, float]]  # (step, mean train loss since the last point)
+    epoch_seconds: list[float]
+    images_per_second: float
+    peak_memory_mb: float | None  # CUDA: peak allocated; CPU: process peak RSS
+    train_seconds: float
+    from_cache: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def seconds_per_epoch(self) -> float:
+        return sum(self.epoch_seconds) / max(1, len(self.epoch_seconds))
+
+
+# ------------------------------------------------------------- optimizer and schedule
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
+                           nesterov=cfg.nesterov and cfg.momentum > 0)
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str, floor: float) -> float:
+    """Multiplier of the peak lr at ``step``: linear warm-up, then the decay."""
+    if step < warmup:
+        return (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    if schedule == "cosine":
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+    if schedule == "exponential":
+        return max(floor, 1e-3) ** t
+    if schedule == "constant":
+        return 1.0
+    raise ValueError(f"unknown schedule {schedule!r}; use cosine, exponential or constant")
+
+
+# ------------------------------------------------------------------------ the loop
+
+
+def train(
+    model_fn: Callable[[], nn.Module],
+    train_set: tuple[torch.Tensor, torch.Tensor],
+    test_set: tuple[torch.Tensor, torch.Tensor],
+    cfg: TrainConfig,
+    *,
+    device: str = "cpu",
+    before_step: Sequence[StepHook] = (),
+    after_step: Sequence[StepHook] = (),
+    progress: bool | None = None,
+    desc: str = "train",
+) -> TrainRecord:
+    """Train ``model_fn()`` (built after seeding) and evaluate it on ``test_set``."""
+    from harness.data import batches
+
+    cuda = device == "cuda"
+    torch.manual_seed(cfg.seed)
+    model = model_fn().to(device)
+    if cuda and cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    forward = torch.compile(model) if (cuda and cfg.compile) else model
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[cfg.amp] if cuda else None
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype is torch.float16)
+    opt = make_optimizer(model, cfg)
+
+    x_train, y_train = (t.to(device) for t in train_set)
+    n_train = len(x_train)
+    total = cfg.total_steps(n_train)
+    warmup = min(total, round(cfg.warmup_epochs * cfg.steps_per_epoch(n_train)))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, total, warmup, cfg.schedule, cfg.final_lr_fraction))
+    gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+
+    bar = _progress(total, desc, progress)
+    step, diverged = 0, False
+    loss_curve: list[tuple[int, float]] = []
+    epoch_seconds: list[float] = []
+    running = torch.zeros((), device=device)
+    since_check = 0
+    model.train()
+    while step < total and not diverged:
+        _sync(device)
+        t0 = time.perf_counter()
+        for x, y in batches(x_train, y_train, cfg.batch_size, shuffle=True, generator=gen,
+                            drop_last=True, augment=cfg.augment):
+            if cuda and cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device_type=device, dtype=amp_dtype, enabled=amp_dtype is not None):
+                loss = F.cross_entropy(forward(x), y, label_smoothing=cfg.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)  # hooks (AGC) see true gradients
+            state = StepState(model, opt, step, loss.detach())
+            for hook in before_step:
+                hook(state)
+            scaler.step(opt)
+            scaler.update()
+            for hook in after_step:
+                hook(state)
+            sched.step()
+            running += loss.detach().float()
+            step += 1
+            since_check += 1
+            if since_check == cfg.check_every or step == total:
+                mean_loss = (running / since_check).item()  # one sync per check
+                loss_curve.append((step, mean_loss))
+                bar.update(since_check)
+                bar.set_postfix(loss=f"{mean_loss:.3f}")
+                running.zero_()
+                since_check = 0
+                if not math.isfinite(mean_loss) or mean_loss > cfg.divergence_loss:
+                    diverged = True
+                    break
+            if step >= total:
+                break
+        _sync(device)
+        epoch_seconds.append(time.perf_counter() - t0)
+    bar.close()
+
+    train_seconds = sum(epoch_seconds)
+    finite = all(torch.isfinite(p).all() for p in model.parameters())
+    acc, test_loss = evaluate(forward, test_set, device, cfg) if finite else (math.nan, math.nan)
+    return TrainRecord(
+        test_acc=acc,
+        test_loss=test_loss,
+        diverged=diverged,
+        steps=step,
+        loss_curve=loss_curve,
+        epoch_seconds=epoch_seconds,
+        images_per_second=step * cfg.batch_size / train_seconds if train_seconds > 0 else 0.0,
+        peak_memory_mb=_peak_memory_mb(device),
+        train_seconds=train_seconds,
+    )
+
+
+# ----------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, test_set: tuple[torch.Tensor, torch.Tensor], device: str,
+             cfg: TrainConfig) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) on the test set, in eval mode."""
+    was_training = model.training
+    model.eval()
+    x_all, y_all = test_set
+    correct, loss_sum = 0, 0.0
+    for i in range(0, len(x_all), cfg.eval_batch_size):
+        x = x_all[i:i + cfg.eval_batch_size].to(device)
+        y = y_all[i:i + cfg.eval_batch_size].to(device)
+        logits = model(x).float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+    model.train(was_training)
+    return correct / len(x_all), loss_sum / len(x_all)
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _peak_memory_mb(device: str) -> float | None:
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    except ImportError:
+        return None
+
+
+def _progress(total: int, desc: str, enabled: bool | None):
+    from tqdm.auto import tqdm
+
+    # sys.__stderr__ so the bar shows through pytest's output capture on a terminal
+    return tqdm(total=total, desc=desc, unit="step", leave=False, file=sys.__stderr__,
+                disable=(not sys.__stderr__.isatty()) if enabled is None else not enabled)
+
+
+# ------------------------------------------------------------------------ the cache
+
+CACHE_VERSION = 1  # bump when the loop changes what a record means
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("HARNESS_CACHE")
+    return Path(root) if root else Path(__file__).resolve().parent.parent / ".cache" / "train"
+
+
+def cache_key(key: dict[str, Any]) -> str:
+    doc = {"v": CACHE_VERSION, "torch": torch.__version__, **to_jsonable(key)}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def cached(key: dict[str, Any], run: Callable[[], TrainRecord], *, enabled: bool = True,
+           directory: Path | None = None) -> TrainRecord:
+    """``run()``'s record, reused from disk when the same key finished before."""
+    path = (directory or cache_dir()) / f"{cache_key(key)}.json"
+    if enabled and path.exists():
+        try:
+            doc = json.loads(path.read_text())
+            rec = TrainRecord(**{**doc["record"], "from_cache": True})
+            rec.loss_curve = [tuple(p) for p in rec.loss_curve]
+            rec.test_acc = math.nan if rec.test_acc is None else rec.test_acc  # NaN is stored as null
+            rec.test_loss = math.nan if rec.test_loss is None else rec.test_loss
+            return rec
+        except (OSError, json.JSONDecodeError, KeyError, TypeError):
+            pass  # an unreadable entry is recomputed and overwritten
+    rec = run()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"key": to_jsonable(key), "record": to_jsonable(asdict(rec))}))
+    os.replace(tmp, path)
+    return rec
