@@ -169,6 +169,7 @@ def evidence(request: pytest.FixtureRequest) -> Evidence:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item):
+    __tracebackhide__ = True
     item.stash[STARTED] = time.perf_counter()
     try:
         result = yield
@@ -206,7 +207,7 @@ def _settle_reference(item: pytest.Item, ev: Evidence) -> None:
         comparison = refs.Comparison("REGENERATED", path=path)
     elif not path.exists():
         cmd = refs.regen_command(p.name, p.device, ev.claim.id)
-        comparison = refs.Comparison("NO_REFERENCE", (f"no reference at {path}; store one: {cmd}",))
+        comparison = refs.Comparison("NO_REFERENCE", (f"no reference at {path}", f"store one: {cmd}"))
     else:
         try:
             comparison = refs.compare(ev, refs.load_reference(path))
@@ -227,7 +228,7 @@ def _settle_reference(item: pytest.Item, ev: Evidence) -> None:
             + refs.regen_command(p.name, p.device, ev.claim.id) + ")"
         )
     if comparison.status == "NO_REFERENCE" and item.config.option.strict_references:
-        raise AssertionError(comparison.problems[0])
+        raise AssertionError("; ".join(comparison.problems))
 
 
 COMPARISON = pytest.StashKey[Any]()
@@ -276,7 +277,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     tr = terminalreporter
     p = state.profile
     tr.section(f"claims: profile {p.name}{' (dry run)' if p.dry_run else ''} on {p.device_class}")
-    tr.write_line(reporting.terminal_table(state.rows, width=tr._tw.fullwidth))
+    tr.write_line(reporting.terminal_table(state.rows, width=max(120, tr._tw.fullwidth)))
     context = {
         "profile": p.name,
         "dry_run": p.dry_run,

@@ -83,7 +83,8 @@ def terminal_table(rows: list[ClaimRow], width: int = 120) -> str:
         if r.paper:
             details.append(f"paper: {r.paper}")
         details += [f"! {p}" for p in r.problems]
-        wrapped = [w for d in details for w in textwrap.wrap(d, body_w, subsequent_indent="  ")]
+        wrapped = [w for d in details for w in textwrap.wrap(
+            d, body_w, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False)]
         first = wrapped[0] if wrapped else ""
         lines.append(f"{r.claim:<{id_w}}  {r.verdict:<{verdict_w}}  {r.reference:<{ref_w}}  {first}")
         lines += [indent + w for w in wrapped[1:]]

@@ -1,0 +1,167 @@
+"""The plugin's workflow, run in a sandbox with pytester:
+no reference -> regenerate -> pass -> tampered reference fails -> corrupt file errors."""
+
+from __future__ import annotations
+
+import json
+
+import pandas  # noqa: F401
+import pytest
+import torch  # noqa: F401
+
+# pytester's in-process runs drop modules first imported inside them; torch and pandas must not
+# be re-imported (their C extensions cannot be initialised twice), so import everything here.
+import harness.environment  # noqa: F401
+import harness.profiles  # noqa: F401
+import harness.references  # noqa: F401
+import harness.reporting  # noqa: F401
+
+CLAIM_FILE = """
+import os
+import pytest
+from harness.claim import Claim, Tolerance
+
+DEMO = Claim(id="demo.claim", statement="x is about 1", source="nowhere", paper={"x": "1"})
+GPU_DEMO = Claim(id="demo.gpu", statement="gpu only", source="nowhere", scope="gpu")
+TOL = Tolerance(why="test tolerance", abs=0.1)
+
+@pytest.mark.claim(DEMO)
+def test_demo(evidence, profile):
+    x = float(os.environ.get("DEMO_X", "1.0"))
+    evidence.metric("x", x, TOL, paper="1", key=True)
+    evidence.decide(abs(x - 1) < 0.5, f"x={x}")
+
+@pytest.mark.claim(GPU_DEMO)
+def test_gpu_demo(evidence):
+    evidence.metric("y", 2.0, TOL)
+    evidence.decide(True, "y is 2")
+"""
+
+
+@pytest.fixture
+def sandbox(pytester: pytest.Pytester):
+    pytester.makepyfile(test_demo_claims=CLAIM_FILE)
+    return pytester
+
+
+def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    refs = pytester.path / "refs"
+    return pytester.runpytest_inprocess(
+        "--references-dir", str(refs), "--results-dir", str(pytester.path / "results"),
+        "--profile", "smoke", "--device", "cpu", *args,
+    )
+
+
+def ref_file(pytester: pytest.Pytester, claim: str = "demo.claim"):
+    return pytester.path / "refs" / "smoke" / "cpu" / f"{claim}.json"
+
+
+def test_missing_reference_reports_verdict_and_the_command(sandbox):
+    result = run(sandbox)
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*demo.claim*REPRODUCED*NO_REFERENCE*",
+                                 "*nox -s regen -- --profile smoke --device cpu --claim demo.claim*"])
+    assert not ref_file(sandbox).exists()
+
+
+def test_strict_references_fails_without_a_reference(sandbox):
+    run(sandbox, "--strict-references").assert_outcomes(failed=2)
+
+
+def test_full_workflow_regen_pass_tamper_corrupt(sandbox, monkeypatch):
+    result = run(sandbox, "--regen-references")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*references regenerated*", "*x: (absent) -> 1*"])
+    stored = json.loads(ref_file(sandbox).read_text())
+    assert stored["schema"] == 1 and stored["verdict"] == "REPRODUCED"
+    assert stored["metrics"]["x"]["justification"] == "test tolerance"
+    assert {"torch", "harness_commit", "device_name", "cpu"} <= stored["environment"].keys()
+
+    run(sandbox).assert_outcomes(passed=2)  # same measurement: PASS
+
+    # a tampered reference value fails, naming the metric
+    stored["metrics"]["x"]["value"] = 1.5
+    ref_file(sandbox).write_text(json.dumps(stored))
+    result = run(sandbox)
+    result.assert_outcomes(passed=1, failed=1)
+    assert "x: measured 1 outside [1.4, 1.6] (reference 1.5" in result.stdout.str()
+
+    # a verdict change fails even when the numbers are within tolerance
+    stored["metrics"]["x"]["value"] = 1.0
+    stored["verdict"] = "NOT_REPRODUCED"
+    ref_file(sandbox).write_text(json.dumps(stored))
+    run(sandbox).stdout.fnmatch_lines(["*verdict: REPRODUCED but reference NOT_REPRODUCED*"])
+
+    # a corrupt file names the file; an unknown schema too
+    ref_file(sandbox).write_text("{not json")
+    result = run(sandbox)
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines([f"*corrupt reference file {ref_file(sandbox)}*"])
+    ref_file(sandbox).write_text(json.dumps({**stored, "schema": 99}))
+    run(sandbox).stdout.fnmatch_lines(["*has schema 99*"])
+
+    # regeneration replaces it, and shows old against new
+    monkeypatch.setenv("DEMO_X", "0.9")
+    result = run(sandbox, "--regen-references", "--claim", "demo.claim")
+    result.assert_outcomes(passed=1, deselected=1)
+    result.stdout.fnmatch_lines(["*x: 1 -> 0.9*"])
+    run(sandbox).assert_outcomes(passed=2)
+
+
+def test_measured_regression_is_caught(sandbox, monkeypatch):
+    run(sandbox, "--regen-references").assert_outcomes(passed=2)
+    monkeypatch.setenv("DEMO_X", "1.3")
+    result = run(sandbox)
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*demo.claim regressed*", "*x: measured 1.3 outside*"])
+    obtained = list((sandbox.path / "results").glob("*/demo.claim.obtained.json"))
+    assert obtained, "a regression leaves this run's record beside the results"
+
+
+def test_gpu_scoped_claim_is_out_of_scope_on_cpu(sandbox):
+    result = run(sandbox)
+    result.stdout.fnmatch_lines(["*demo.gpu*OUT_OF_SCOPE*GPU-scoped, measured on cpu*"])
+
+
+def test_results_are_written_as_csv_json_and_report(sandbox):
+    run(sandbox)
+    (run_dir,) = (sandbox.path / "results").iterdir()
+    import pandas as pd
+
+    frame = pd.read_csv(run_dir / "claims.csv")
+    assert set(frame["claim"]) == {"demo.claim", "demo.gpu"}
+    doc = json.loads((run_dir / "claims.json").read_text())
+    assert doc["profile"] == "smoke" and "torch" in doc["environment"]
+    assert "demo.claim" in (run_dir / "report.md").read_text()
+
+
+def test_unknown_claim_is_a_usage_error(sandbox):
+    result = run(sandbox, "--claim", "no.such.claim")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*unknown claim 'no.such.claim'; known claims: demo.claim, demo.gpu*"])
+
+
+def test_unknown_profile_is_a_usage_error(sandbox):
+    result = sandbox.runpytest_inprocess("--profile", "huge")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*invalid choice: 'huge'*"])
+
+
+def test_dry_run_skips_reference_comparison(sandbox):
+    result = run(sandbox, "--dry-run", "--strict-references")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*dry run*", "*demo.claim*DRY_RUN*"])
+
+
+def test_check_without_verdict_fails(pytester):
+    pytester.makepyfile("""
+        import pytest
+        from harness.claim import Claim
+        C = Claim(id="demo.none", statement="s", source="s")
+        @pytest.mark.claim(C)
+        def test_none(evidence):
+            pass
+    """)
+    result = run(pytester)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*recorded no verdict*"])
