@@ -61,12 +61,15 @@ def _measure(fn, device: str, cpu_threads: int, min_run_time: float, warmup: int
             label=label,
         )
         m = timer.blocked_autorange(min_run_time=min_run_time)
-    t = Timing(median=m.median, iqr=m.iqr, runs=len(m.times))
+    return warn_if_noisy(Timing(median=m.median, iqr=m.iqr, runs=len(m.times)), label)
+
+
+def warn_if_noisy(t: Timing, label: str) -> Timing:
     if t.noisy:
         warnings.warn(
-            f"noisy timing for {label}: IQR/median = {t.iqr / t.median:.2f} "
+            f"noisy timing for {label}: IQR/median = {t.iqr / max(t.median, 1e-12):.2f} "
             f"(median {t.median * 1e3:.3g} ms over {t.runs} blocks)",
-            stacklevel=3,
+            stacklevel=4,
         )
     return t
 
