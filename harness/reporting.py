@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,3 +132,12 @@ def markdown_report(rows: list[ClaimRow], context: dict[str, Any], run_dir: Path
             rel = Path(a).relative_to(run_dir) if Path(a).is_relative_to(run_dir) else Path(a)
             out.append(f"\n![{rel.name}]({rel})" if rel.suffix == ".png" else f"\n[{rel.name}]({rel})")
     return "\n".join(out) + "\n"
+
+
+def progress_bar(total: int, desc: str, enabled: bool | None = None):
+    """A tqdm bar on the real stderr, so it shows through pytest's capture on a terminal."""
+    from tqdm.auto import tqdm
+
+    disable = (not sys.__stderr__.isatty()) if enabled is None else not enabled
+    return tqdm(total=total, desc=desc, unit="it", leave=False, file=sys.__stderr__,
+                disable=disable)

@@ -18,7 +18,6 @@ import hashlib
 import json
 import math
 import os
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -141,6 +140,7 @@ def train(
 ) -> TrainRecord:
     """Train ``model_fn()`` (built after seeding) and evaluate it on ``test_set``."""
     from harness.data import batches
+    from harness.reporting import progress_bar
 
     cuda = device == "cuda"
     torch.manual_seed(cfg.seed)
@@ -162,7 +162,7 @@ def train(
     if cuda:
         torch.cuda.reset_peak_memory_stats()
 
-    bar = _progress(total, desc, progress)
+    bar = progress_bar(total, desc, progress)
     step, diverged = 0, False
     loss_curve: list[tuple[int, float]] = []
     epoch_seconds: list[float] = []
@@ -259,14 +259,6 @@ def _peak_memory_mb(device: str) -> float | None:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     except ImportError:
         return None
-
-
-def _progress(total: int, desc: str, enabled: bool | None):
-    from tqdm.auto import tqdm
-
-    # sys.__stderr__ so the bar shows through pytest's output capture on a terminal
-    return tqdm(total=total, desc=desc, unit="step", leave=False, file=sys.__stderr__,
-                disable=(not sys.__stderr__.isatty()) if enabled is None else not enabled)
 
 
 # ------------------------------------------------------------------------ the cache
