@@ -148,6 +148,20 @@ def data_root(request: pytest.FixtureRequest) -> Path | None:
 
 
 @pytest.fixture
+def load_data(request: pytest.FixtureRequest, data_root):
+    """``load_data(spec, resolution)``: the data, or a skip saying what to put where."""
+    from harness.data import DatasetMissing, load_dataset
+
+    def load(spec, resolution: int):
+        try:
+            return load_dataset(spec, resolution, data_root)
+        except DatasetMissing as e:
+            pytest.skip(str(e))
+
+    return load
+
+
+@pytest.fixture
 def use_cache(request: pytest.FixtureRequest) -> bool:
     return not request.config.option.no_cache
 
