@@ -74,7 +74,7 @@ def test_unknown_model_name_is_a_clear_error():
 @pytest.mark.parametrize(
     "bad, match",
     [
-        ({"stem_type": "cifar"}, "unknown stem_type 'cifar'"),
+        ({"stem_type": "imagenet"}, "unknown stem_type 'imagenet'"),
         ({"block_type": "vanilla"}, "unknown block_type"),
         ({"group_widths": (8, 8, 7)}, "not divisible by group 7"),
         ({"depths": (1, 2)}, "equal, non-zero lengths"),
@@ -153,3 +153,15 @@ def test_effnet_blocks():
     head = model.head
     assert isinstance(head[5], nn.Dropout) and head[-1].out_features == 10
     assert effnet.config_of("efficientnet_b0").dropout == pytest.approx(0.2)
+
+
+def test_cifar_stem_keeps_full_resolution_and_counts_match():
+    from harness.complexity import measure
+    from harness.models.anynet import build_from_config, complexity, config_of
+
+    cfg = config_of("anynet_tiny_y", stem_type="cifar")
+    model = build_from_config(cfg)
+    assert model.stem[0].stride == (1, 1)
+    assert measure(model, cfg.resolution) == complexity(cfg)
+    simple = complexity(config_of("anynet_tiny_y"))
+    assert complexity(cfg).acts > 3 * simple.acts  # 4x the spatial size through every stage

@@ -44,7 +44,7 @@ __all__ = [
     "regnet_stages",
 ]
 
-STEM_TYPES = ("simple", "resnet")
+STEM_TYPES = ("simple", "resnet", "cifar")
 BLOCK_TYPES = ("res_bottleneck",)
 
 
@@ -60,7 +60,9 @@ class AnyNetConfig:
     strides: tuple[int, ...]  # stride of each stage's first block (on its 3x3 conv)
     group_widths: tuple[int, ...]  # channels per group of the 3x3 conv (groups = w·b / g)
     bottleneck_ratios: tuple[float, ...]  # b: inner width w·b of the bottleneck
-    stem_type: str = "simple"  # "simple": 3x3 s2 conv; "resnet": 7x7 s2 conv + 3x3 s2 max pool
+    # "simple": 3x3 s2 conv; "resnet": 7x7 s2 conv + 3x3 s2 max pool; "cifar": 3x3 s1 conv
+    # (pycls's res_stem_cifar: small inputs keep their full resolution into the first stage)
+    stem_type: str = "simple"
     stem_width: int = 32
     se_ratio: float = 0.0  # SE width = round(se_ratio · block INPUT width); 0 disables SE
     block_type: str = "res_bottleneck"
@@ -171,8 +173,8 @@ class ResBottleneckBlock(nn.Module):
 
 def _stem(cfg: AnyNetConfig) -> nn.Sequential:
     w = cfg.stem_width
-    if cfg.stem_type == "simple":
-        conv = _conv(cfg.in_channels, w, 3, stride=2)
+    if cfg.stem_type in ("simple", "cifar"):
+        conv = _conv(cfg.in_channels, w, 3, stride=2 if cfg.stem_type == "simple" else 1)
         return nn.Sequential(conv, nn.BatchNorm2d(w), nn.ReLU(inplace=True))
     conv = _conv(cfg.in_channels, w, 7, stride=2)
     pool = nn.MaxPool2d(3, stride=2, padding=1)
@@ -181,8 +183,9 @@ def _stem(cfg: AnyNetConfig) -> nn.Sequential:
 
 def _stem_cx(cx: Cx, cfg: AnyNetConfig) -> Cx:
     w = cfg.stem_width
-    if cfg.stem_type == "simple":
-        return norm2d_cx(conv2d_cx(cx, cfg.in_channels, w, 3, stride=2), w)
+    if cfg.stem_type in ("simple", "cifar"):
+        stride = 2 if cfg.stem_type == "simple" else 1
+        return norm2d_cx(conv2d_cx(cx, cfg.in_channels, w, 3, stride=stride), w)
     cx = norm2d_cx(conv2d_cx(cx, cfg.in_channels, w, 7, stride=2), w)
     return pool2d_cx(cx, w, 3, stride=2)
 
