@@ -1,8 +1,9 @@
-"""Populations of scaled networks: their complexity, their runtime, and the laws they follow.
+"""Studies of scaled networks: their complexity, runtime and accuracy, and the laws they follow.
 
 The scaling claims look at many networks at once (bases × strategies × scale factors). This
-module builds that population, measures each member (complexity on the meta device, runtime
-with ``harness.timing``), and summarises it (correlations, equal-flops groups, law checks).
+module builds those populations, measures each member (complexity on the meta device, runtime
+with ``harness.timing``, accuracy with ``harness.train``), and summarises them (correlations,
+equal-flops groups, law checks).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import pandas as pd
 import torch
 
 from harness import complexity, scaling, stats, timing
+from harness.data import DataSpec
+from harness.train import TrainConfig, TrainRecord, cached, train
 
 # ------------------------------------------------------------------ runtime population
 
@@ -122,10 +125,36 @@ def plot_runtime_vs_complexity(pop: pd.DataFrame, table: pd.DataFrame):
     return fig
 
 
+def at_equal_flops(pop: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:
+    """Each strategy's ``columns`` interpolated to exactly ``s`` × the base's flops.
+
+    Rounding (widths to multiples of 8, depths to integers) leaves networks scaled by the same
+    nominal s with flops a few percent apart; comparing them raw would reward whichever rounded
+    down. So per base and strategy, log(value) is interpolated linearly in log(flops) through the
+    base and the scaled networks, and read off at the nominal flops. One row per
+    (base, s, strategy).
+    """
+    import numpy as np
+
+    rows = []
+    for base, by_base in pop.groupby("base"):
+        root = by_base[by_base.strategy == "base"].iloc[0]
+        for strategy, g in by_base[by_base.strategy != "base"].groupby("strategy"):
+            pts = pd.concat([root.to_frame().T, g]).astype({"flops": float}).sort_values("flops")
+            for s in sorted(g.s.unique()):
+                target = np.log(root.flops * s)
+                row = dict(base=base, s=s, strategy=strategy)
+                for col in columns:
+                    row[col] = float(np.exp(np.interp(target, np.log(pts.flops.astype(float)),
+                                                      np.log(pts[col].astype(float)))))
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def equal_flops_groups(pop: pd.DataFrame) -> list[pd.DataFrame]:
-    """Networks from the same base scaled by the same s: equal flops up to rounding."""
-    scaled = pop[pop.strategy != "base"]
-    return [g for _, g in scaled.groupby(["base", "s"])]
+    """Per (base, s): every strategy's acts and runtimes at exactly s × the base's flops."""
+    table = at_equal_flops(pop, ("acts", "params", "inference_s", "train_step_s"))
+    return [g.reset_index(drop=True) for _, g in table.groupby(["base", "s"])]
 
 
 def dwr_most_acts_among_r_compounds(group: pd.DataFrame) -> bool:
@@ -148,33 +177,97 @@ class LawCheckConfig:
 
 
 @dataclass(frozen=True)
-class LawReport:
+class LawStudy:
     cells: int
     violations: list[str]
-    worst_exponent_error: dict[str, float]  # |measured − predicted exponent|, by quantity
+    # max over cells of measured/closed-form − 1, per quantity: how much the fixed parts
+    # (stem, first blocks, head) and rounding bend a whole network away from the closed forms
+    max_closed_form_gap: dict[str, float]
     worked_example: complexity.Complexity
     efficientnet_gap: float
 
 
-def complexity_law_report(cfg: LawCheckConfig) -> LawReport:
-    """Check the closed forms on a grid and on random fast-compound draws; all counts exact."""
+def law_study(cfg: LawCheckConfig) -> LawStudy:
+    """Check the laws (``scaling.complexity_law_report``) on a grid of every strategy and on
+    random fast-compound draws of (base, s, α); every count is exact, so this is deterministic."""
     rng = random.Random(cfg.seed)
     cells = [(b, st, s, None) for b in cfg.bases for st in scaling.STRATEGIES for s in cfg.scales]
     cells += [(rng.choice(cfg.bases), "fast", math.exp(rng.uniform(math.log(1.5), math.log(64))),
                rng.uniform(0, 1)) for _ in range(cfg.random_examples)]
     violations: list[str] = []
-    worst = {"flops": 0.0, "params": 0.0, "acts": 0.0}
-    base_cx = {b: complexity.measure_config(scaling.config_of(b)) for b in cfg.bases}
+    gap = {"flops": 0.0, "params": 0.0, "acts": 0.0}
     for base, strategy, s, alpha in cells:
         base_cfg = scaling.config_of(base)
-        scaled_cfg = scaling.scale(base_cfg, s, strategy, alpha)
-        violations += scaling.check_complexity_laws(base_cfg, scaled_cfg, s, strategy, alpha)
-        measured = complexity.measure_config(scaled_cfg)
-        predicted = scaling.complexity_exponents(strategy, alpha)
-        for q, e in zip(("flops", "params", "acts"), predicted):
-            got = math.log(getattr(measured, q) / getattr(base_cx[base], q)) / math.log(s)
-            worst[q] = max(worst[q], abs(got - e))
+        report = scaling.complexity_law_report(
+            base_cfg, scaling.scale(base_cfg, s, strategy, alpha), s, strategy, alpha)
+        violations += [f"{base} {strategy} s={s:.3g}: {v}" for v in report.violations]
+        for q, got, law in zip(gap, report.measured, report.closed_form):
+            gap[q] = max(gap[q], abs(got / law - 1))
     worked = complexity.measure_config(scaling.scale(scaling.config_of("regnety_4gf"), 4, "dWr"))
     d, w, r = scaling.scaling_factors("dwr", 2.0)
-    gap = max(abs(d - 1.2), abs(w - 1.1), abs(r - 1.15))
-    return LawReport(len(cells), violations, worst, worked, gap)
+    eff_gap = max(abs(d - 1.2), abs(w - 1.1), abs(r - 1.15))
+    return LawStudy(len(cells), violations, gap, worked, eff_gap)
+
+
+# ------------------------------------------------------------------ trained networks
+
+
+@dataclass(frozen=True)
+class ScaledTrainingConfig:
+    """Train base networks and their scaled versions with one recipe, over several seeds."""
+
+    bases: tuple[scaling.Config, ...]  # bases[0] is scaled by every strategy; others by dWr
+    s: float  # flops multiplier
+    strategies: tuple[str, ...]  # applied to bases[0]
+    data: DataSpec
+    train: TrainConfig
+    seeds: tuple[int, ...]
+    accuracy_margin: float  # "comparable": dWr may trail dwr by at most this (fraction)
+    timing_batch: int  # batch size of the inference timing
+    timing_min_run_time: float = 0.3
+
+    def dry_run(self) -> ScaledTrainingConfig:
+        return dataclasses.replace(
+            self, data=self.data.dry_run(), seeds=self.seeds[:1], timing_batch=2,
+            timing_min_run_time=0.0,
+            train=dataclasses.replace(self.train, max_steps=1, batch_size=8, amp=None,
+                                      channels_last=False, compile=False))
+
+
+def scaled_config(base: scaling.Config, strategy: str, s: float) -> scaling.Config:
+    return base if strategy == "base" else scaling.scale(base, s, strategy)
+
+
+def train_scaled(cfg: ScaledTrainingConfig, net: scaling.Config, seed: int, *, device: str,
+                 load_data, use_cache: bool, label: str) -> TrainRecord:
+    """Train one network (a cell) with the config's recipe, reusing a cached record."""
+    from harness.profiles import device_class
+
+    data = load_data(cfg.data, net.resolution)
+    recipe = dataclasses.replace(cfg.train, seed=seed)
+    key = {"study": "scaled-training", "model": net, "train": recipe, "data": cfg.data,
+           "device": device_class(device)}
+    return cached(key, lambda: train(lambda: scaling.build_config(net), data.train, data.test,
+                                     recipe, device=device, desc=label), enabled=use_cache)
+
+
+def accuracy_table(records: dict[tuple[str, str, int], TrainRecord]) -> pd.DataFrame:
+    """One row per (model, strategy, seed); a diverged run's accuracy is kept as NaN."""
+    return pd.DataFrame([
+        dict(model=m, strategy=st, seed=seed, test_acc=r.test_acc, diverged=r.diverged,
+             seconds_per_epoch=r.seconds_per_epoch, images_per_second=r.images_per_second,
+             from_cache=r.from_cache)
+        for (m, st, seed), r in records.items()
+    ])
+
+
+def inference_times(nets: dict[str, scaling.Config], batch: int, device: str,
+                    min_run_time: float) -> dict[str, float]:
+    """Median seconds per batch for each network, measured back to back in one run."""
+    out = {}
+    for name, net in nets.items():
+        torch.manual_seed(0)
+        t = timing.time_inference(scaling.build_config(net), batch, net.resolution,
+                                  device=device, min_run_time=min_run_time)
+        out[name] = t.median
+    return out

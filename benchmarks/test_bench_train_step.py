@@ -1,0 +1,42 @@
+"""Training-step throughput of a smoke model: the baseline for speed-regression gating.
+
+Run with ``nox -s bench``; gate a change with
+``nox -s bench -- --benchmark-compare --benchmark-compare-fail=median:15%``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from harness import models
+
+BATCH, RES = 32, 32
+
+
+@pytest.fixture
+def step_fn():
+    torch.manual_seed(0)
+    torch.set_num_threads(1)  # fixed, so runs on the same machine compare
+    model = models.build("anynet_tiny_y").train()
+    x = torch.randn(BATCH, 3, RES, RES)
+    y = torch.randint(0, 10, (BATCH,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def step() -> None:
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def test_train_step_throughput(benchmark, step_fn):
+    benchmark.group = "train-step"
+    result = benchmark.pedantic(step_fn, warmup_rounds=3, rounds=20, iterations=1)
+    del result
+    benchmark.extra_info["images_per_second"] = BATCH / benchmark.stats.stats.median
+    benchmark.extra_info["model"] = "anynet_tiny_y"
+    benchmark.extra_info["batch"] = BATCH
