@@ -53,6 +53,7 @@ class TrainConfig:
     divergence_loss: float = 50.0  # a loss above this (or NaN) ends the run as diverged
     check_every: int = 10  # steps between divergence checks (each check syncs the GPU)
     eval_batch_size: int = 1000
+    cpu_threads: int = 1  # CPU only: fixed, so runs are bit-reproducible (and fast on a shared box)
     seed: int = 0
 
     def steps_per_epoch(self, n_train: int) -> int:
@@ -139,6 +140,14 @@ def train(
     desc: str = "train",
 ) -> TrainRecord:
     """Train ``model_fn()`` (built after seeding) and evaluate it on ``test_set``."""
+    from harness.timing import timing_settings
+
+    with timing_settings(device, cfg.cpu_threads):
+        return _train(model_fn, train_set, test_set, cfg, device, before_step, after_step,
+                      progress, desc)
+
+
+def _train(model_fn, train_set, test_set, cfg, device, before_step, after_step, progress, desc):
     from harness.data import batches
     from harness.reporting import progress_bar
 

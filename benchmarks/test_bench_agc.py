@@ -1,0 +1,57 @@
+"""AGC's overhead per training step, as a ratio against the same step without clipping.
+
+Both variants are timed in the same process, interleaved, with ``torch.utils.benchmark``; the
+ratio goes to ``extra_info["agc_overhead_ratio"]`` (>1: AGC costs that factor). The benchmark's
+own timing is the AGC step, for ``--benchmark-compare``. No test asserts wall-clock time.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.utils import benchmark as tb
+
+from harness import models
+from harness.agc_study import agc_hook
+from harness.environment import cpu_name
+from harness.train import StepState
+
+MODEL, BATCH, RES, LAM, ROUNDS = "nf_resnet_tiny", 32, 32, 0.01, 7
+
+
+def make_step(clip: bool):
+    torch.manual_seed(0)
+    model = models.build(MODEL, resolution=RES).train()
+    x, y = torch.randn(BATCH, 3, RES, RES), torch.randint(0, 10, (BATCH,))
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True)
+    hook = agc_hook(model, LAM) if clip else None  # the hook train() runs, classifier skipped
+
+    def step() -> None:
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if hook is not None:
+            hook(StepState(model, opt, 0, loss.detach()))
+        opt.step()
+
+    return step
+
+
+def test_agc_overhead_per_step(benchmark):
+    torch.set_num_threads(1)  # fixed, so runs on the same machine compare
+    plain, clipped = make_step(False), make_step(True)
+    ratios = []
+    for _ in range(ROUNDS):  # interleaved, so machine load hits both variants alike
+        t_plain = tb.Timer("f()", globals={"f": plain}).blocked_autorange(min_run_time=0.4)
+        t_agc = tb.Timer("f()", globals={"f": clipped}).blocked_autorange(min_run_time=0.4)
+        ratios.append(t_agc.median / t_plain.median)
+    benchmark.group = "agc"
+    benchmark.pedantic(clipped, warmup_rounds=3, rounds=20, iterations=1)
+    ratios.sort()
+    benchmark.extra_info.update({
+        "agc_overhead_ratio": ratios[len(ratios) // 2],  # median over interleaved rounds
+        "agc_overhead_ratio_min": ratios[0],
+        "agc_overhead_ratio_max": ratios[-1],
+        "model": MODEL, "batch": BATCH, "resolution": RES, "lambda": LAM,
+        "device": f"cpu: {cpu_name()}, 1 thread, torch {torch.__version__}",
+    })

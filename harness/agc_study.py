@@ -1,0 +1,706 @@
+"""Adaptive gradient clipping experiments: the training hook, the rule suite, the grid, verdicts.
+
+The claims ``agc.*`` (CLAIMS.md section 2; Brock et al., "High-Performance Large-Scale Image
+Recognition Without Normalization", ICML 2021) are checked by ``claims/test_agc.py`` with the
+pieces here, in this order:
+
+* ``agc_hook``: ``harness.agc.clip_grads_`` as a ``before_step`` hook of ``train.train`` (the
+  loop unscales AMP gradients before its hooks run), classifier excluded unless asked;
+* ``rule_study``: the property suite of ``agc.rule`` on seeded random cases and on a real
+  NF-ResNet, run on the harness's AGC and on the ``KNOWN_BAD`` implementations;
+* ``GridConfig`` and ``run_cells``: the batch size x method x lambda grid, one training run per
+  cell, each through ``train.cached`` under a key of everything that determines the run;
+* ``grid_summary``, ``best_lambdas``, ``accuracies``: the tables the verdicts are read from
+  (a diverged run counts as chance accuracy in every mean);
+* ``judge_*``: the verdict rules, pure functions of the runs so that tests can feed them
+  fabricated grids and see them fail;
+* ``time_bn_vs_nf`` and ``plot_grid``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import torch
+import torch.nn as nn
+
+from harness import models, stats, timing
+from harness.agc import (
+    DEFAULT_EPS,
+    check_agc_invariants,
+    check_model_agc,
+    classifier_of,
+    clip_grads_,
+    parameters_to_clip,
+    random_agc_case,
+    unitwise_norm,
+)
+from harness.data import DatasetSplits, DataSpec
+from harness.profiles import device_class
+from harness.train import StepHook, StepState, TrainConfig, TrainRecord, cache_key, cached, train
+
+NF, AGC, BN = "NF", "NF+AGC", "BN"
+
+# ----------------------------------------------------------------------- the training hook
+
+
+def agc_hook(
+    model: nn.Module,
+    clipping: float,
+    eps: float = DEFAULT_EPS,
+    exclude: Sequence[str | nn.Module] | None = None,
+) -> StepHook:
+    """A ``before_step`` hook that applies unit-wise AGC to ``model``'s gradients.
+
+    ``exclude=None`` leaves the final classifier unclipped, as the paper prescribes; pass
+    ``exclude=()`` to clip every parameter (the ablation of ``agc.skip_final_layer``). The
+    hook is bound to ``model`` and refuses to clip another one.
+    """
+    params = parameters_to_clip(model, [classifier_of(model)] if exclude is None else exclude)
+
+    def clip(state: StepState) -> None:
+        if state.model is not model:
+            raise ValueError("agc_hook was built for another model")
+        clip_grads_(params, clipping, eps)
+
+    return clip
+
+
+# ------------------------------------------------------------------- the rule (agc.rule)
+
+
+def inverted_trigger_agc(parameters, clipping: float, eps: float = DEFAULT_EPS) -> None:
+    """nfnets-pytorch (Feb 2021), as quoted in the seed: ``where(grad_norm < max_norm, ...)``.
+
+    The trigger is inverted: small gradients are scaled *up* to lam*||W||, large ones kept.
+    """
+    for p in parameters:
+        if p.grad is None:
+            continue
+        max_norm = unitwise_norm(p.detach()).clamp_min(eps) * clipping
+        grad_norm = unitwise_norm(p.grad)
+        clipped = p.grad * (max_norm / grad_norm.clamp_min(1e-6))
+        p.grad.copy_(torch.where(grad_norm < max_norm, clipped, p.grad))
+
+
+def dim0_linear_agc(parameters, clipping: float, eps: float = DEFAULT_EPS) -> None:
+    """The same repo's ``unitwise_norm``: dim 0 for 2-D (``nn.Linear``) weights, the wrong axis."""
+
+    def norm(x: torch.Tensor) -> torch.Tensor:
+        if x.ndim in (2, 3):
+            return torch.linalg.vector_norm(x, dim=0, keepdim=True)  # per input column
+        return unitwise_norm(x)
+
+    for p in parameters:
+        if p.grad is None:
+            continue
+        max_norm = norm(p.detach()).clamp_min(eps) * clipping
+        grad_norm = norm(p.grad)
+        clipped = p.grad * (max_norm / grad_norm.clamp_min(1e-6))
+        p.grad.copy_(torch.where(grad_norm > max_norm, clipped, p.grad))
+
+
+def no_eps_floor_agc(parameters, clipping: float, eps: float = DEFAULT_EPS) -> None:
+    """Composer's early AGC: no eps floor, so zero-initialised parameters never move."""
+    del eps  # ignored: that is the bug
+    for p in parameters:
+        if p.grad is None:
+            continue
+        max_norm = unitwise_norm(p.detach()) * clipping
+        grad_norm = unitwise_norm(p.grad)
+        clipped = p.grad * (max_norm / grad_norm.clamp_min(1e-6))
+        p.grad.copy_(torch.where(grad_norm > max_norm, clipped, p.grad))
+
+
+KNOWN_BAD: dict[str, Callable[..., None]] = {
+    "inverted_trigger": inverted_trigger_agc,
+    "dim0_linear_norm": dim0_linear_agc,
+    "no_eps_floor": no_eps_floor_agc,
+}
+
+
+@dataclass(frozen=True)
+class RuleConfig:
+    """Inputs of the ``agc.rule`` suite: seeded random cases plus one real NF model."""
+
+    case_seeds: tuple[int, ...]
+    dtypes: tuple[str, ...]  # "float32", "float64"
+    lambdas: tuple[float, ...]
+    model: str  # a registered NF model; its classifier must come back untouched
+    model_batch: int
+    model_resolution: int
+
+    def dry_run(self) -> RuleConfig:
+        return dataclasses.replace(self, case_seeds=self.case_seeds[:1], lambdas=self.lambdas[:1],
+                                   model_batch=2, model_resolution=8)
+
+
+@dataclass
+class RuleReport:
+    cases: int  # (case, dtype, lambda) combinations plus model checks, per implementation
+    violations: list[str]  # of the implementation under test
+    units_clipped: int  # in the model checks: shows the suite is not vacuous
+    units_checked: int
+    bad_caught: dict[str, int]  # known-bad name -> number of its violations (0 = not caught)
+
+
+def _model_with_grads(cfg: RuleConfig, device: str, seed: int = 0) -> nn.Module:
+    """The NF model with SkipInit gains at 1 (at 0 the branches get no gradient) and grads."""
+    torch.manual_seed(seed)
+    model = models.build(cfg.model, resolution=cfg.model_resolution).to(device)
+    for name, p in model.named_parameters():
+        if name.endswith("skip_gain"):
+            nn.init.ones_(p)
+    x = torch.randn(cfg.model_batch, 3, cfg.model_resolution, cfg.model_resolution,
+                    device=device)
+    y = torch.arange(cfg.model_batch, device=device) % model.fc.out_features
+    nn.functional.cross_entropy(model(x), y).backward()
+    return model
+
+
+def _hook_step(hook_factory: Callable[..., StepHook]) -> Callable[[nn.Module, float, float], None]:
+    """``check_model_agc``'s clip step from a hook factory such as ``agc_hook``."""
+
+    def step(model: nn.Module, clipping: float, eps: float) -> None:
+        hook = hook_factory(model, clipping, eps)
+        hook(StepState(model, None, 0, torch.zeros(())))  # type: ignore[arg-type]
+
+    return step
+
+
+def rule_study(
+    cfg: RuleConfig,
+    device: str = "cpu",
+    clip_fn: Callable[..., None] = clip_grads_,
+    hook_factory: Callable[..., StepHook] = agc_hook,
+    known_bad: dict[str, Callable[..., None]] | None = None,
+) -> RuleReport:
+    """Run the property suite on ``clip_fn`` (seeded random cases) and on ``hook_factory`` (a
+    real NF model, classifier excluded), then on each known-bad implementation."""
+    known_bad = KNOWN_BAD if known_bad is None else known_bad
+    cases = []
+    for seed in cfg.case_seeds:
+        for dtype in cfg.dtypes:
+            w, g = random_agc_case(seed, dtype=getattr(torch, dtype))
+            cases += [([t.to(device) for t in w], [t.to(device) for t in g], lam)
+                      for lam in cfg.lambdas]
+
+    def suite(fn: Callable[..., None], step: Callable[..., None]) -> list[str]:
+        out = [v for w, g, lam in cases for v in check_agc_invariants(fn, w, g, lam)]
+        for lam in cfg.lambdas:
+            out += check_model_agc(step, _model_with_grads(cfg, device), lam)
+        return out
+
+    violations = suite(clip_fn, _hook_step(hook_factory))
+    model = _model_with_grads(cfg, device)
+    clipped = checked = 0
+    for lam in cfg.lambdas:
+        for p in parameters_to_clip(model, [classifier_of(model)]):
+            ratio = unitwise_norm(p.grad) / unitwise_norm(p.detach()).clamp_min(DEFAULT_EPS)
+            clipped += int((ratio > lam).sum())
+            checked += ratio.numel()
+    bad_caught = {}
+    for name, bad in known_bad.items():
+        def bad_step(m: nn.Module, lam: float, eps: float, bad=bad) -> None:
+            bad(parameters_to_clip(m, [classifier_of(m)]), lam, eps)
+
+        bad_caught[name] = len(suite(bad, bad_step))
+    return RuleReport(len(cases) + len(cfg.lambdas), violations, clipped, checked, bad_caught)
+
+
+# ------------------------------------------------------------------------------ the grid
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    """The batch size x method x lambda study of the grid claims (``agc.*`` but ``agc.rule``).
+
+    Every batch size trains for the same number of epochs with the learning rate scaled
+    linearly, ``lr = base_lr * B / base_batch`` (NFNets: 0.1 * B / 256). Methods: NF without
+    AGC, NF with AGC at each lambda, and the BatchNorm twin. Margins are fixed in the claim
+    configs before any result was seen.
+    """
+
+    nf_model: str  # registered NF-ResNet and its BN twin
+    bn_model: str
+    data: DataSpec
+    resolution: int
+    batch_sizes: tuple[int, ...]  # small to large
+    lambdas: tuple[float, ...]
+    seeds: tuple[int, ...]
+    train: TrainConfig  # epochs, schedule, AMP...; batch_size, lr and seed are set per cell
+    base_lr: float = 0.1
+    base_batch: int = 256
+    cpu_threads: int = 1  # fixed, so CPU runs are bit-reproducible and comparable
+    eps: float = DEFAULT_EPS
+    model_overrides: tuple[tuple[str, Any], ...] = ()  # (field, value) pairs for both twins
+    # Verdict margins in accuracy (fractions), fixed before any result was seen; they do not
+    # change a run, so they are not part of the cells' cache keys.
+    clearly_below: float = 0.05  # NF without AGC "ends clearly below" BN by at least this
+    bn_margin: float = 0.03  # NF+AGC is "close to" BN: not worse by more than this
+    learned_margin: float = 0.05  # a comparison says something only above chance + this
+
+    def lr(self, batch_size: int) -> float:
+        return self.base_lr * batch_size / self.base_batch
+
+    def dry_run(self) -> GridConfig:
+        """Every cell, one step each, on 64 generated 8 px images (batches 2, 4, 6, ...)."""
+        return dataclasses.replace(
+            self, data=self.data.dry_run(), resolution=8,
+            batch_sizes=tuple(2 * (i + 1) for i in range(len(self.batch_sizes))),
+            train=dataclasses.replace(self.train, max_steps=1, amp=None, channels_last=False,
+                                      compile=False, eval_batch_size=32))
+
+    @property
+    def num_classes(self) -> int:
+        return {"cifar10": 10, "cifar100": 100}.get(self.data.name, self.data.num_classes)
+
+    @property
+    def chance(self) -> float:
+        return 1.0 / self.num_classes
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One training run of the study."""
+
+    method: str  # NF | NF+AGC | BN
+    batch_size: int
+    seed: int
+    lam: float | None = None  # AGC's clipping threshold (NF+AGC only)
+    clip_head: bool = False  # AGC also clips the classifier (the ablation)
+
+    def label(self) -> str:
+        extra = f" lam={self.lam:g}" if self.lam is not None else ""
+        return f"{self.method}{extra}{' +head' if self.clip_head else ''} B={self.batch_size} " \
+               f"s={self.seed}"
+
+
+def grid_cells(cfg: GridConfig) -> list[Cell]:
+    """NF, NF+AGC at every lambda and BN, at every batch size and seed."""
+    cells = []
+    for b in cfg.batch_sizes:
+        for s in cfg.seeds:
+            cells.append(Cell(NF, b, s))
+            cells += [Cell(AGC, b, s, lam) for lam in cfg.lambdas]
+            cells.append(Cell(BN, b, s))
+    return cells
+
+
+def skip_final_cells(cfg: GridConfig, lam: float) -> list[Cell]:
+    """AGC that also clips the classifier, at the largest batch, at ``lam``, every seed."""
+    return [Cell(AGC, cfg.batch_sizes[-1], s, lam, clip_head=True) for s in cfg.seeds]
+
+
+def tiny_batch_cells(cfg: GridConfig) -> list[Cell]:
+    """NF (no AGC) and BN at every batch size of ``cfg`` (the tiny one and its reference)."""
+    return [Cell(m, b, s) for b in cfg.batch_sizes for s in cfg.seeds for m in (NF, BN)]
+
+
+@dataclass
+class _Session:
+    """Records computed in this process, by cache key: with ``--no-cache`` the claims that
+    share a cell still train it once per session."""
+
+    records: dict[str, TrainRecord] = field(default_factory=dict)
+
+
+_SESSION = _Session()
+
+
+def cell_config(cfg: GridConfig, cell: Cell) -> TrainConfig:
+    return dataclasses.replace(cfg.train, batch_size=cell.batch_size, lr=cfg.lr(cell.batch_size),
+                               seed=cell.seed)
+
+
+def _model_overrides(cfg: GridConfig) -> dict[str, Any]:
+    return {**dict(cfg.model_overrides), "num_classes": cfg.num_classes,
+            "resolution": cfg.resolution}
+
+
+def cell_key(cfg: GridConfig, cell: Cell, device: str) -> dict[str, Any]:
+    """Everything that determines a cell's run: model config, training config, data, method,
+    lambda, eps, clip-head flag, seed, device class and (on the CPU) the thread count."""
+    name = cfg.bn_model if cell.method == BN else cfg.nf_model
+    with torch.device("meta"):  # the resolved architecture config, without allocating it
+        model_cfg = getattr(models.build(name, **_model_overrides(cfg)), "cfg", None)
+    return {
+        "study": "agc-grid",
+        "model": name,
+        "model_config": model_cfg if model_cfg is not None else _model_overrides(cfg),
+        "train": cell_config(cfg, cell),
+        "data": cfg.data,
+        "resolution": cfg.resolution,
+        "method": cell.method,
+        "lam": cell.lam,
+        "eps": cfg.eps if cell.method == AGC else None,
+        "clip_head": cell.clip_head,
+        "seed": cell.seed,
+        "device_class": device_class(device),
+        "cpu_threads": cfg.cpu_threads if device == "cpu" else None,
+    }
+
+
+def run_cell(cfg: GridConfig, cell: Cell, data: DatasetSplits, device: str) -> TrainRecord:
+    """Train one cell (no cache): build the model after seeding, attach AGC if asked."""
+    name = cfg.bn_model if cell.method == BN else cfg.nf_model
+    hooks: list[StepHook] = []
+
+    def model_fn() -> nn.Module:
+        model = models.build(name, **_model_overrides(cfg))
+        if cell.method == AGC:  # train() calls model_fn before its first step, so the hook
+            exclude = () if cell.clip_head else None  # is in the list in time
+            hooks.append(agc_hook(model, cell.lam, cfg.eps, exclude=exclude))
+        return model
+
+    with timing.timing_settings(device, cfg.cpu_threads):
+        return train(model_fn, data.train, data.test, cell_config(cfg, cell), device=device,
+                     before_step=hooks, desc=cell.label())
+
+
+def run_cells(
+    cfg: GridConfig,
+    cells: Iterable[Cell],
+    *,
+    device: str,
+    load: Callable[[], DatasetSplits],
+    use_cache: bool = True,
+) -> pd.DataFrame:
+    """Run (or reuse) every cell; one row per run. ``load()`` is called only if a cell must
+    train, so a warm cache needs no data at all."""
+    data: list[DatasetSplits] = []
+    rows = []
+    for cell in cells:
+        key = cell_key(cfg, cell, device)
+        k = cache_key(key)
+
+        def compute(cell=cell) -> TrainRecord:
+            if not data:
+                data.append(load())
+            return run_cell(cfg, cell, data[0], device)
+
+        if k not in _SESSION.records:
+            _SESSION.records[k] = cached(key, compute, enabled=use_cache)
+        rows.append(_row(cfg, cell, _SESSION.records[k]))
+    return pd.DataFrame(rows)
+
+
+def _row(cfg: GridConfig, cell: Cell, rec: TrainRecord) -> dict[str, Any]:
+    failed = rec.diverged or not math.isfinite(rec.test_acc)
+    return {
+        "method": cell.method,
+        "batch_size": cell.batch_size,
+        "lam": cell.lam if cell.lam is not None else math.nan,
+        "clip_head": cell.clip_head,
+        "seed": cell.seed,
+        "lr": cfg.lr(cell.batch_size),
+        "test_acc": rec.test_acc,
+        "diverged": failed,
+        # A diverged run counts as chance in every mean and comparison.
+        "acc": cfg.chance if failed else rec.test_acc,
+        "final_train_loss": rec.loss_curve[-1][1] if rec.loss_curve else math.nan,
+        "steps": rec.steps,
+        "train_seconds": rec.train_seconds,
+        "from_cache": rec.from_cache,
+    }
+
+
+# ------------------------------------------------------------------------------ tables
+
+
+def grid_summary(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std of accuracy (diverged = chance) over seeds, per method, batch, lambda."""
+    keys = ["method", "batch_size", "lam", "clip_head"]
+    g = runs.groupby(keys, dropna=False, sort=False)
+    out = g.agg(acc_mean=("acc", "mean"), acc_std=("acc", "std"), seeds=("seed", "count"),
+                diverged=("diverged", "sum"), lr=("lr", "first"),
+                final_train_loss=("final_train_loss", "mean")).reset_index()
+    return out.sort_values(["batch_size", "method", "lam", "clip_head"]).reset_index(drop=True)
+
+
+def best_lambdas(runs: pd.DataFrame) -> dict[int, float]:
+    """Per batch size, the lambda of NF+AGC (classifier unclipped) with the best mean accuracy
+    over seeds; ties go to the smaller lambda."""
+    agc = runs[(runs.method == AGC) & ~runs.clip_head]
+    means = agc.groupby(["batch_size", "lam"]).acc.mean().reset_index()
+    best = {}
+    for b, grp in means.groupby("batch_size"):
+        grp = grp.sort_values("lam")
+        best[int(b)] = float(grp.lam.iloc[int(grp.acc.to_numpy().argmax())])
+    return best
+
+
+def accuracies(runs: pd.DataFrame, method: str, batch_size: int, lam: float | None = None,
+               clip_head: bool = False) -> list[float]:
+    """Per-seed accuracies (diverged = chance) of one cell of the grid, in seed order."""
+    sel = runs[(runs.method == method) & (runs.batch_size == batch_size)
+               & (runs.clip_head == clip_head)]
+    if lam is not None:
+        sel = sel[sel.lam == lam]
+    return sel.sort_values("seed").acc.tolist()
+
+
+def diverged_count(runs: pd.DataFrame, method: str, batch_size: int,
+                   lam: float | None = None) -> int:
+    sel = runs[(runs.method == method) & (runs.batch_size == batch_size) & ~runs.clip_head]
+    if lam is not None:
+        sel = sel[sel.lam == lam]
+    return int(sel.diverged.sum())
+
+
+def benefit_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per batch size: best lambda, mean accuracy of NF, NF+AGC(best lambda), BN, and AGC's
+    benefit = acc(NF+AGC best) - acc(NF)."""
+    rows = []
+    for b, lam in best_lambdas(runs).items():
+        nf, agc, bn = (accuracies(runs, NF, b), accuracies(runs, AGC, b, lam),
+                       accuracies(runs, BN, b))
+        rows.append({"batch_size": b, "best_lam": lam, "nf": _mean(nf), "agc_best": _mean(agc),
+                     "bn": _mean(bn), "benefit": _mean(agc) - _mean(nf)})
+    return pd.DataFrame(rows)
+
+
+def _mean(x: Sequence[float]) -> float:
+    return sum(x) / len(x) if x else math.nan
+
+
+# ----------------------------------------------------------------------- the verdict rules
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """A verdict rule's outcome: whether the claim holds, why, and the numbers it used."""
+
+    holds: bool
+    reason: str
+    numbers: dict[str, float]
+
+
+def judge_stabilizes_large_batch(runs: pd.DataFrame, cfg: GridConfig) -> Judgement:
+    """At the largest batch:
+
+    (i) NF without AGC is unstable: it diverges in at least half the seeds, or BN beats it
+        (one-sided 95% Welch, ``stats.beats``) by a mean of at least ``cfg.clearly_below``;
+    (ii) NF+AGC at its best lambda diverges in no seed and is within ``cfg.bn_margin`` of BN
+        (``stats.within_margin``: the 95% lower bound of acc(AGC) − acc(BN) is above −margin);
+    (iii) the comparison is informative: BN's mean is at least ``cfg.learned_margin`` above
+        chance (at chance, "within a margin of BN" would hold for anything that diverges).
+    """
+    b = int(runs.batch_size.max())
+    lam = best_lambdas(runs)[b]
+    nf, agc, bn = accuracies(runs, NF, b), accuracies(runs, AGC, b, lam), accuracies(runs, BN, b)
+    nf_div, agc_div = diverged_count(runs, NF, b), diverged_count(runs, AGC, b, lam)
+    below = stats.beats(bn, nf)
+    unstable = nf_div * 2 >= len(nf) or (below.holds and below.difference >= cfg.clearly_below)
+    close = stats.within_margin(agc, bn, cfg.bn_margin)
+    stable = agc_div == 0 and close.holds
+    learned = _mean(bn) - cfg.chance >= cfg.learned_margin
+    numbers = {"largest_batch": b, "best_lambda": lam, "nf_acc": _mean(nf),
+               "agc_acc": _mean(agc), "bn_acc": _mean(bn), "nf_diverged": nf_div,
+               "agc_diverged": agc_div, "bn_minus_nf_lower": below.lower,
+               "agc_minus_bn_lower": close.lower}
+    reason = (f"B={b}: (i) NF without AGC {'unstable' if unstable else 'not shown unstable'} "
+              f"({nf_div}/{len(nf)} diverged; BN−NF {below}, needs significant and "
+              f"≥{cfg.clearly_below:g}); (ii) NF+AGC(λ={lam:g}) {agc_div}/{len(agc)} diverged, "
+              f"vs BN {close} → {'close to BN' if close.holds else 'not within margin of BN'}; "
+              f"(iii) BN {_mean(bn):.4f} vs chance {cfg.chance:.4f} "
+              f"→ {'informative' if learned else 'task not learned: uninformative'}")
+    return Judgement(unstable and stable and learned, reason, numbers)
+
+
+def seed_benefits(runs: pd.DataFrame, batch_size: int, lam: float) -> list[float]:
+    """Per seed: acc(NF+AGC at lam) − acc(NF); same seed = same init and batch order."""
+    agc, nf = accuracies(runs, AGC, batch_size, lam), accuracies(runs, NF, batch_size)
+    return [a - n for a, n in zip(agc, nf, strict=True)]
+
+
+def judge_small_batch_benefit(runs: pd.DataFrame) -> Judgement:
+    """AGC's benefit (best lambda, per seed) at the largest batch beats the one at the smallest
+    batch (one-sided 95% Welch): the benefit shrinks as the batch gets smaller."""
+    best = best_lambdas(runs)
+    small, large = min(best), max(best)
+    b_small = seed_benefits(runs, small, best[small])
+    b_large = seed_benefits(runs, large, best[large])
+    test = stats.beats(b_large, b_small)
+    numbers = {"benefit_smallest_batch": _mean(b_small), "benefit_largest_batch": _mean(b_large),
+               "benefit_gap_lower": test.lower}
+    reason = (f"benefit acc(AGC best λ)−acc(NF): {_mean(b_small):+.4f} at B={small}, "
+              f"{_mean(b_large):+.4f} at B={large}; larger−smaller {test} "
+              f"→ {'smaller at small batch' if test.holds else 'not shown smaller at small batch'}")
+    return Judgement(test.holds, reason, numbers)
+
+
+def _ambiguous_best(runs: pd.DataFrame, batch_size: int) -> bool:
+    """More than one lambda shares the best mean accuracy at this batch size."""
+    agc = runs[(runs.method == AGC) & ~runs.clip_head & (runs.batch_size == batch_size)]
+    means = agc.groupby("lam").acc.mean()
+    return int((means == means.max()).sum()) > 1
+
+
+def judge_lambda_shrinks(runs: pd.DataFrame, cfg: GridConfig) -> Judgement:
+    """The best lambda (by mean accuracy) at the largest batch is smaller than at the smallest;
+    each best lambda must be unique and its NF+AGC mean at least ``cfg.learned_margin`` above
+    chance (an argmax over chance-level accuracies, or a tie, says nothing)."""
+    best = best_lambdas(runs)
+    small, large = min(best), max(best)
+    shrinks = best[large] < best[small]
+    accs = {b: _mean(accuracies(runs, AGC, b, best[b])) for b in (small, large)}
+    learned = all(a - cfg.chance >= cfg.learned_margin for a in accs.values())
+    ties = [b for b in (small, large) if _ambiguous_best(runs, b)]
+    per_batch = ", ".join(f"B={b}: {lam:g}" for b, lam in sorted(best.items()))
+    reason = (f"best λ per batch {per_batch} → λ at B={large} "
+              f"{'<' if shrinks else '≥'} λ at B={small}; NF+AGC(best λ) "
+              + ", ".join(f"{a:.4f} at B={b}" for b, a in accs.items())
+              + f" vs chance {cfg.chance:.4f}"
+              + ("" if learned else " (not learned: the argmax is noise)")
+              + (f"; tie for best λ at B={ties}" if ties else ""))
+    return Judgement(shrinks and learned and not ties, reason,
+                     {"best_lambda_smallest_batch": best[small],
+                      "best_lambda_largest_batch": best[large],
+                      "agc_best_acc_smallest_batch": accs[small],
+                      "agc_best_acc_largest_batch": accs[large]})
+
+
+def judge_skip_final_layer(runs: pd.DataFrame) -> Judgement:
+    """At the largest batch and its best lambda, AGC that skips the classifier beats AGC that
+    clips it too (one-sided 95% Welch over the same seeds)."""
+    b = int(runs.batch_size.max())
+    lam = best_lambdas(runs)[b]
+    skip = accuracies(runs, AGC, b, lam)
+    clip = accuracies(runs, AGC, b, lam, clip_head=True)
+    test = stats.beats(skip, clip)
+    return Judgement(test.holds,
+                     f"B={b}, λ={lam:g}: classifier skipped {_mean(skip):.4f} vs clipped "
+                     f"{_mean(clip):.4f}; skipped−clipped {test} → clipping the classifier "
+                     f"{'does worse' if test.holds else 'not shown to do worse'}",
+                     {"acc_skip_head": _mean(skip), "acc_clip_head": _mean(clip),
+                      "skip_minus_clip_lower": test.lower})
+
+
+@dataclass(frozen=True)
+class BNCostConfig:
+    """``agc.bn_costs``: BN vs NF step time, and accuracy at a tiny batch against a reference
+    batch (``accuracy.batch_sizes = (tiny, reference)``, same epochs, lr scaled linearly)."""
+
+    accuracy: GridConfig  # NF and BN cells only; its lambdas are unused
+    timing: StepTimingConfig
+    degrade_margin: float  # accuracy drop that counts as "degrades", fixed a priori
+
+    def dry_run(self) -> BNCostConfig:
+        return dataclasses.replace(self, accuracy=self.accuracy.dry_run(),
+                                   timing=self.timing.dry_run())
+
+
+def judge_bn_costs(step_ratio: float, tiny: pd.DataFrame, degrade_margin: float) -> Judgement:
+    """(a) BN's training step is slower than NF's: time(BN)/time(NF) > 1; (b) from the larger
+    to the tiny batch of ``tiny``, BN degrades (the larger beats the tiny batch, one-sided 95%,
+    by a mean of at least ``degrade_margin``) while NF does not (its tiny-batch accuracy is
+    within ``degrade_margin`` of the larger batch's, ``stats.within_margin``)."""
+    small, ref = int(tiny.batch_size.min()), int(tiny.batch_size.max())
+    bn_t, bn_r = accuracies(tiny, BN, small), accuracies(tiny, BN, ref)
+    nf_t, nf_r = accuracies(tiny, NF, small), accuracies(tiny, NF, ref)
+    bn_drop = stats.beats(bn_r, bn_t)
+    bn_degrades = bn_drop.holds and bn_drop.difference >= degrade_margin
+    nf_keeps = stats.within_margin(nf_t, nf_r, degrade_margin)
+    faster = step_ratio > 1.0
+    holds = faster and bn_degrades and nf_keeps.holds
+    reason = (f"(a) step time BN/NF = {step_ratio:.3f} → NF {'faster' if faster else 'not faster'}"
+              f"; (b) B={ref}→{small}: BN {_mean(bn_r):.4f}→{_mean(bn_t):.4f} "
+              f"({'degrades' if bn_degrades else f'no significant drop ≥{degrade_margin:g}'}: "
+              f"{bn_drop}), NF {_mean(nf_r):.4f}→{_mean(nf_t):.4f} "
+              f"({'holds up' if nf_keeps.holds else 'degrades or unclear'}: {nf_keeps})")
+    return Judgement(holds, reason, {
+        "bn_over_nf_step_time": step_ratio, "bn_acc_tiny": _mean(bn_t), "bn_acc_ref": _mean(bn_r),
+        "nf_acc_tiny": _mean(nf_t), "nf_acc_ref": _mean(nf_r),
+        "bn_drop_lower": bn_drop.lower, "nf_tiny_minus_ref_lower": nf_keeps.lower})
+
+
+# ------------------------------------------------------------------------------- timing
+
+
+@dataclass(frozen=True)
+class StepTimingConfig:
+    """BN vs NF training-step time: same shape, interleaved rounds, one process."""
+
+    nf_model: str
+    bn_model: str
+    batch_size: int
+    resolution: int
+    rounds: int  # NF, BN, NF, BN, ...: each round gives one ratio; the median is reported
+    min_run_time: float  # seconds per measurement
+    cpu_threads: int = 1
+    amp: bool = False  # bf16 autocast, CUDA only
+    channels_last: bool = False  # CUDA only
+    model_overrides: tuple[tuple[str, Any], ...] = ()
+
+    def dry_run(self) -> StepTimingConfig:
+        return dataclasses.replace(self, batch_size=2, resolution=8, rounds=1, min_run_time=0.0,
+                                   amp=False, channels_last=False)
+
+
+def time_bn_vs_nf(cfg: StepTimingConfig, device: str) -> pd.DataFrame:
+    """One row per round: NF and BN seconds per training step and their ratio BN/NF."""
+    built = {}
+    for name in (cfg.nf_model, cfg.bn_model):
+        torch.manual_seed(0)
+        built[name] = models.build(name, **{**dict(cfg.model_overrides),
+                                            "resolution": cfg.resolution})
+    amp = torch.bfloat16 if (cfg.amp and device == "cuda") else None
+    common = dict(num_classes=built[cfg.nf_model].fc.out_features, device=device,
+                  cpu_threads=cfg.cpu_threads, min_run_time=cfg.min_run_time, amp_dtype=amp,
+                  channels_last=cfg.channels_last and device == "cuda")
+    rows = []
+    for r in range(cfg.rounds):
+        nf = timing.time_train_step(built[cfg.nf_model], cfg.batch_size, cfg.resolution, **common)
+        bn = timing.time_train_step(built[cfg.bn_model], cfg.batch_size, cfg.resolution, **common)
+        rows.append({"round": r, "nf_step_s": nf.median, "bn_step_s": bn.median,
+                     "bn_over_nf": bn.median / nf.median})
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------- plot
+
+
+def plot_grid(runs: pd.DataFrame, chance: float):
+    """Accuracy vs batch size, one line per method (NF+AGC at the best lambda per batch, and
+    each lambda faintly), mean over seeds with min-max bars; diverged runs count as chance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    best = best_lambdas(runs)
+    batches = sorted(best)
+
+    def line(values: list[list[float]], **kw) -> None:
+        means = [_mean(v) for v in values]
+        lo = [m - min(v) for m, v in zip(means, values, strict=True)]
+        hi = [max(v) - m for m, v in zip(means, values, strict=True)]
+        ax.errorbar(batches, means, yerr=[lo, hi], capsize=3, marker="o", **kw)
+
+    for lam in sorted(runs[runs.method == AGC].lam.dropna().unique()):
+        ax.plot(batches, [_mean(accuracies(runs, AGC, b, lam)) for b in batches],
+                lw=0.8, alpha=0.35, ls="--", label=f"NF+AGC λ={lam:g}")
+    line([accuracies(runs, NF, b) for b in batches], label="NF, no AGC", color="tab:red")
+    line([accuracies(runs, AGC, b, best[b]) for b in batches], label="NF+AGC, best λ",
+         color="tab:green")
+    line([accuracies(runs, BN, b) for b in batches], label="BN", color="tab:blue")
+    ax.axhline(chance, color="grey", lw=0.8, ls=":", label="chance (= diverged)")
+    for b in batches:
+        ax.annotate(f"λ*={best[b]:g}", (b, _mean(accuracies(runs, AGC, b, best[b]))),
+                    textcoords="offset points", xytext=(4, 6), fontsize=7, color="tab:green")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(batches, [str(b) for b in batches])
+    ax.minorticks_off()
+    ax.set_xlabel("batch size (lr scaled linearly)")
+    ax.set_ylabel("test accuracy")
+    ax.legend(fontsize=7)
+    ax.set_title("AGC at large batch")
+    fig.tight_layout()
+    return fig
