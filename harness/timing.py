@@ -87,11 +87,7 @@ def time_inference(
     warmup: int = 2,
 ) -> Timing:
     """Seconds per forward pass in eval mode under ``no_grad``."""
-    model = model.to(device).eval()
-    x = torch.randn(batch_size, 3, resolution, resolution, device=device)
-    if channels_last:
-        model, x = model.to(memory_format=torch.channels_last), x.contiguous(
-            memory_format=torch.channels_last)
+    model, x = _on_device(model.eval(), batch_size, resolution, device, channels_last)
 
     def forward() -> None:
         with torch.no_grad(), _autocast(device, amp_dtype):
@@ -114,12 +110,8 @@ def time_train_step(
     warmup: int = 2,
 ) -> Timing:
     """Seconds per training step: forward, cross-entropy, backward and an SGD step."""
-    model = model.to(device).train()
-    x = torch.randn(batch_size, 3, resolution, resolution, device=device)
+    model, x = _on_device(model.train(), batch_size, resolution, device, channels_last)
     y = torch.randint(0, num_classes, (batch_size,), device=device)
-    if channels_last:
-        model, x = model.to(memory_format=torch.channels_last), x.contiguous(
-            memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=1e-6, momentum=0.9)
 
     def step() -> None:
@@ -130,6 +122,17 @@ def time_train_step(
         opt.step()
 
     return _measure(step, device, cpu_threads, min_run_time, warmup, "train step")
+
+
+def _on_device(model: nn.Module, batch_size: int, resolution: int, device: str,
+               channels_last: bool) -> tuple[nn.Module, torch.Tensor]:
+    """The model and a random input batch on ``device``, optionally channels_last."""
+    model = model.to(device)
+    x = torch.randn(batch_size, 3, resolution, resolution, device=device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    return model, x
 
 
 def _autocast(device: str, dtype: torch.dtype | None):
