@@ -4,25 +4,32 @@ Scaling a network's flops by s through depth d, width w and resolution r changes
 activations differently (per conv: f = d·w²·r², p = d·w², a = d·w·r²). The paper's claims:
 the closed forms hold; runtime on GPUs follows activations, not flops; at equal flops width
 scaling is fastest. Implementations: ``harness.scaling``, ``harness.complexity``,
-``harness.timing``; the population logic is in ``harness.scaling_population``.
+``harness.timing``; the population logic is in ``harness.scaling_study``.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from harness import scaling
+from harness import scaling, stats
 from harness.claim import EXACT, Claim, Tolerance
-from harness.scaling_population import (
+from harness.data import DataSpec
+from harness.scaling_study import (
     LawCheckConfig,
     PopulationConfig,
-    complexity_law_report,
+    ScaledTrainingConfig,
+    accuracy_table,
     correlation_table,
     dwr_most_acts_among_r_compounds,
     equal_flops_groups,
+    inference_times,
+    law_study,
     plot_runtime_vs_complexity,
     runtime_population,
+    scaled_config,
+    train_scaled,
 )
+from harness.train import TrainConfig
 
 # ------------------------------------------------------------------- the complexity laws
 
@@ -50,13 +57,13 @@ LAW_CONFIGS = {
 def test_complexity_laws(evidence, profile):
     cfg = profile.pick(LAW_CONFIGS)
     evidence.record_config(cfg)
-    report = complexity_law_report(cfg)
+    report = law_study(cfg)
     evidence.metric("cells_checked", report.cells, EXACT)
     evidence.metric("law_violations", len(report.violations), EXACT, key=True)
-    for quantity, worst in report.worst_exponent_error.items():
-        evidence.metric(f"max_exponent_error_{quantity}", worst, Tolerance(
-            why="deterministic integer counts of deterministic configs; 1e-9 covers float "
-                "summation order only", abs=1e-9), key=quantity == "acts")
+    for quantity, gap in report.max_closed_form_gap.items():
+        evidence.metric(f"max_closed_form_gap_{quantity}", gap, Tolerance(
+            why="ratios of exact integer counts of deterministic configs; 1e-9 covers float "
+                "rounding only", abs=1e-9))
     ex = report.worked_example
     evidence.metric("worked_example_gflops", ex.flops / 1e9, EXACT, paper="15.61", key=True)
     evidence.metric("worked_example_mparams", ex.params / 1e6, EXACT, paper="68.1")
@@ -95,11 +102,11 @@ POPULATION = {
         batch_size=64, min_run_time=0.5, amp=True, channels_last=True),
 }
 
-# Timing on a shared 2-core CPU: r moved by up to ±0.03 over 3 repeated smoke runs (measured
-# when these references were stored); 0.08 leaves room for a busier CI machine.
-R_TOL = Tolerance(why="Pearson r of timed runtimes; spread over 3 repeated smoke runs on the "
-                      "2-core CPU was ≤0.03, band set to 0.08 for machine-to-machine load",
-                  abs=0.08)
+R_TOL = Tolerance(
+    why="Pearson r of timed runtimes (1 thread). Over 3 smoke runs on the shared 2-core CPU, one "
+        "of them with two other training jobs running, each r varied by up to 0.14 (e.g. "
+        "r_inference_acts 0.757, 0.873, 0.872); band ±0.15",
+    abs=0.15)
 
 
 @pytest.mark.claim(ACTS_PREDICT_RUNTIME)
@@ -150,9 +157,9 @@ def test_w_fastest(evidence, profile):
     n = len(groups)
     evidence.metric("groups", n, EXACT)
     evidence.metric("w_fewest_acts_share", fewest_acts / n, EXACT, key=True)
-    time_tol = Tolerance(why="share of equal-flops groups where w is fastest; timing noise on "
-                             "the 2-core CPU flipped at most 1 of 9 groups over 3 repeated runs",
-                         abs=2 / 9)
+    time_tol = Tolerance(why="share of equal-flops groups where w is fastest; over 3 smoke runs "
+                             "on the shared 2-core CPU timing noise moved it by up to 2 of 9 "
+                             "groups (0.556-0.778); band 3 of 9", abs=3 / 9)
     evidence.metric("w_fastest_inference_share", fastest / n, time_tol, key=True)
     evidence.metric("w_fastest_train_share", fastest_train / n, time_tol)
     evidence.metric("dwr_most_acts_share", dwr_most / n, EXACT)
@@ -161,3 +168,142 @@ def test_w_fastest(evidence, profile):
                            f"the lowest runtime in {fastest}/{n} (inference), {fastest_train}/{n} "
                            f"(train step); secondary: dwr has the most acts among dr/wr/dwr in "
                            f"{dwr_most}/{n} (the closed forms give dr a ∝ s > dwr s^(5/6))")
+
+
+# ------------------------------------------------- dWr matches dwr's accuracy, faster
+
+DWR_MATCHES_DWR_FASTER = Claim(
+    id="scaling.dWr_matches_dwr_faster",
+    statement="dWr-scaled models (α = 0.8) reach accuracy comparable to dwr-scaled ones (the "
+              "most accurate) with clearly lower runtime; w and dWr both beat dwr on runtime, "
+              "and dWr is more accurate than w.",
+    source="Dollár et al. 2021, §6 (Figs. 6-8, Table 3): EfficientNet-B0, RegNetY/Z-500MF "
+           "scaled to 4GF/16GF on ImageNet",
+    scope="any",  # accuracy: any device; the speed half is judged on GPUs only (below)
+    paper={"acc(dWr) vs acc(dwr)": "comparable", "runtime(dWr)": "clearly below dwr"},
+)
+
+SMALL_BASE = scaling.config_of("anynet_tiny_y", stem_type="cifar", resolution=24)
+OTHER_SMALL_BASE = scaling.config_of("effnet_tiny", resolution=24)
+CIFAR_BASE = scaling.config_of("anynet_tiny_y", stem_type="cifar", depths=(1, 2, 4),
+                               widths=(32, 64, 128), group_widths=(16, 16, 16), resolution=32)
+CIFAR_OTHER_BASE = scaling.config_of("effnet_tiny", resolution=32)
+
+TRAINED = {
+    # Smoke: 2 seeds of 4000 generated images, 24 px bases (dwr renders them at 28 px).
+    "smoke": ScaledTrainingConfig(
+        bases=(SMALL_BASE, OTHER_SMALL_BASE), s=4.0, strategies=("w", "dwr", "dWr"),
+        data=DataSpec("synthetic", train_size=4000, test_size=1000, difficulty="medium"),
+        train=TrainConfig(epochs=5, batch_size=64, lr=0.1, warmup_epochs=1),
+        seeds=(0, 1), accuracy_margin=0.03, timing_batch=32),
+    # Full: CIFAR-10, 3 seeds; recipe as the paper's (SGD 0.9, warm-up, label smoothing 0.1,
+    # mixed precision), shortened to 15 epochs so 15 runs fit in ~5 GPU minutes.
+    "full": ScaledTrainingConfig(
+        bases=(CIFAR_BASE, CIFAR_OTHER_BASE), s=4.0, strategies=("w", "dwr", "dWr"),
+        data=DataSpec("cifar10"),
+        train=TrainConfig(epochs=15, batch_size=512, lr=0.8, warmup_epochs=2, augment=True,
+                          amp="bf16", channels_last=True),
+        seeds=(0, 1, 2), accuracy_margin=0.01, timing_batch=256),
+}
+
+ACC_TOL = Tolerance(
+    why="mean test accuracy over seeds; CPU training is deterministic for a fixed seed and "
+        "thread count (two identical runs gave identical accuracies), so the band only covers "
+        "BLAS/thread-count differences between machines: 0.02 absolute",
+    abs=0.02)
+RATIO_TOL = Tolerance(
+    why="ratio of inference medians timed back to back in one run on the 2-core CPU; repeated "
+        "runs moved it by up to ±0.1 (busy shared machine), band 0.25 relative",
+    rel=0.25)
+
+
+def _train_cells(cfg, cells, profile, load_data, use_cache):
+    records = {}
+    for name, net in cells.items():
+        for seed in cfg.seeds:
+            records[(name[0], name[1], seed)] = train_scaled(
+                cfg, net, seed, device=profile.device, load_data=load_data,
+                use_cache=use_cache, label=f"{name[0]}/{name[1]} seed {seed}")
+    return records
+
+
+@pytest.mark.claim(DWR_MATCHES_DWR_FASTER)
+def test_dWr_matches_dwr_faster(evidence, profile, load_data, use_cache):
+    cfg = profile.pick(TRAINED)
+    evidence.record_config(cfg, cfg.seeds)
+    base = cfg.bases[0]
+    nets = {("base0", st): scaled_config(base, st, cfg.s) for st in ("base", *cfg.strategies)}
+    table = accuracy_table(_train_cells(cfg, nets, profile, load_data, use_cache))
+    evidence.table("accuracy.csv", table)
+    chance = 1 / base.num_classes  # a diverged run counts as chance
+    acc = {st: table[table.strategy == st].test_acc.fillna(chance).tolist()
+           for st in ("base", *cfg.strategies)}
+    for st, values in acc.items():
+        evidence.metric(f"acc_{st}", stats.summarize(values).mean, ACC_TOL, key=st in ("dWr", "dwr"))
+    times = inference_times({st: n for (_, st), n in nets.items()}, cfg.timing_batch,
+                            profile.device, cfg.timing_min_run_time)
+    epoch = table.groupby("strategy").seconds_per_epoch.median()
+    evidence.metric("inference_ratio_dWr_over_dwr", times["dWr"] / times["dwr"], RATIO_TOL, key=True)
+    evidence.metric("inference_ratio_w_over_dwr", times["w"] / times["dwr"], RATIO_TOL)
+    evidence.metric("epoch_time_ratio_dWr_over_dwr", epoch["dWr"] / epoch["dwr"], RATIO_TOL)
+
+    holds, reason = dWr_verdict(acc, times, epoch.to_dict(), cfg.accuracy_margin,
+                                judge_speed=profile.device == "cuda")
+    evidence.decide(holds, reason)
+
+
+def dWr_verdict(acc: dict, times: dict, epoch: dict, margin: float, judge_speed: bool):
+    """dWr's accuracy within ``margin`` of dwr's (one-sided, over seeds); on GPUs also faster
+    than dwr in inference and per epoch. dWr-vs-w and w-vs-dwr are reported alongside."""
+    comparable = stats.within_margin(acc["dWr"], acc["dwr"], margin)
+    over_w = stats.beats(acc["dWr"], acc["w"])
+    faster = times["dWr"] < times["dwr"] and epoch["dWr"] < epoch["dwr"]
+    holds = comparable.holds and (faster or not judge_speed)
+    return holds, (
+        f"acc dWr−dwr: {comparable} (margin {margin}); dWr beats w: {over_w.holds} ({over_w}); "
+        f"runtime dWr/dwr: inference {times['dWr'] / times['dwr']:.2f}, epoch "
+        f"{epoch['dWr'] / epoch['dwr']:.2f}; w/dwr inference {times['w'] / times['dwr']:.2f}"
+        + ("" if judge_speed else " (speed is GPU-scoped: reported, not judged, on the CPU)"))
+
+
+# ---------------------------------------------------- scaling keeps the accuracy order
+
+ORDER_PRESERVED = Claim(
+    id="scaling.order_preserved",
+    statement="Scaling keeps the base models' accuracy order.",
+    source="Dollár et al. 2021, §6 (Fig. 8: RegNetZ > RegNetY > EfficientNet at every flops)",
+    scope="any",
+    paper={"order": "preserved from 500MF to 16GF"},
+)
+
+
+@pytest.mark.claim(ORDER_PRESERVED)
+def test_order_preserved(evidence, profile, load_data, use_cache):
+    cfg = profile.pick(TRAINED)
+    evidence.record_config(cfg, cfg.seeds)
+    nets = {(f"base{i}", st): scaled_config(b, st, cfg.s)
+            for i, b in enumerate(cfg.bases[:2]) for st in ("base", "dWr")}
+    table = accuracy_table(_train_cells(cfg, nets, profile, load_data, use_cache))
+    evidence.table("accuracy.csv", table)
+
+    def acc(model, st):
+        rows = table[(table.model == model) & (table.strategy == st)]
+        return rows.test_acc.fillna(1 / cfg.bases[0].num_classes).tolist()  # diverged: chance
+
+    for model in ("base0", "base1"):
+        for st in ("base", "dWr"):
+            evidence.metric(f"acc_{model}_{st}", stats.summarize(acc(model, st)).mean, ACC_TOL,
+                            key=True)
+    holds, reason = order_verdict({m: acc(m, "base") for m in ("base0", "base1")},
+                                  {m: acc(m, "dWr") for m in ("base0", "base1")})
+    evidence.decide(holds, reason)
+
+
+def order_verdict(before: dict, after: dict):
+    """The bases' order must be established (one-sided, over seeds) and hold after scaling."""
+    (a, b) = sorted(before, key=lambda m: -stats.summarize(before[m]).mean)
+    base_order = stats.beats(before[a], before[b])
+    if not base_order.holds:
+        return False, f"the bases' order is not established at this budget ({base_order})"
+    scaled_order = stats.beats(after[a], after[b])
+    return scaled_order.holds, f"bases: {a} > {b} ({base_order}); after scaling: {scaled_order}"

@@ -126,6 +126,7 @@ SYNTH_MEAN = (0.50, 0.50, 0.49)
 SYNTH_STD = (0.29, 0.29, 0.29)
 
 _CHUNK = 256
+DIFFICULTIES = ("hard", "medium")
 _SHAPES = ("disk", "triangle", "square", "ring", "cross", "pentagon", "half_disk", "hexagon")
 _N_DISTRACT_BACK = 2
 
@@ -287,8 +288,14 @@ def _coverage(u: Tensor, v: Tensor, obj: dict, pix: float) -> Tensor:
 
 
 def _render_chunk(lat: dict, resolution: int, supersample: int, noise: float,
-                  noise_seed: int) -> Tensor:
-    """Render one chunk of latents to float images in [0, 1], shape [n, 3, R, R]."""
+                  noise_seed: int, difficulty: str = "hard") -> Tensor:
+    """Render one chunk of latents to float images in [0, 1], shape [n, 3, R, R].
+
+    ``difficulty="medium"`` leaves out the clutter, the decoy and the occluder: the latents are
+    drawn all the same, so the target and background are identical to the "hard" render."""
+    cluttered = difficulty == "hard"
+    if not cluttered:
+        lat = _easier(lat)
     n = lat["y"].shape[0]
     grid = resolution * supersample
     pix = 2.0 / grid  # (sub-)pixel width in image units
@@ -309,23 +316,11 @@ def _render_chunk(lat: dict, resolution: int, supersample: int, noise: float,
     wave = torch.sin((per(w[:, 0]) * math.pi * x + per(w[:, 2])) + per(w[:, 1]) * math.pi * y)
     img = img + col(lat["bg_wave_col"]) * (wave * per(w[:, 3])).unsqueeze(1)
 
-    for obj in lat["back"]:
+    for obj in lat["back"] if cluttered else []:
         u, v = _local(x, y, obj)
         img = torch.lerp(img, col(obj["color"]), _coverage(u, v, obj, pix))
-
-    # Decoy: checkerboard = product of two orthogonal gratings, box-filter attenuated.
-    obj = lat["decoy"]
-    u, v = _local(x, y, obj)
-    f = per(lat["decoy_tex"][:, 0]) * math.pi  # radians per unit (cycles/width * 2pi / 2)
-    th = per(lat["decoy_tex"][:, 1])
-    ct, st = torch.cos(th), torch.sin(th)
-    att = _sinc(f / math.pi * pix * ct) * _sinc(f / math.pi * pix * st)
-    p1 = torch.sin(f * ct * x + f * st * y)
-    p2 = torch.sin(-f * st * x + f * ct * y)
-    t = torch.tanh((p1 * p2) * (3 * att))
-    a, b = lat["decoy_cols"]
-    fill = torch.lerp(col(a), col(b), (0.5 + 0.5 * t).unsqueeze(1))
-    img = torch.lerp(img, fill, _coverage(u, v, obj, pix))
+    if cluttered:
+        img = _draw_decoy(img, lat, x, y, pix, per, col)
 
     # Target: oriented sinusoidal grating in the image frame.
     obj = lat["target"]
@@ -340,10 +335,62 @@ def _render_chunk(lat: dict, resolution: int, supersample: int, noise: float,
     fill = torch.lerp(col(a), col(b), t.unsqueeze(1))
     img = torch.lerp(img, fill, _coverage(u, v, obj, pix))
 
-    obj = lat["front"]
-    u, v = _local(x, y, obj)
-    img = torch.lerp(img, col(obj["color"]), _coverage(u, v, obj, pix))
+    if cluttered:
+        obj = lat["front"]
+        u, v = _local(x, y, obj)
+        img = torch.lerp(img, col(obj["color"]), _coverage(u, v, obj, pix))
+    return _finish(img, noise, noise_seed, supersample)
 
+
+_MEDIUM = dict(r_scale=1.0, c_scale=1.0, bg_mute=0.0, freq=(4.5, 10.5), col_min=0.5)
+
+
+def _push_apart(a: Tensor, b: Tensor, min_dist: float) -> Tensor:
+    d = b - a
+    norm = d.norm(dim=1, keepdim=True).clamp_min(1e-6)
+    return torch.where(norm < min_dist, (a + d / norm * min_dist).clamp(0, 1), b)
+
+
+def _easier(lat: dict) -> dict:
+    m = _MEDIUM
+    lat = dict(lat)
+    tgt = dict(lat["target"])
+    tgt["r"] = tgt["r"] * m["r_scale"]
+    tgt["cx"] = tgt["cx"] * m["c_scale"]
+    tgt["cy"] = tgt["cy"] * m["c_scale"]
+    lat["target"] = tgt
+    k = 1.0 - m["bg_mute"]
+    lat["bg"] = 0.5 + (lat["bg"] - 0.5) * k
+    lat["bg_grad"] = lat["bg_grad"] * k
+    w = lat["bg_wave"].clone()
+    w[:, 3] *= k
+    lat["bg_wave"] = w
+    tex = lat["tgt_tex"].clone()
+    lo, hi = m["freq"]
+    tex[:, 0] = lo + (tex[:, 0] - 4.5) / 6.0 * (hi - lo)
+    lat["tgt_tex"] = tex
+    a, b = lat["tgt_cols"]
+    lat["tgt_cols"] = (a, _push_apart(a, b, m["col_min"]))
+    return lat
+
+
+def _draw_decoy(img, lat, x, y, pix, per, col) -> Tensor:
+    """Decoy: checkerboard = product of two orthogonal gratings, box-filter attenuated."""
+    obj = lat["decoy"]
+    u, v = _local(x, y, obj)
+    f = per(lat["decoy_tex"][:, 0]) * math.pi  # radians per unit (cycles/width * 2pi / 2)
+    th = per(lat["decoy_tex"][:, 1])
+    ct, st = torch.cos(th), torch.sin(th)
+    att = _sinc(f / math.pi * pix * ct) * _sinc(f / math.pi * pix * st)
+    p1 = torch.sin(f * ct * x + f * st * y)
+    p2 = torch.sin(-f * st * x + f * ct * y)
+    t = torch.tanh((p1 * p2) * (3 * att))
+    a, b = lat["decoy_cols"]
+    fill = torch.lerp(col(a), col(b), (0.5 + 0.5 * t).unsqueeze(1))
+    return torch.lerp(img, fill, _coverage(u, v, obj, pix))
+
+
+def _finish(img: Tensor, noise: float, noise_seed: int, supersample: int) -> Tensor:
     if supersample > 1:
         img = F.avg_pool2d(img, supersample)
     if noise > 0:
@@ -373,7 +420,7 @@ def _one_thread() -> Iterator[None]:
 
 
 def _make_split(seed: int, split: int, size: int, num_classes: int, resolution: int,
-                supersample: int, noise: float) -> tuple[Tensor, Tensor]:
+                supersample: int, noise: float, difficulty: str) -> tuple[Tensor, Tensor]:
     images = torch.empty((size, 3, resolution, resolution), dtype=torch.float32)
     labels = torch.empty((size,), dtype=torch.int64)
     mean = torch.tensor(SYNTH_MEAN).view(1, 3, 1, 1)
@@ -382,7 +429,7 @@ def _make_split(seed: int, split: int, size: int, num_classes: int, resolution: 
         # Always draw a full chunk so sample i is the same whatever the split size.
         lat = _draw_latents(seed, split, k, _CHUNK, num_classes)
         img = _render_chunk(lat, resolution, supersample, noise,
-                            _split_seed(seed, split, k, extra=1000 + resolution))
+                            _split_seed(seed, split, k, extra=1000 + resolution), difficulty)
         stop = min(start + _CHUNK, size)
         images[start:stop] = ((img - mean) / std)[: stop - start]
         labels[start:stop] = lat["y"][: stop - start]
@@ -391,9 +438,11 @@ def _make_split(seed: int, split: int, size: int, num_classes: int, resolution: 
 
 def synthetic_dataset(num_classes: int = 10, resolution: int = 32, train_size: int = 5000,
                       test_size: int = 2000, seed: int = 0, *, noise: float = 0.04,
-                      supersample: int = 1) -> DatasetSplits:
+                      supersample: int = 1, difficulty: str = "hard") -> DatasetSplits:
     """Procedural "striped shape among clutter" classification task (see module docstring).
 
+    ``difficulty``: "hard" (clutter, decoy and occluder) or "medium" (the same scenes without
+    them: background and striped target only), for residual nets on a CPU budget.
     ``supersample`` sets the anti-aliasing grid (sub-pixels per pixel side); ``noise`` is the
     per-pixel Gaussian noise std in [0, 1] image units (0 disables it).
     """
@@ -403,13 +452,17 @@ def synthetic_dataset(num_classes: int = 10, resolution: int = 32, train_size: i
         raise ValueError(f"resolution must be >= 4, got {resolution}")
     if supersample < 1:
         raise ValueError(f"supersample must be >= 1, got {supersample}")
+    if difficulty not in DIFFICULTIES:
+        raise ValueError(f"unknown difficulty {difficulty!r}; use one of {DIFFICULTIES}")
     if train_size < 0 or test_size < 0:
         raise ValueError(f"sizes must be >= 0, got train={train_size}, test={test_size}")
     with _one_thread():
-        train = _make_split(seed, 0, train_size, num_classes, resolution, supersample, noise)
-        test = _make_split(seed, 1, test_size, num_classes, resolution, supersample, noise)
-    desc = (f"synthetic striped-shape task: {num_classes} classes, {resolution}px, "
-            f"train={train_size}, test={test_size}, seed={seed}, noise={noise}")
+        train = _make_split(seed, 0, train_size, num_classes, resolution, supersample, noise,
+                            difficulty)
+        test = _make_split(seed, 1, test_size, num_classes, resolution, supersample, noise,
+                           difficulty)
+    desc = (f"synthetic striped-shape task ({difficulty}): {num_classes} classes, "
+            f"{resolution}px, train={train_size}, test={test_size}, seed={seed}, noise={noise}")
     return DatasetSplits(train, test, num_classes, resolution, desc)
 
 
@@ -651,10 +704,12 @@ class DataSpec:
     test_size: int | None = None
     seed: int = 0  # synthetic only
     num_classes: int = 10  # synthetic only; CIFAR has its own
+    difficulty: str = "hard"  # synthetic only: "hard" or "medium" (no clutter)
 
     def dry_run(self) -> DataSpec:
         """Tiny generated data: a dry run exercises the pipeline, not the dataset."""
         return DataSpec("synthetic", train_size=64, test_size=32, seed=self.seed,
+                        difficulty=self.difficulty,
                         num_classes=self.num_classes if self.name == "synthetic" else
                         (100 if self.name == "cifar100" else 10))
 
@@ -665,7 +720,8 @@ def load_dataset(spec: DataSpec, resolution: int, data_root: str | Path | None) 
     if spec.name == "synthetic":
         return synthetic_dataset(num_classes=spec.num_classes, resolution=resolution,
                                  train_size=spec.train_size or 5000,
-                                 test_size=spec.test_size or 2000, seed=spec.seed)
+                                 test_size=spec.test_size or 2000, seed=spec.seed,
+                                 difficulty=spec.difficulty)
     if spec.name not in ("cifar10", "cifar100"):
         raise ValueError(f"unknown dataset {spec.name!r}; use synthetic, cifar10 or cifar100")
     data = load_cifar(spec.name, data_root)

@@ -1,0 +1,80 @@
+"""The scaling claims' decision rules can fail: fed measurements that contradict the paper,
+each check reports NOT_REPRODUCED; and a broken scaler breaks scaling.complexity_laws."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pandas  # noqa: F401  (pytester in-process runs must not re-import C extensions)
+import pytest
+import torch  # noqa: F401
+
+import harness.environment  # noqa: F401
+import harness.references  # noqa: F401
+import harness.reporting  # noqa: F401
+from harness import scaling
+
+CLAIMS = Path(__file__).resolve().parent.parent / "claims" / "test_scaling.py"
+
+
+def load_claims_module():
+    spec = importlib.util.spec_from_file_location("claims_scaling_under_test", CLAIMS)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+claims = load_claims_module()
+GOOD_ACC = {"base": [0.40, 0.41, 0.40], "w": [0.50, 0.51, 0.50], "dwr": [0.55, 0.551, 0.552],
+            "dWr": [0.552, 0.553, 0.551]}
+FAST = {"base": 1.0, "w": 1.5, "dwr": 3.0, "dWr": 2.0}
+
+
+def test_dWr_verdict_holds_on_the_papers_pattern():
+    holds, _ = claims.dWr_verdict(GOOD_ACC, FAST, FAST, margin=0.02, judge_speed=True)
+    assert holds
+
+
+def test_dWr_verdict_fails_when_dWr_is_clearly_less_accurate():
+    worse = {**GOOD_ACC, "dWr": [0.45, 0.455]}
+    holds, reason = claims.dWr_verdict(worse, FAST, FAST, margin=0.02, judge_speed=False)
+    assert not holds and "acc dWr−dwr" in reason
+
+
+def test_dWr_verdict_fails_on_gpu_when_dWr_is_slower():
+    slow = {**FAST, "dWr": 4.0}
+    assert not claims.dWr_verdict(GOOD_ACC, slow, FAST, 0.02, judge_speed=True)[0]
+    assert claims.dWr_verdict(GOOD_ACC, slow, FAST, 0.02, judge_speed=False)[0]  # CPU: not judged
+
+
+def test_order_verdict():
+    assert claims.order_verdict({"a": [0.6, 0.61], "b": [0.5, 0.51]},
+                                {"a": [0.7, 0.71], "b": [0.6, 0.61]})[0]
+    flipped = claims.order_verdict({"a": [0.6, 0.61], "b": [0.5, 0.51]},
+                                   {"a": [0.6, 0.61], "b": [0.7, 0.71]})
+    assert not flipped[0]
+    unclear = claims.order_verdict({"a": [0.6, 0.4], "b": [0.5, 0.52]},
+                                   {"a": [0.7, 0.71], "b": [0.6, 0.61]})
+    assert not unclear[0] and "not established" in unclear[1]
+
+
+def broken_exponents(strategy, alpha=None):
+    """Fast compound scaling with e_d and e_w swapped: a plausible typo."""
+    e_d, e_w, e_r = ORIGINAL(strategy, alpha)
+    return (e_w, e_d, e_r) if strategy in ("dWr", "fast") else (e_d, e_w, e_r)
+
+
+ORIGINAL = scaling.scaling_exponents
+
+
+@pytest.mark.slow
+def test_wrong_fast_compound_exponents_break_the_complexity_laws_claim(pytester, monkeypatch):
+    monkeypatch.setattr(scaling, "scaling_exponents", broken_exponents)
+    result = pytester.runpytest_inprocess(
+        str(CLAIMS), "-k", "complexity_laws", "--profile", "smoke", "--device", "cpu",
+        "--import-mode=importlib", "--results-dir", str(pytester.path / "results"),
+        "-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)  # the committed reference says REPRODUCED
+    result.stdout.fnmatch_lines(["*scaling.complexity_laws*NOT_REPRODUCED*REGRESSED*",
+                                 "*verdict: NOT_REPRODUCED but reference REPRODUCED*"])
