@@ -183,18 +183,19 @@ DWR_MATCHES_DWR_FASTER = Claim(
     paper={"acc(dWr) vs acc(dwr)": "comparable", "runtime(dWr)": "clearly below dwr"},
 )
 
-SMALL_BASE = scaling.config_of("anynet_tiny_y", stem_type="cifar", resolution=24)
-OTHER_SMALL_BASE = scaling.config_of("effnet_tiny", resolution=24)
+SMALL_BASE = scaling.config_of("anynet_tiny_y", stem_type="cifar", resolution=16)
+OTHER_SMALL_BASE = scaling.config_of("effnet_tiny", resolution=16)
 CIFAR_BASE = scaling.config_of("anynet_tiny_y", stem_type="cifar", depths=(1, 2, 4),
                                widths=(32, 64, 128), group_widths=(16, 16, 16), resolution=32)
 CIFAR_OTHER_BASE = scaling.config_of("effnet_tiny", resolution=32)
 
 TRAINED = {
-    # Smoke: 2 seeds of 4000 generated images, 24 px bases (dwr renders them at 28 px).
+    # Smoke: 2 seeds of 3000 generated images, 16 px bases (dwr renders them at 20 px): the
+    # largest setting whose 12 runs fit the ~3 minute smoke budget on one CPU thread.
     "smoke": ScaledTrainingConfig(
         bases=(SMALL_BASE, OTHER_SMALL_BASE), s=4.0, strategies=("w", "dwr", "dWr"),
-        data=DataSpec("synthetic", train_size=4000, test_size=1000, difficulty="medium"),
-        train=TrainConfig(epochs=5, batch_size=64, lr=0.1, warmup_epochs=1),
+        data=DataSpec("synthetic", train_size=3000, test_size=1000, difficulty="medium"),
+        train=TrainConfig(epochs=6, batch_size=64, lr=0.1, warmup_epochs=1),
         seeds=(0, 1), accuracy_margin=0.03, timing_batch=32),
     # Full: CIFAR-10, 3 seeds; recipe as the paper's (SGD 0.9, warm-up, label smoothing 0.1,
     # mixed precision), shortened to 15 epochs so 15 runs fit in ~5 GPU minutes.
@@ -207,13 +208,14 @@ TRAINED = {
 }
 
 ACC_TOL = Tolerance(
-    why="mean test accuracy over seeds; CPU training is deterministic for a fixed seed and "
-        "thread count (two identical runs gave identical accuracies), so the band only covers "
-        "BLAS/thread-count differences between machines: 0.02 absolute",
+    why="mean test accuracy over seeds; CPU training on one thread is bit-identical across runs "
+        "and processes for a fixed seed (tests/test_train.py, and the AGC family's repeated "
+        "runs), so the band only covers other CPUs' kernels rounding differently: 0.02 absolute",
     abs=0.02)
 RATIO_TOL = Tolerance(
-    why="ratio of inference medians timed back to back in one run on the 2-core CPU; repeated "
-        "runs moved it by up to ±0.1 (busy shared machine), band 0.25 relative",
+    why="ratio of medians timed in one run on the shared 2-core CPU (1 thread); two smoke runs "
+        "gave 0.625 and 0.662 for dWr/dwr inference (6% apart) with other jobs running; band "
+        "25% relative for machine-to-machine load",
     rel=0.25)
 
 
