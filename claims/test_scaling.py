@@ -103,10 +103,14 @@ POPULATION = {
 }
 
 R_TOL = Tolerance(
-    why="Pearson r of timed runtimes (1 thread). Over 3 smoke runs on the shared 2-core CPU, one "
-        "of them with two other training jobs running, each r varied by up to 0.14 (e.g. "
-        "r_inference_acts 0.757, 0.873, 0.872); band ±0.15",
-    abs=0.15)
+    why="Pearson r of timed runtimes (1 thread). Over 5 smoke runs on the shared 2-core CPU, "
+        "3 of them with other training jobs running, each r spanned up to 0.26 (e.g. "
+        "r_inference_flops 0.48-0.74, r_inference_acts 0.70-0.87): CPU load reshapes small-net "
+        "timings. Band ±0.3; acts_is_best_predictor below is the sharper gate",
+    abs=0.3)
+BEST_TOL = Tolerance(
+    why="1 when r(acts) exceeds r(flops) and r(params) in both phases; it did in all 5 smoke "
+        "runs on the CPU, loaded or not, so it must not change", abs=0)
 
 
 @pytest.mark.claim(ACTS_PREDICT_RUNTIME)
@@ -123,12 +127,14 @@ def test_acts_predict_runtime(evidence, profile):
         evidence.metric(f"r_{row.phase}_{row.metric}", row.r, R_TOL,
                         key=row.phase == "inference",
                         paper={"flops": "≈0.81", "acts": "≈1"}.get(row.metric))
-    holds, shown = True, []
+    holds, best, shown = True, True, []
     for phase in ("inference", "train_step"):
         r = table[table.phase == phase].set_index("metric").r
+        best &= r["acts"] > r["flops"] and r["acts"] > r["params"]
         holds &= r["acts"] >= 0.9 and r["acts"] > r["flops"] and r["acts"] > r["params"]
         shown.append(f"{phase}: r(acts)={r['acts']:.3f}, r(flops)={r['flops']:.3f}, "
                      f"r(params)={r['params']:.3f}")
+    evidence.metric("acts_is_best_predictor", int(best), BEST_TOL, key=True)
     evidence.decide(holds, "; ".join(shown) + " (needs r(acts) ≥ 0.9 and above both others)")
 
 
