@@ -219,10 +219,12 @@ ACC_TOL = Tolerance(
         "runs), so the band only covers other CPUs' kernels rounding differently: 0.02 absolute",
     abs=0.02)
 RATIO_TOL = Tolerance(
-    why="ratio of medians timed in one run on the shared 2-core CPU (1 thread); two smoke runs "
-        "gave 0.625 and 0.662 for dWr/dwr inference (6% apart) with other jobs running; band "
-        "25% relative for machine-to-machine load",
-    rel=0.25)
+    why="ratio of medians timed in one run on the shared 2-core CPU (1 thread). Four smoke runs "
+        "(two with other jobs running, one a clean-clone CI run) gave dWr/dwr inference "
+        "0.625-0.662, w/dwr inference 0.756-0.969, dWr/dwr epoch 0.54-0.61: the smaller nets' "
+        "timings swing most with load. Band 40% relative; speed is GPU-scoped and only reported "
+        "here (the benchmarks gate speed)",
+    rel=0.4)
 
 
 def _train_cells(cfg, cells, profile, load_data, use_cache):
