@@ -24,6 +24,9 @@ class Verdict(str, Enum):
     REPRODUCED = "REPRODUCED"
     NOT_REPRODUCED = "NOT_REPRODUCED"
     OUT_OF_SCOPE = "OUT_OF_SCOPE"
+    # The measurement cannot decide: a precondition of the test failed (e.g. the bases whose
+    # order is to be preserved have no established order at this budget). Never a pass.
+    INCONCLUSIVE = "INCONCLUSIVE"
 
 
 @dataclass(frozen=True)
@@ -140,14 +143,17 @@ class Evidence:
     def note(self, text: str) -> None:
         self.notes.append(text)
 
-    def decide(self, holds: bool, reason: str) -> Verdict:
-        """Set the verdict from what was measured; outside the claim's scope it is OUT_OF_SCOPE."""
+    def decide(self, holds: bool | None, reason: str) -> Verdict:
+        """Set the verdict from what was measured; outside the claim's scope it is OUT_OF_SCOPE.
+
+        ``holds=None``: the measurement cannot decide (a precondition failed): INCONCLUSIVE."""
         if self.claim.scope == "gpu" and self.device != "cuda":
             self.verdict = Verdict.OUT_OF_SCOPE
-            claim_would = "holds" if holds else "fails"
+            claim_would = {True: "holds", False: "fails", None: "is undecided"}[holds]
             self.reason = f"GPU-scoped, measured on {self.device} (here it {claim_would}: {reason})"
         else:
-            self.verdict = Verdict.REPRODUCED if holds else Verdict.NOT_REPRODUCED
+            self.verdict = {True: Verdict.REPRODUCED, False: Verdict.NOT_REPRODUCED,
+                            None: Verdict.INCONCLUSIVE}[holds]
             self.reason = reason
         return self.verdict
 

@@ -9,6 +9,7 @@ the plugin costs nothing in runs that have no claims.
 
 from __future__ import annotations
 
+import argparse
 import fnmatch
 import time
 from dataclasses import dataclass, field
@@ -46,6 +47,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="directory with CIFAR in torchvision's format (else $CLAIMS_DATA)")
     g.addoption("--no-cache", action="store_true",
                 help="recompute training runs instead of reusing cached records")
+    g.addoption("--workers", default="auto", type=_workers_option,
+                help="processes for CPU training runs (default auto: one per usable core, or "
+                     "$HARNESS_WORKERS; CUDA runs are serial)")
+
+
+def _workers_option(value: str) -> int | str:
+    if value == "auto":
+        return value
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"a positive integer or 'auto', not {value!r}")
+    return int(value)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -164,6 +176,15 @@ def load_data(request: pytest.FixtureRequest, data_root):
 @pytest.fixture
 def use_cache(request: pytest.FixtureRequest) -> bool:
     return not request.config.option.no_cache
+
+
+@pytest.fixture
+def workers(request: pytest.FixtureRequest) -> int:
+    """How many processes train a claim's runs side by side (records do not depend on it)."""
+    from harness.train import default_workers
+
+    value = request.config.option.workers
+    return default_workers(request.config.stash[RUN].profile.device) if value == "auto" else value
 
 
 @pytest.fixture

@@ -233,6 +233,28 @@ def scale(
 # ---------------------------------------- configs ---------------------------------------- #
 
 
+def scale_to_flops(base: Config, s: float, strategy: str, alpha: float | None = None,
+                   steps: int = 24) -> Config:
+    """``base`` scaled by ``strategy`` to the flops nearest ``s`` times its own.
+
+    Rounding (widths, groups, depths, resolution) moves a small network's flops far from the
+    nominal ``s`` (e.g. dWr of a 3 MF net at s=4 lands at 2.6x), so comparing strategies at
+    "the same s" would compare unequal budgets. This searches the nominal factor over a
+    geometric grid from s/2 to 2s (``steps`` points per octave, ``s`` itself included) and keeps
+    the rounded network whose flops ratio is closest to ``s`` in log distance; ties go to the
+    nominal factor nearest ``s``. Never further from ``s`` than ``scale(base, s, ...)``.
+    """
+    target = math.log(s)
+    base_flops = measure_config(base).flops
+    best, best_key = base, math.inf
+    for i in sorted(range(-steps, steps + 1), key=abs):
+        cfg = scale(base, s * 2 ** (i / steps), strategy, alpha)
+        key = abs(math.log(measure_config(cfg).flops / base_flops) - target)
+        if key < best_key - 1e-12:
+            best, best_key = cfg, key
+    return best
+
+
 def config_of(name: str, **overrides) -> Config:
     """The config of registered model ``name`` (AnyNet or EffNet family)."""
     for family in (anynet, effnet):

@@ -19,7 +19,7 @@ import torch
 
 from harness import complexity, scaling, stats, timing
 from harness.data import DataSpec
-from harness.train import TrainConfig, TrainRecord, cached, train
+from harness.train import TrainConfig, TrainJob, TrainRecord, run_jobs
 
 # ------------------------------------------------------------------ runtime population
 
@@ -234,21 +234,40 @@ class ScaledTrainingConfig:
                                       channels_last=False, compile=False))
 
 
+@functools.cache
 def scaled_config(base: scaling.Config, strategy: str, s: float) -> scaling.Config:
-    return base if strategy == "base" else scaling.scale(base, s, strategy)
+    """``base`` scaled by ``strategy`` to the flops nearest ``s`` times its own, so strategies
+    are compared at equal budgets (rounding alone leaves small nets far apart)."""
+    return base if strategy == "base" else scaling.scale_to_flops(base, s, strategy)
 
 
-def train_scaled(cfg: ScaledTrainingConfig, net: scaling.Config, seed: int, *, device: str,
-                 load_data, use_cache: bool, label: str) -> TrainRecord:
-    """Train one network (a cell) with the config's recipe, reusing a cached record."""
+def flops_ratio(base: scaling.Config, net: scaling.Config) -> float:
+    return complexity.measure_config(net).flops / complexity.measure_config(base).flops
+
+
+def train_scaled(cfg: ScaledTrainingConfig, nets: dict[str, scaling.Config], *, device: str,
+                 load_data, use_cache: bool, workers: int = 1,
+                 progress: bool | None = None) -> dict[tuple[str, int], TrainRecord]:
+    """Train every network in ``nets`` once per seed with the config's recipe.
+
+    Records come back keyed by (name, seed); finished cells are read from the cache, and with
+    ``workers > 1`` the rest train side by side in that many processes (CPU only)."""
     from harness.profiles import device_class
 
-    data = load_data(cfg.data, net.resolution)
-    recipe = dataclasses.replace(cfg.train, seed=seed)
-    key = {"study": "scaled-training", "model": net, "train": recipe, "data": cfg.data,
-           "device": device_class(device)}
-    return cached(key, lambda: train(lambda: scaling.build_config(net), data.train, data.test,
-                                     recipe, device=device, desc=label), enabled=use_cache)
+    jobs = {}
+    for name, net in nets.items():
+        data = load_data(cfg.data, net.resolution)
+        for seed in cfg.seeds:
+            recipe = dataclasses.replace(cfg.train, seed=seed)
+            key = {"study": "scaled-training", "model": net, "train": recipe, "data": cfg.data,
+                   "device": device_class(device)}
+            jobs[(name, seed)] = TrainJob(key, functools.partial(scaling.build_config, net),
+                                          data.train, data.test, recipe, device,
+                                          desc=f"{name} seed {seed}",
+                                          cost=complexity.measure_config(net).flops)
+    records = run_jobs(list(jobs.values()), workers=workers, use_cache=use_cache,
+                       progress=progress)
+    return dict(zip(jobs, records))
 
 
 def accuracy_table(records: dict[tuple[str, str, int], TrainRecord]) -> pd.DataFrame:

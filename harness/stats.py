@@ -43,43 +43,63 @@ def summarize(values: Sequence[float], confidence: float = 0.95) -> SeedSummary:
 
 @dataclass(frozen=True)
 class OneSided:
-    """Is mean(a) − mean(b) > −margin?  ``lower`` is the one-sided bound on mean(a) − mean(b)."""
+    """Is mean(a) − mean(b) > −margin?  ``lower``/``upper``: one-sided confidence bounds on
+    mean(a) − mean(b). ``holds``: the lower bound clears −margin; ``refuted``: the upper bound
+    is below it. Neither: the seeds cannot tell (too few or too noisy)."""
 
     holds: bool
     difference: float
     lower: float
     margin: float
     confidence: float
+    upper: float = math.inf
+
+    @property
+    def refuted(self) -> bool:
+        return self.upper < -self.margin
+
+    @property
+    def decided(self) -> bool | None:
+        """True (holds), False (refuted) or None (undecided)."""
+        return True if self.holds else (False if self.refuted else None)
 
     def __str__(self) -> str:
-        return (f"diff {self.difference:+.4g}, {self.confidence:.0%} lower bound {self.lower:+.4g} "
-                f"vs −margin {-self.margin:+.4g}")
+        return (f"diff {self.difference:+.4g}, {self.confidence:.0%} bounds "
+                f"[{self.lower:+.4g}, {self.upper:+.4g}] vs −margin {-self.margin:+.4g}")
 
 
 def lower_bound_of_difference(a: Sequence[float], b: Sequence[float],
                               confidence: float = 0.95) -> tuple[float, float]:
     """(mean(a) − mean(b), its one-sided Welch lower confidence bound)."""
+    diff, lower, _ = bounds_of_difference(a, b, confidence)
+    return diff, lower
+
+
+def bounds_of_difference(a: Sequence[float], b: Sequence[float],
+                         confidence: float = 0.95) -> tuple[float, float, float]:
+    """(mean(a) − mean(b), its one-sided Welch lower bound, its one-sided upper bound)."""
     a, b = np.asarray(a, float), np.asarray(b, float)
     diff = float(a.mean() - b.mean())
     if a.size < 2 or b.size < 2:
-        return diff, -math.inf  # one run per side bounds nothing
+        return diff, -math.inf, math.inf  # one run per side bounds nothing
     if a.std(ddof=1) == 0 and b.std(ddof=1) == 0:
-        return diff, diff  # deterministic: no spread to allow for
-    res = stats.ttest_ind(a, b, equal_var=False, alternative="greater")
-    return diff, float(res.confidence_interval(confidence).low)
+        return diff, diff, diff  # deterministic: no spread to allow for
+    low = stats.ttest_ind(a, b, equal_var=False, alternative="greater").confidence_interval(confidence)
+    high = stats.ttest_ind(a, b, equal_var=False, alternative="less").confidence_interval(confidence)
+    return diff, float(low.low), float(high.high)
 
 
 def within_margin(a: Sequence[float], b: Sequence[float], margin: float,
                   confidence: float = 0.95) -> OneSided:
     """A is no worse than B by more than ``margin``, at the given one-sided confidence."""
-    diff, lower = lower_bound_of_difference(a, b, confidence)
-    return OneSided(lower > -margin, diff, lower, margin, confidence)
+    diff, lower, upper = bounds_of_difference(a, b, confidence)
+    return OneSided(lower > -margin, diff, lower, margin, confidence, upper)
 
 
 def beats(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> OneSided:
     """A is better than B (mean(a) > mean(b)) at the given one-sided confidence."""
-    diff, lower = lower_bound_of_difference(a, b, confidence)
-    return OneSided(lower > 0, diff, lower, 0.0, confidence)
+    diff, lower, upper = bounds_of_difference(a, b, confidence)
+    return OneSided(lower > 0, diff, lower, 0.0, confidence, upper)
 
 
 @dataclass(frozen=True)

@@ -289,19 +289,122 @@ def cached(key: dict[str, Any], run: Callable[[], TrainRecord], *, enabled: bool
            directory: Path | None = None) -> TrainRecord:
     """``run()``'s record, reused from disk when the same key finished before."""
     path = (directory or cache_dir()) / f"{cache_key(key)}.json"
-    if enabled and path.exists():
-        try:
-            doc = json.loads(path.read_text())
-            rec = TrainRecord(**{**doc["record"], "from_cache": True})
-            rec.loss_curve = [tuple(p) for p in rec.loss_curve]
-            rec.test_acc = math.nan if rec.test_acc is None else rec.test_acc  # NaN is stored as null
-            rec.test_loss = math.nan if rec.test_loss is None else rec.test_loss
-            return rec
-        except (OSError, json.JSONDecodeError, KeyError, TypeError):
-            pass  # an unreadable entry is recomputed and overwritten
+    hit = _load_cached(path) if enabled else None
+    if hit is not None:
+        return hit
     rec = run()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps({"key": to_jsonable(key), "record": to_jsonable(asdict(rec))}))
     os.replace(tmp, path)
     return rec
+
+
+def _load_cached(path: Path) -> TrainRecord | None:
+    try:
+        doc = json.loads(path.read_text())
+        rec = TrainRecord(**{**doc["record"], "from_cache": True})
+    except FileNotFoundError:
+        return None
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        return None  # an unreadable entry is recomputed and overwritten
+    rec.loss_curve = [tuple(p) for p in rec.loss_curve]
+    rec.test_acc = math.nan if rec.test_acc is None else rec.test_acc  # NaN is stored as null
+    rec.test_loss = math.nan if rec.test_loss is None else rec.test_loss
+    return rec
+
+
+# ------------------------------------------------------------- many runs, side by side
+
+
+@dataclass
+class TrainJob:
+    """One cached training run, described so that another process can run it: ``model_fn``
+    and the hooks must pickle (module-level functions, ``functools.partial`` of them)."""
+
+    key: dict[str, Any]  # the cache key: everything that determines the record
+    model_fn: Callable[[], nn.Module]
+    train_set: tuple[torch.Tensor, torch.Tensor]
+    test_set: tuple[torch.Tensor, torch.Tensor]
+    cfg: TrainConfig
+    device: str = "cpu"
+    before_step: Sequence[StepHook] = ()
+    after_step: Sequence[StepHook] = ()
+    desc: str = "train"
+    cost: float = 0.0  # expected run time, any unit: the costliest start first
+
+
+def default_workers(device: str) -> int:
+    """Processes for CPU runs: one per usable core (each run pins its own threads); CUDA: 1."""
+    if device != "cpu":
+        return 1
+    env = os.environ.get("HARNESS_WORKERS")
+    if env:
+        return max(1, int(env))
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def run_jobs(jobs: Sequence[TrainJob], *, workers: int = 1, use_cache: bool = True,
+             directory: Path | None = None, progress: bool | None = None) -> list[TrainRecord]:
+    """The records of ``jobs``, in order: cached ones read back, the rest trained (once per
+    distinct key: duplicates share the record).
+
+    With ``workers > 1`` (CPU jobs only) the runs go to that many spawned processes. Each run
+    seeds itself and pins its CPU threads, so its record is bit-identical to a serial run's;
+    only wall time changes (the runs no longer share a core). A worker's error is re-raised.
+    """
+    from harness.reporting import progress_bar
+
+    out: list[TrainRecord | None] = [None] * len(jobs)
+    todo = []
+    first_of: dict[str, int] = {}  # jobs with equal keys train once and share the record
+    for i, job in enumerate(jobs):
+        key = cache_key(job.key)
+        if key in first_of:
+            continue
+        first_of[key] = i
+        hit = _load_cached((directory or cache_dir()) / f"{key}.json") if use_cache else None
+        if hit is None:
+            todo.append(i)
+        out[i] = hit
+    parallel = min(workers, len(todo)) > 1 and all(jobs[i].device == "cpu" for i in todo)
+    if not parallel:
+        for i in todo:
+            out[i] = _run_job(jobs[i], use_cache, directory, progress)
+        return _share(jobs, out, first_of)
+
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    # spawn, not fork: a forked child inherits the parent's torch thread pools and locks.
+    with cf.ProcessPoolExecutor(min(workers, len(todo)), mp_context=mp.get_context("spawn")) as pool, \
+            progress_bar(len(todo), f"{len(todo)} runs on {min(workers, len(todo))} processes",
+                         progress) as bar:
+        # Longest first, so the workers finish at about the same time.
+        order = sorted(todo, key=lambda i: -jobs[i].cost)
+        futures = {pool.submit(_run_job, jobs[i], use_cache, directory, False): i for i in order}
+        try:
+            for fut in cf.as_completed(futures):
+                out[futures[fut]] = fut.result()
+                bar.update(1)
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
+    return _share(jobs, out, first_of)
+
+
+def _share(jobs, out, first_of) -> list[TrainRecord]:
+    return [out[first_of[cache_key(job.key)]] for job in jobs]  # type: ignore[misc]
+
+
+def _run_job(job: TrainJob, use_cache: bool, directory: Path | None,
+             progress: bool | None) -> TrainRecord:
+    return cached(job.key, lambda: train(job.model_fn, job.train_set, job.test_set, job.cfg,
+                                         device=job.device, before_step=job.before_step,
+                                         after_step=job.after_step, progress=progress,
+                                         desc=job.desc),
+                  enabled=use_cache, directory=directory)

@@ -39,7 +39,15 @@ def test_dWr_verdict_holds_on_the_papers_pattern():
 def test_dWr_verdict_fails_when_dWr_is_clearly_less_accurate():
     worse = {**GOOD_ACC, "dWr": [0.45, 0.455]}
     holds, reason = claims.dWr_verdict(worse, FAST, FAST, margin=0.02, judge_speed=False)
-    assert not holds and "acc dWr−dwr" in reason
+    assert holds is False and "acc dWr−dwr" in reason and "clearly outside" in reason
+
+
+def test_dWr_verdict_is_undecided_when_the_seeds_cannot_tell():
+    noisy = {**GOOD_ACC, "dWr": [0.45, 0.60], "dwr": [0.50, 0.62]}
+    holds, reason = claims.dWr_verdict(noisy, FAST, FAST, margin=0.02, judge_speed=False)
+    assert holds is None and "undecided" in reason
+    # ...but on a GPU a slower dWr refutes it whatever the accuracies say
+    assert claims.dWr_verdict(noisy, {**FAST, "dWr": 4.0}, FAST, 0.02, judge_speed=True)[0] is False
 
 
 def test_dWr_verdict_fails_on_gpu_when_dWr_is_slower():
@@ -53,10 +61,13 @@ def test_order_verdict():
                                 {"a": [0.7, 0.71], "b": [0.6, 0.61]})[0]
     flipped = claims.order_verdict({"a": [0.6, 0.61], "b": [0.5, 0.51]},
                                    {"a": [0.6, 0.61], "b": [0.7, 0.71]})
-    assert not flipped[0]
+    assert flipped[0] is False
+    noisy_after = claims.order_verdict({"a": [0.6, 0.61], "b": [0.5, 0.51]},
+                                       {"a": [0.7, 0.5], "b": [0.6, 0.61]})
+    assert noisy_after[0] is None
     unclear = claims.order_verdict({"a": [0.6, 0.4], "b": [0.5, 0.52]},
                                    {"a": [0.7, 0.71], "b": [0.6, 0.61]})
-    assert not unclear[0] and "not established" in unclear[1]
+    assert unclear[0] is None and "not established" in unclear[1]  # undecided, never a pass
 
 
 def broken_exponents(strategy, alpha=None):

@@ -147,6 +147,13 @@ def test_unknown_profile_is_a_usage_error(sandbox):
     result.stderr.fnmatch_lines(["*invalid choice: 'huge'*"])
 
 
+@pytest.mark.parametrize("value", ["0", "two", "-1"])
+def test_bad_worker_count_is_a_usage_error(sandbox, value):
+    result = sandbox.runpytest_inprocess(f"--workers={value}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*--workers: a positive integer or 'auto', not '{value}'*"])
+
+
 def test_dry_run_skips_reference_comparison(sandbox):
     result = run(sandbox, "--dry-run", "--strict-references")
     result.assert_outcomes(passed=2)

@@ -105,3 +105,13 @@ def test_committed_references_all_load():
         ref = refs.load_reference(path)
         assert path.stem == ref.claim
         assert all(m.tolerance.why.strip() for m in ref.metrics.values())
+
+
+def test_undecided_measurement_is_inconclusive_never_reproduced():
+    from harness.claim import Claim, Evidence, Verdict
+
+    ev = Evidence(Claim(id="t.x", statement="s", source="src"), "cpu", None)
+    assert ev.decide(None, "precondition failed") is Verdict.INCONCLUSIVE
+    gpu = Evidence(Claim(id="t.y", statement="s", source="src", scope="gpu"), "cpu", None)
+    assert gpu.decide(None, "precondition failed") is Verdict.OUT_OF_SCOPE
+    assert "undecided" in gpu.reason

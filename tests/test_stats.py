@@ -55,3 +55,13 @@ def test_pearson_invariant_to_positive_affine_maps(x, scale, shift):
 def test_perfect_correlation():
     r = stats.pearson([1, 2, 3, 4], [2, 4, 6, 8])
     assert r.r == pytest.approx(1.0)
+
+
+def test_one_sided_comparison_can_hold_be_refuted_or_stay_undecided():
+    from harness.stats import within_margin
+
+    assert within_margin([0.70, 0.71, 0.70], [0.70, 0.70, 0.71], 0.02).decided is True
+    clearly_worse = within_margin([0.60, 0.61, 0.60], [0.70, 0.70, 0.71], 0.02)
+    assert clearly_worse.decided is False and clearly_worse.upper < -0.02
+    noisy = within_margin([0.55, 0.70], [0.65, 0.66], 0.02)
+    assert noisy.decided is None and noisy.lower < -0.02 < noisy.upper

@@ -158,3 +158,61 @@ def test_diverged_record_round_trips_through_the_cache(tmp_path):
     got = tr.cached({"d": 1}, lambda: rec, directory=tmp_path)
     got = tr.cached({"d": 1}, lambda: rec, directory=tmp_path)
     assert got.from_cache and got.diverged and math.isnan(got.test_acc)
+
+
+# ------------------------------------------------------------- many runs, side by side
+
+
+def _jobs(data, seeds=(0, 1, 2)) -> list[tr.TrainJob]:
+    import functools
+
+    from harness.models import build
+
+    # Built in the worker from picklable parts: the registry function and its overrides.
+    model_fn = functools.partial(build, "anynet_tiny_x", stem_type="cifar", resolution=16)
+    cfg = tr.TrainConfig(epochs=1, batch_size=64, lr=0.05, warmup_epochs=0.5)
+    return [tr.TrainJob({"test": "run_jobs", "seed": s}, model_fn, data.train, data.test,
+                        tr.TrainConfig(**{**cfg.__dict__, "seed": s}), cost=s)
+            for s in seeds]
+
+
+@pytest.mark.slow
+def test_parallel_runs_match_serial_runs_exactly(data, tmp_path):
+    serial = tr.run_jobs(_jobs(data), workers=1, directory=tmp_path / "a", progress=False)
+    parallel = tr.run_jobs(_jobs(data), workers=2, directory=tmp_path / "b", progress=False)
+    assert [r.test_acc for r in serial] == [r.test_acc for r in parallel]  # same order, bits
+    assert [r.loss_curve for r in serial] == [r.loss_curve for r in parallel]
+    assert len({r.test_acc for r in serial}) > 1  # the seeds differ: order would show
+    again = tr.run_jobs(_jobs(data), workers=2, directory=tmp_path / "b", progress=False)
+    assert all(r.from_cache for r in again)
+    assert [r.test_acc for r in again] == [r.test_acc for r in parallel]
+
+
+@pytest.mark.slow
+def test_a_failing_worker_run_is_reraised(data, tmp_path):
+    jobs = _jobs(data, seeds=(0, 1))
+    bad_images = data.train[0][:, :1]  # one channel where the model expects three
+    jobs[1] = tr.TrainJob(jobs[1].key, jobs[1].model_fn, (bad_images, data.train[1]), data.test,
+                          jobs[1].cfg)
+    with pytest.raises(RuntimeError, match="channels"):
+        tr.run_jobs(jobs, workers=2, directory=tmp_path, progress=False)
+
+
+def test_default_workers(monkeypatch):
+    assert tr.default_workers("cuda") == 1
+    monkeypatch.setenv("HARNESS_WORKERS", "3")
+    assert tr.default_workers("cpu") == 3
+    monkeypatch.delenv("HARNESS_WORKERS")
+    assert tr.default_workers("cpu") >= 1
+
+
+def test_jobs_with_equal_keys_train_once(data, tmp_path, monkeypatch):
+    calls = []
+    real = tr._run_job
+    monkeypatch.setattr(tr, "_run_job", lambda job, *a: calls.append(job.key) or real(job, *a))
+    jobs = _jobs(data, seeds=(0,))
+    twin = tr.TrainJob(dict(jobs[0].key), jobs[0].model_fn, data.train, data.test, jobs[0].cfg)
+    cfg = tr.TrainConfig(epochs=0.2, batch_size=64)
+    jobs = [tr.TrainJob(j.key, j.model_fn, j.train_set, j.test_set, cfg) for j in (jobs[0], twin)]
+    a, b = tr.run_jobs(jobs, workers=1, directory=tmp_path, progress=False)
+    assert len(calls) == 1 and a is b
