@@ -33,6 +33,7 @@ class ClaimRow:
     source: str = ""
     seeds: list[int] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 def row_from(evidence: Evidence, comparison: Comparison, seconds: float) -> ClaimRow:
@@ -52,6 +53,7 @@ def row_from(evidence: Evidence, comparison: Comparison, seconds: float) -> Clai
         source=claim.source,
         seeds=list(evidence.seeds),
         config=evidence.config,
+        notes=list(evidence.notes),
     )
 
 
@@ -83,6 +85,7 @@ def terminal_table(rows: list[ClaimRow], width: int = 120) -> str:
             details.append(f"measured: {r.measured}")
         if r.paper:
             details.append(f"paper: {r.paper}")
+        details += [f"note: {n}" for n in r.notes]
         details += [f"! {p}" for p in r.problems]
         wrapped = [w for d in details for w in textwrap.wrap(
             d, body_w, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False)]
@@ -123,6 +126,7 @@ def markdown_report(rows: list[ClaimRow], context: dict[str, Any], run_dir: Path
         if r.source:
             out.append(f"Source: {r.source}.")
         out += [f"Why: {r.reason}", ""]
+        out += [f"Note: {n}" for n in r.notes] + ([""] if r.notes else [])
         if r.metrics:
             out += ["| metric | value |", "| --- | --- |"]
             out += [f"| {k} | {v} |" for k, v in r.metrics.items()]

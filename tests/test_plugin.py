@@ -34,6 +34,7 @@ def test_demo(evidence, profile):
 @pytest.mark.claim(GPU_DEMO)
 def test_gpu_demo(evidence):
     evidence.metric("y", 2.0, TOL)
+    evidence.note("a caveat worth reading")
     evidence.decide(True, "y is 2")
 """
 
@@ -132,7 +133,13 @@ def test_results_are_written_as_csv_json_and_report(sandbox):
     assert set(frame["claim"]) == {"demo.claim", "demo.gpu"}
     doc = json.loads((run_dir / "claims.json").read_text())
     assert doc["profile"] == "smoke" and "torch" in doc["environment"]
-    assert "demo.claim" in (run_dir / "report.md").read_text()
+    report = (run_dir / "report.md").read_text()
+    assert "demo.claim" in report and "Note: a caveat worth reading" in report
+
+
+def test_notes_show_in_the_table(sandbox):
+    result = run(sandbox)
+    result.stdout.fnmatch_lines(["*note: a caveat worth reading*"])
 
 
 def test_unknown_claim_is_a_usage_error(sandbox):
