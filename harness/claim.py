@@ -75,7 +75,10 @@ class Tolerance:
                 return None  # both non-finite, e.g. a run that diverged both times
             return f"{name}: {_fmt(value)} but reference {_fmt(reference)}"
         tol = self.half_width(reference)
-        lo, hi = reference - tol, reference + tol
+        # The band is closed; the slack keeps its edges inside despite float rounding
+        # (4/9 + 3/9 < 7/9 in binary floating point).
+        slack = 1e-12 * max(1.0, abs(reference))
+        lo, hi = reference - tol - slack, reference + tol + slack
         too_low = value < lo and self.direction != "lower-is-better"
         too_high = value > hi and self.direction != "higher-is-better"
         if too_low or too_high:
