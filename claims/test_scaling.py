@@ -283,7 +283,9 @@ def test_dWr_matches_dwr_faster(evidence, profile, load_data, use_cache, workers
 
     holds, reason = dWr_verdict(acc, times, epoch.to_dict(), cfg.accuracy_margin,
                                 judge_speed=profile.device == "cuda")
-    evidence.decide(holds, reason)
+    budgets = ", ".join(f"{st} {flops_ratio(base, nets[('base0', st)]):.2f}x"
+                        for st in cfg.strategies)
+    evidence.decide(holds, f"{reason}; flops over the base (target {cfg.s:g}x): {budgets}")
 
 
 def dWr_verdict(acc: dict, times: dict, epoch: dict, margin: float, judge_speed: bool):
