@@ -237,13 +237,15 @@ FLOPS_TOL = Tolerance(
     rel=1e-9)
 
 
-def _record_budgets(evidence, nets: dict, base_name: str = "base0") -> None:
+def _record_budgets(evidence, nets: dict, base_name: str = "base0") -> dict:
     """Each scaled net's flops over its base's (scaled_config matches them to s as closely as
-    rounding allows), and a note where rounding makes two strategies the same network."""
+    rounding allows), and a note where rounding makes two strategies the same network.
+    Returns the ratios by (model, strategy)."""
     base = nets[(base_name, "base")]
-    for (m, st), net in nets.items():
-        if st != "base":
-            evidence.metric(f"flops_ratio_{m}_{st}", flops_ratio(nets[(m, "base")], net), FLOPS_TOL)
+    ratios = {(m, st): flops_ratio(nets[(m, "base")], net)
+              for (m, st), net in nets.items() if st != "base"}
+    for (m, st), ratio in ratios.items():
+        evidence.metric(f"flops_ratio_{m}_{st}", ratio, FLOPS_TOL)
     scaled = {st: net for (m, st), net in nets.items() if m == base_name and st != "base"}
     for a, b in itertools.combinations(scaled, 2):
         if scaled[a] == scaled[b]:
@@ -251,6 +253,7 @@ def _record_budgets(evidence, nets: dict, base_name: str = "base0") -> None:
                           f"(depths {scaled[a].depths}, widths {scaled[a].widths}, "
                           f"{scaled[a].resolution} px; base {base.resolution} px): "
                           f"the depth/resolution steps are below one rounding step")
+    return ratios
 
 
 def _train_cells(cfg, cells, profile, load_data, use_cache, workers):
@@ -266,7 +269,7 @@ def test_dWr_matches_dwr_faster(evidence, profile, load_data, use_cache, workers
     evidence.record_config(cfg, cfg.seeds)
     base = cfg.bases[0]
     nets = {("base0", st): scaled_config(base, st, cfg.s) for st in ("base", *cfg.strategies)}
-    _record_budgets(evidence, nets)
+    budgets = _record_budgets(evidence, nets)
     table = accuracy_table(_train_cells(cfg, nets, profile, load_data, use_cache, workers))
     evidence.table("accuracy.csv", table)
     chance = 1 / base.num_classes  # a diverged run counts as chance
@@ -283,9 +286,8 @@ def test_dWr_matches_dwr_faster(evidence, profile, load_data, use_cache, workers
 
     holds, reason = dWr_verdict(acc, times, epoch.to_dict(), cfg.accuracy_margin,
                                 judge_speed=profile.device == "cuda")
-    budgets = ", ".join(f"{st} {flops_ratio(base, nets[('base0', st)]):.2f}x"
-                        for st in cfg.strategies)
-    evidence.decide(holds, f"{reason}; flops over the base (target {cfg.s:g}x): {budgets}")
+    flops = ", ".join(f"{st} {budgets[('base0', st)]:.2f}x" for st in cfg.strategies)
+    evidence.decide(holds, f"{reason}; flops over the base (target {cfg.s:g}x): {flops}")
 
 
 def dWr_verdict(acc: dict, times: dict, epoch: dict, margin: float, judge_speed: bool):

@@ -257,6 +257,7 @@ def train_scaled(cfg: ScaledTrainingConfig, nets: dict[str, scaling.Config], *, 
     jobs = {}
     for name, net in nets.items():
         data = load_data(cfg.data, net.resolution)
+        flops = complexity.measure_config(net).flops
         for seed in cfg.seeds:
             recipe = dataclasses.replace(cfg.train, seed=seed)
             key = {"study": "scaled-training", "model": net, "train": recipe, "data": cfg.data,
@@ -264,7 +265,7 @@ def train_scaled(cfg: ScaledTrainingConfig, nets: dict[str, scaling.Config], *, 
             jobs[(name, seed)] = TrainJob(key, functools.partial(scaling.build_config, net),
                                           data.train, data.test, recipe, device,
                                           desc=f"{name} seed {seed}",
-                                          cost=complexity.measure_config(net).flops)
+                                          cost=flops)
     records = run_jobs(list(jobs.values()), workers=workers, use_cache=use_cache,
                        progress=progress)
     return dict(zip(jobs, records))

@@ -68,13 +68,6 @@ class OneSided:
                 f"[{self.lower:+.4g}, {self.upper:+.4g}] vs −margin {-self.margin:+.4g}")
 
 
-def lower_bound_of_difference(a: Sequence[float], b: Sequence[float],
-                              confidence: float = 0.95) -> tuple[float, float]:
-    """(mean(a) − mean(b), its one-sided Welch lower confidence bound)."""
-    diff, lower, _ = bounds_of_difference(a, b, confidence)
-    return diff, lower
-
-
 def bounds_of_difference(a: Sequence[float], b: Sequence[float],
                          confidence: float = 0.95) -> tuple[float, float, float]:
     """(mean(a) − mean(b), its one-sided Welch lower bound, its one-sided upper bound)."""

@@ -288,7 +288,7 @@ def cache_key(key: dict[str, Any]) -> str:
 def cached(key: dict[str, Any], run: Callable[[], TrainRecord], *, enabled: bool = True,
            directory: Path | None = None) -> TrainRecord:
     """``run()``'s record, reused from disk when the same key finished before."""
-    path = (directory or cache_dir()) / f"{cache_key(key)}.json"
+    path = _cache_path(cache_key(key), directory)
     hit = _load_cached(path) if enabled else None
     if hit is not None:
         return hit
@@ -300,14 +300,17 @@ def cached(key: dict[str, Any], run: Callable[[], TrainRecord], *, enabled: bool
     return rec
 
 
+def _cache_path(hashed_key: str, directory: Path | None) -> Path:
+    return (directory or cache_dir()) / f"{hashed_key}.json"
+
+
 def _load_cached(path: Path) -> TrainRecord | None:
+    """The stored record, or None when absent or unreadable (then it is recomputed)."""
     try:
         doc = json.loads(path.read_text())
         rec = TrainRecord(**{**doc["record"], "from_cache": True})
-    except FileNotFoundError:
-        return None
     except (OSError, json.JSONDecodeError, KeyError, TypeError):
-        return None  # an unreadable entry is recomputed and overwritten
+        return None
     rec.loss_curve = [tuple(p) for p in rec.loss_curve]
     rec.test_acc = math.nan if rec.test_acc is None else rec.test_acc  # NaN is stored as null
     rec.test_loss = math.nan if rec.test_loss is None else rec.test_loss
@@ -358,31 +361,28 @@ def run_jobs(jobs: Sequence[TrainJob], *, workers: int = 1, use_cache: bool = Tr
     """
     from harness.reporting import progress_bar
 
-    out: list[TrainRecord | None] = [None] * len(jobs)
-    todo = []
+    keys = [cache_key(job.key) for job in jobs]
     first_of: dict[str, int] = {}  # jobs with equal keys train once and share the record
-    for i, job in enumerate(jobs):
-        key = cache_key(job.key)
-        if key in first_of:
-            continue
-        first_of[key] = i
-        hit = _load_cached((directory or cache_dir()) / f"{key}.json") if use_cache else None
-        if hit is None:
-            todo.append(i)
-        out[i] = hit
-    parallel = min(workers, len(todo)) > 1 and all(jobs[i].device == "cpu" for i in todo)
-    if not parallel:
+    for i, key in enumerate(keys):
+        first_of.setdefault(key, i)
+    out: dict[int, TrainRecord] = {}
+    for i in first_of.values():
+        hit = _load_cached(_cache_path(keys[i], directory)) if use_cache else None
+        if hit is not None:
+            out[i] = hit
+    todo = [i for i in first_of.values() if i not in out]
+    n_proc = min(workers, len(todo))
+    if n_proc <= 1 or any(jobs[i].device != "cpu" for i in todo):
         for i in todo:
             out[i] = _run_job(jobs[i], use_cache, directory, progress)
-        return _share(jobs, out, first_of)
+        return [out[first_of[key]] for key in keys]
 
     import concurrent.futures as cf
     import multiprocessing as mp
 
     # spawn, not fork: a forked child inherits the parent's torch thread pools and locks.
-    with cf.ProcessPoolExecutor(min(workers, len(todo)), mp_context=mp.get_context("spawn")) as pool, \
-            progress_bar(len(todo), f"{len(todo)} runs on {min(workers, len(todo))} processes",
-                         progress) as bar:
+    with cf.ProcessPoolExecutor(n_proc, mp_context=mp.get_context("spawn")) as pool, \
+            progress_bar(len(todo), f"{len(todo)} runs on {n_proc} processes", progress) as bar:
         # Longest first, so the workers finish at about the same time.
         order = sorted(todo, key=lambda i: -jobs[i].cost)
         futures = {pool.submit(_run_job, jobs[i], use_cache, directory, False): i for i in order}
@@ -394,11 +394,7 @@ def run_jobs(jobs: Sequence[TrainJob], *, workers: int = 1, use_cache: bool = Tr
             for fut in futures:
                 fut.cancel()
             raise
-    return _share(jobs, out, first_of)
-
-
-def _share(jobs, out, first_of) -> list[TrainRecord]:
-    return [out[first_of[cache_key(job.key)]] for job in jobs]  # type: ignore[misc]
+    return [out[first_of[key]] for key in keys]
 
 
 def _run_job(job: TrainJob, use_cache: bool, directory: Path | None,
