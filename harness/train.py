@@ -158,7 +158,7 @@ def _train(model_fn, train_set, test_set, cfg, device, before_step, after_step, 
         model = model.to(memory_format=torch.channels_last)
     forward = torch.compile(model) if (cuda and cfg.compile) else model
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[cfg.amp] if cuda else None
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype is torch.float16)
+    scaler = grad_scaler(device, amp_dtype)
     opt = make_optimizer(model, cfg)
 
     x_train, y_train = (t.to(device) for t in train_set)
@@ -231,6 +231,13 @@ def _train(model_fn, train_set, test_set, cfg, device, before_step, after_step, 
         peak_memory_mb=_peak_memory_mb(device),
         train_seconds=train_seconds,
     )
+
+
+def grad_scaler(device: str, amp_dtype: torch.dtype | None) -> torch.amp.GradScaler:
+    """The loss scaler: enabled for fp16 autocast only (bf16 and fp32 need none). A seam:
+    tests replace it with an enabled CPU scaler to check that hooks see unscaled gradients."""
+    return torch.amp.GradScaler("cuda" if device == "cuda" else "cpu",
+                                enabled=amp_dtype is torch.float16)
 
 
 # ----------------------------------------------------------------------- evaluation
