@@ -133,11 +133,11 @@ FULL_GRID = GridConfig(
 GRID_CONFIGS = {"smoke": SMOKE_GRID, "full": FULL_GRID}
 
 
-def grid_runs(cfg: GridConfig, cells, profile, load_data, use_cache):
-    """The runs of ``cells``: cached on disk (not for dry runs) and shared in the session."""
+def grid_runs(cfg: GridConfig, cells, profile, load_data, workers):
+    """The runs of ``cells``: cached on disk (not for dry runs), side by side on the CPU."""
     return run_cells(cfg, cells, device=profile.device,
                      load=lambda: load_data(cfg.data, cfg.resolution),
-                     use_cache=use_cache and not profile.dry_run)
+                     use_cache=not profile.dry_run, workers=workers)
 
 
 # Noise behind the tolerances, measured on the smoke profile (2-core shared CPU, 1 thread):
@@ -178,10 +178,10 @@ STABILIZES = Claim(
 
 
 @pytest.mark.claim(STABILIZES)
-def test_stabilizes_large_batch(evidence, profile, load_data, use_cache):
+def test_stabilizes_large_batch(evidence, profile, load_data, workers):
     cfg = profile.pick(GRID_CONFIGS)
     evidence.record_config(cfg, seeds=cfg.seeds)
-    runs = grid_runs(cfg, grid_cells(cfg), profile, load_data, use_cache)
+    runs = grid_runs(cfg, grid_cells(cfg), profile, load_data, workers)
     summary = grid_summary(runs)
     print(summary.to_string(index=False))
     evidence.table("grid_runs.csv", runs)
@@ -211,10 +211,10 @@ SMALL_BATCH_BENEFIT = Claim(
 
 
 @pytest.mark.claim(SMALL_BATCH_BENEFIT)
-def test_small_batch_benefit_small(evidence, profile, load_data, use_cache):
+def test_small_batch_benefit_small(evidence, profile, load_data, workers):
     cfg = profile.pick(GRID_CONFIGS)
     evidence.record_config(cfg, seeds=cfg.seeds)
-    runs = grid_runs(cfg, grid_cells(cfg), profile, load_data, use_cache)
+    runs = grid_runs(cfg, grid_cells(cfg), profile, load_data, workers)
     evidence.table("benefit.csv", benefit_table(runs))
     j = judge_small_batch_benefit(runs)
     n = j.numbers
@@ -236,10 +236,10 @@ LAMBDA_SHRINKS = Claim(
 
 
 @pytest.mark.claim(LAMBDA_SHRINKS)
-def test_lambda_shrinks_with_batch(evidence, profile, load_data, use_cache):
+def test_lambda_shrinks_with_batch(evidence, profile, load_data, workers):
     cfg = profile.pick(GRID_CONFIGS)
     evidence.record_config(cfg, seeds=cfg.seeds)
-    runs = grid_runs(cfg, grid_cells(cfg), profile, load_data, use_cache)
+    runs = grid_runs(cfg, grid_cells(cfg), profile, load_data, workers)
     evidence.table("best_lambda.csv", benefit_table(runs))
     j = judge_lambda_shrinks(runs, cfg)
     n = j.numbers
@@ -264,12 +264,12 @@ SKIP_FINAL = Claim(
 
 
 @pytest.mark.claim(SKIP_FINAL)
-def test_skip_final_layer(evidence, profile, load_data, use_cache):
+def test_skip_final_layer(evidence, profile, load_data, workers):
     cfg = profile.pick(GRID_CONFIGS)
     evidence.record_config(cfg, seeds=cfg.seeds)
-    runs = grid_runs(cfg, grid_cells(cfg), profile, load_data, use_cache)
+    runs = grid_runs(cfg, grid_cells(cfg), profile, load_data, workers)
     lam = best_lambdas(runs)[cfg.batch_sizes[-1]]
-    extra = grid_runs(cfg, skip_final_cells(cfg, lam), profile, load_data, use_cache)
+    extra = grid_runs(cfg, skip_final_cells(cfg, lam), profile, load_data, workers)
     both = pd.concat([runs, extra], ignore_index=True)
     evidence.table("skip_final.csv", grid_summary(both[both.batch_size == cfg.batch_sizes[-1]]))
     j = judge_skip_final_layer(both)
@@ -323,13 +323,13 @@ RATIO_TOL = Tolerance(why="ratio of two step times, interleaved in one process (
 
 
 @pytest.mark.claim(BN_COSTS)
-def test_bn_costs(evidence, profile, load_data, use_cache):
+def test_bn_costs(evidence, profile, load_data, workers):
     cfg = profile.pick(BN_COST_CONFIGS)
     evidence.record_config(cfg, seeds=cfg.accuracy.seeds)
     times = time_bn_vs_nf(cfg.timing, profile.device)
     evidence.table("step_times.csv", times)
     ratio = float(times.bn_over_nf.median())
-    tiny = grid_runs(cfg.accuracy, tiny_batch_cells(cfg.accuracy), profile, load_data, use_cache)
+    tiny = grid_runs(cfg.accuracy, tiny_batch_cells(cfg.accuracy), profile, load_data, workers)
     evidence.table("tiny_batch.csv", grid_summary(tiny))
     j = judge_bn_costs(ratio, tiny, cfg.degrade_margin)
     n = j.numbers

@@ -9,7 +9,8 @@ pieces here, in this order:
 * ``rule_study``: the property suite of ``agc.rule`` on seeded random cases and on a real
   NF-ResNet, run on the harness's AGC and on the ``KNOWN_BAD`` implementations;
 * ``GridConfig`` and ``run_cells``: the batch size x method x lambda grid, one training run per
-  cell, each through ``train.cached`` under a key of everything that determines the run;
+  cell, all through ``train.run_jobs`` (cached, side by side on the CPU), AGC as the
+  picklable ``AGCHook``;
 * ``grid_summary``, ``best_lambdas``, ``accuracies``: the tables the verdicts are read from
   (a diverged run counts as chance accuracy in every mean);
 * ``judge_*``: the verdict rules, pure functions of the runs so that tests can feed them
@@ -20,6 +21,7 @@ pieces here, in this order:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -42,7 +44,7 @@ from harness.agc import (
 )
 from harness.data import DatasetSplits, DataSpec
 from harness.profiles import device_class
-from harness.train import StepHook, StepState, TrainConfig, TrainRecord, cache_key, cached, train
+from harness.train import StepHook, StepState, TrainConfig, TrainJob, TrainRecord, run_jobs
 
 NF, AGC, BN = "NF", "NF+AGC", "BN"
 
@@ -302,20 +304,9 @@ def tiny_batch_cells(cfg: GridConfig) -> list[Cell]:
     return [Cell(m, b, s) for b in cfg.batch_sizes for s in cfg.seeds for m in (NF, BN)]
 
 
-@dataclass
-class _Session:
-    """Records computed in this process, by cache key: with ``--no-cache`` the claims that
-    share a cell still train it once per session."""
-
-    records: dict[str, TrainRecord] = field(default_factory=dict)
-
-
-_SESSION = _Session()
-
-
 def cell_config(cfg: GridConfig, cell: Cell) -> TrainConfig:
     return dataclasses.replace(cfg.train, batch_size=cell.batch_size, lr=cfg.lr(cell.batch_size),
-                               seed=cell.seed)
+                               seed=cell.seed, cpu_threads=cfg.cpu_threads)
 
 
 def _model_overrides(cfg: GridConfig) -> dict[str, Any]:
@@ -346,21 +337,38 @@ def cell_key(cfg: GridConfig, cell: Cell, device: str) -> dict[str, Any]:
     }
 
 
-def run_cell(cfg: GridConfig, cell: Cell, data: DatasetSplits, device: str) -> TrainRecord:
-    """Train one cell (no cache): build the model after seeding, attach AGC if asked."""
+@dataclass
+class AGCHook:
+    """AGC as a picklable ``before_step`` hook: it binds to the model of its first step (so a
+    job can carry it to another process before the model exists) and clips that model's
+    gradients at every step, the classifier unclipped unless ``clip_head``."""
+
+    clipping: float
+    eps: float = DEFAULT_EPS
+    clip_head: bool = False
+    _model: nn.Module | None = field(default=None, init=False, repr=False, compare=False)
+    _params: list[nn.Parameter] = field(default_factory=list, init=False, repr=False,
+                                        compare=False)
+
+    def __call__(self, state: StepState) -> None:
+        if state.model is not self._model:
+            if self._model is not None:
+                raise ValueError("AGCHook is bound to another model")
+            self._model = state.model
+            self._params = parameters_to_clip(
+                state.model, () if self.clip_head else [classifier_of(state.model)])
+        clip_grads_(self._params, self.clipping, self.eps)
+
+
+def cell_job(cfg: GridConfig, cell: Cell, data: DatasetSplits, device: str) -> TrainJob:
+    """One cell as a training job: the model built after seeding, AGC as a hook if asked."""
     name = cfg.bn_model if cell.method == BN else cfg.nf_model
-    hooks: list[StepHook] = []
-
-    def model_fn() -> nn.Module:
-        model = models.build(name, **_model_overrides(cfg))
-        if cell.method == AGC:  # train() calls model_fn before its first step, so the hook
-            exclude = () if cell.clip_head else None  # is in the list in time
-            hooks.append(agc_hook(model, cell.lam, cfg.eps, exclude=exclude))
-        return model
-
-    with timing.timing_settings(device, cfg.cpu_threads):
-        return train(model_fn, data.train, data.test, cell_config(cfg, cell), device=device,
-                     before_step=hooks, desc=cell.label())
+    hooks = [AGCHook(cell.lam, cfg.eps, cell.clip_head)] if cell.method == AGC else []
+    recipe = cell_config(cfg, cell)
+    return TrainJob(cell_key(cfg, cell, device),
+                    functools.partial(models.build, name, **_model_overrides(cfg)),
+                    data.train, data.test, recipe, device, before_step=hooks,
+                    desc=cell.label(), cost=recipe.epochs * len(data.train[0]))
 
 
 def run_cells(
@@ -370,24 +378,14 @@ def run_cells(
     device: str,
     load: Callable[[], DatasetSplits],
     use_cache: bool = True,
+    workers: int = 1,
 ) -> pd.DataFrame:
-    """Run (or reuse) every cell; one row per run. ``load()`` is called only if a cell must
-    train, so a warm cache needs no data at all."""
-    data: list[DatasetSplits] = []
-    rows = []
-    for cell in cells:
-        key = cell_key(cfg, cell, device)
-        k = cache_key(key)
-
-        def compute(cell=cell) -> TrainRecord:
-            if not data:
-                data.append(load())
-            return run_cell(cfg, cell, data[0], device)
-
-        if k not in _SESSION.records:
-            _SESSION.records[k] = cached(key, compute, enabled=use_cache)
-        rows.append(_row(cfg, cell, _SESSION.records[k]))
-    return pd.DataFrame(rows)
+    """Run (or reuse) every cell through ``train.run_jobs``; one row per cell, in order."""
+    cells = list(cells)
+    data = load()
+    records = run_jobs([cell_job(cfg, c, data, device) for c in cells], workers=workers,
+                       use_cache=use_cache)
+    return pd.DataFrame([_row(cfg, c, r) for c, r in zip(cells, records, strict=True)])
 
 
 def _row(cfg: GridConfig, cell: Cell, rec: TrainRecord) -> dict[str, Any]:

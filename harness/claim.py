@@ -38,6 +38,11 @@ class Claim:
     source: str  # paper, figure or table
     scope: str = "any"  # "any" device, or "gpu": elsewhere the verdict is OUT_OF_SCOPE
     paper: dict[str, str] = field(default_factory=dict)  # the paper's figures, as quoted
+    # A trained claim must show that its baseline learned the task (``Evidence.baseline``):
+    # a reference made from nets at chance guards nothing and is refused at regeneration,
+    # unless chance is what the claim expects.
+    trained: bool = False
+    chance_expected: bool = False
 
     def __post_init__(self) -> None:
         if self.scope not in SCOPES:
@@ -56,6 +61,9 @@ class Tolerance:
     abs: float = 0.0
     rel: float = 0.0
     direction: str = "two-sided"
+    # The values the metric can take, e.g. (0, 1) for an accuracy: a band that covers all of
+    # it guards nothing (tests/test_references.py refuses such a stored reference).
+    domain: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.direction not in DIRECTIONS:
@@ -64,9 +72,31 @@ class Tolerance:
             raise ValueError("tolerances are non-negative")
         if not self.why.strip():
             raise ValueError("every tolerance needs a justification")
+        if self.domain is not None:
+            lo, hi = self.domain
+            if not lo < hi:
+                raise ValueError(f"domain {self.domain} is empty")
+
+    @property
+    def exact(self) -> bool:
+        return self.abs == 0 and self.rel == 0
 
     def half_width(self, reference: float) -> float:
         return max(self.abs, self.rel * abs(reference))
+
+    def band(self, reference: float) -> tuple[float, float]:
+        """The values that pass around ``reference`` (one-sided metrics: open on one side)."""
+        tol = self.half_width(reference)
+        lo = -math.inf if self.direction == "lower-is-better" else reference - tol
+        hi = math.inf if self.direction == "higher-is-better" else reference + tol
+        return lo, hi
+
+    def covers_domain(self, reference: float | None) -> bool:
+        """True when every value of the metric's domain would pass: the band guards nothing."""
+        if self.domain is None or reference is None:
+            return False
+        lo, hi = self.band(reference)
+        return lo <= self.domain[0] and hi >= self.domain[1]
 
     def violation(self, name: str, value: float | None, reference: float | None) -> str | None:
         """A message when ``value`` leaves the band around ``reference``, else None."""
@@ -90,6 +120,13 @@ class Tolerance:
 
 
 EXACT = Tolerance(why="an exact count: deterministic integer arithmetic, no noise")
+ACCURACY = (0.0, 1.0)  # domains
+SHARE = (0.0, 1.0)
+DIFFERENCE = (-1.0, 1.0)  # of two accuracies or shares
+CORRELATION = (-1.0, 1.0)
+RATIO = (0.0, math.inf)
+
+BASELINE_MARGIN = 0.05  # "learned": more than 5 points above chance
 
 
 @dataclass(frozen=True)
@@ -100,6 +137,7 @@ class Measurement:
     paper: str | None = None  # the paper's figure for the same quantity, if any
     unit: str = ""
     key: bool = False  # shown in the terminal table
+    samples: tuple[float | None, ...] = ()  # per-seed values behind a mean, when it is one
 
     def shown(self) -> str:
         text = f"{self.name}={_fmt(self.value)}{self.unit}"
@@ -120,24 +158,49 @@ class Evidence:
         self.seeds: list[int] = []
         self.notes: list[str] = []
         self.artifacts: list[Path] = []
+        # Measured noise of this claim's metrics (``harness.bands.NoiseTable``): it turns a
+        # ``bands.Measured`` band spec into a Tolerance. Set by the plugin's fixture.
+        self.noise: Any = None
 
     def metric(
         self,
         name: str,
         value: float,
-        tol: Tolerance,
+        tol: Any,
         *,
         paper: str | None = None,
         unit: str = "",
         key: bool = False,
+        samples: Any = (),
     ) -> float:
-        """Record a measured number, guarded by ``tol`` against the reference."""
+        """Record a measured number, guarded by ``tol`` against the reference.
+
+        ``tol`` is a ``Tolerance``, or a ``bands.Measured`` spec resolved here from the claim's
+        measured noise. ``samples``: the per-seed values when ``value`` is their mean."""
         if name in self.measurements:
             raise ValueError(f"{self.claim.id}: metric {name!r} recorded twice")
         v = float(value)
         stored = v if math.isfinite(v) else None
-        self.measurements[name] = Measurement(name, stored, tol, paper, unit, key)
+        kept = tuple(float(x) if math.isfinite(float(x)) else None for x in samples)
+        if hasattr(tol, "resolve"):
+            tol = tol.resolve(name, self.noise)
+        self.measurements[name] = Measurement(name, stored, tol, paper, unit, key, kept)
         return v
+
+    def baseline(self, accuracies: Any, chance: float, what: str) -> bool:
+        """Record ``baseline_learned``: 1 when the baseline's mean accuracy is more than
+        ``BASELINE_MARGIN`` above chance. Exact, so a loop that stops learning fails the
+        reference; and regeneration refuses to store a trained claim's reference at 0."""
+        values = [float(a) for a in accuracies]
+        mean = sum(values) / len(values)
+        learned = mean - chance > BASELINE_MARGIN
+        self.metric("baseline_learned", int(learned), Tolerance(
+            why=f"1 when the baseline ({what}) ends more than {BASELINE_MARGIN:g} above chance "
+                f"({chance:g}); a reference made from nets at chance guards nothing",
+            domain=(0, 1)))
+        if not learned:
+            self.note(f"the baseline ({what}) did not learn: {mean:.4f} vs chance {chance:g}")
+        return learned
 
     def record_config(self, config: Any, seeds: list[int] | tuple[int, ...] = ()) -> None:
         self.config = to_jsonable(config)

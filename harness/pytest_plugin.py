@@ -63,6 +63,13 @@ def _workers_option(value: str) -> int | str:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "claim(spec): an executable check of one published claim")
     config.stash[RUN] = RunState(config)
+    if config.option.no_cache:
+        # Nothing from before this run is reused, but claims that share a training run (and
+        # the worker processes) still share it within the run: a fresh, private cache.
+        import os
+        import tempfile
+
+        os.environ["HARNESS_CACHE"] = tempfile.mkdtemp(prefix="harness-no-cache-")
 
 
 @dataclass
@@ -72,6 +79,7 @@ class RunState:
     config: pytest.Config
     rows: list[Any] = field(default_factory=list)
     regen_log: list[str] = field(default_factory=list)
+    datasets: dict[Any, Any] = field(default_factory=dict)
     _profile: Any = None
     _run_dir: Path | None = None
     _env: dict[str, Any] | None = None
@@ -104,6 +112,16 @@ class RunState:
         from harness.references import DEFAULT_ROOT
 
         return Path(self.config.option.references_dir or DEFAULT_ROOT)
+
+    def noise(self, claim_id: str):
+        """The claim's measured noise for this profile and device (None when unmeasured)."""
+        from harness.bands import NoiseError, load_noise, noise_path
+
+        p = self.profile
+        try:
+            return load_noise(noise_path(self.references_root, p.name, p.device_class, claim_id))
+        except NoiseError as e:
+            raise pytest.UsageError(str(e)) from None
 
     @property
     def environment(self) -> dict[str, Any]:
@@ -164,18 +182,24 @@ def load_data(request: pytest.FixtureRequest, data_root):
     """``load_data(spec, resolution)``: the data, or a skip saying what to put where."""
     from harness.data import DatasetMissing, load_dataset
 
+    loaded = request.config.stash[RUN].datasets  # claims that share data generate it once
+
     def load(spec, resolution: int):
-        try:
-            return load_dataset(spec, resolution, data_root)
-        except DatasetMissing as e:
-            pytest.skip(str(e))
+        if (spec, resolution) not in loaded:
+            try:
+                loaded[(spec, resolution)] = load_dataset(spec, resolution, data_root)
+            except DatasetMissing as e:
+                pytest.skip(str(e))
+        return loaded[(spec, resolution)]
 
     return load
 
 
 @pytest.fixture
 def use_cache(request: pytest.FixtureRequest) -> bool:
-    return not request.config.option.no_cache
+    """Always True: ``--no-cache`` points the cache at a fresh folder for the run instead, so
+    claims that share a training run still train it once."""
+    return True
 
 
 @pytest.fixture
@@ -198,6 +222,7 @@ def evidence(request: pytest.FixtureRequest) -> Evidence:
     state = request.config.stash[RUN]
     torch.manual_seed(0)  # checks seed themselves; this only pins anything they forget
     ev = Evidence(claim, state.profile.device, state.run_dir / claim.id)
+    ev.noise = state.noise(claim.id)
     request.node.stash[EVIDENCE] = ev
     return ev
 
@@ -235,6 +260,10 @@ def _settle_reference(item: pytest.Item, ev: Evidence) -> None:
     if p.dry_run:
         comparison = refs.Comparison("DRY_RUN")
     elif item.config.option.regen_references:
+        refused = refs.unstorable(ev)
+        if refused:
+            raise AssertionError(f"{ev.claim.id}: refusing to store a reference that guards "
+                                 f"nothing ({path} is unchanged):\n  " + "\n  ".join(refused))
         record = refs.reference_record(ev, p.name, state.environment)
         changes = refs.write_reference(path, record)
         state.regen_log.append(f"{path}:")

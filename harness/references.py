@@ -8,6 +8,7 @@ Only ``write_reference`` (called by ``--regen-references``) ever writes there, a
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ class ReferenceError(Exception):
 class StoredMetric:
     value: float | None
     tolerance: Tolerance
+    samples: tuple[float | None, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -87,13 +89,52 @@ def load_reference(path: Path) -> Reference:
                     abs=float(m.get("abs_tol", 0.0)),
                     rel=float(m.get("rel_tol", 0.0)),
                     direction=m.get("direction", "two-sided"),
+                    domain=_domain(m.get("domain")),
                 ),
+                samples=tuple(None if x is None else float(x) for x in m.get("samples", ())),
             )
             for name, m in raw["metrics"].items()
         }
         return Reference(Path(path), raw["claim"], raw["verdict"], metrics, raw)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise ReferenceError(f"malformed reference file {path}: {type(e).__name__}: {e}") from None
+
+
+def _domain(raw: Any) -> tuple[float, float] | None:
+    if raw is None:
+        return None
+    lo, hi = raw
+    return (-math.inf if lo is None else float(lo), math.inf if hi is None else float(hi))
+
+
+def unstorable(evidence: Evidence) -> list[str]:
+    """Why this evidence must not become a reference (empty when it may).
+
+    A band that covers its metric's whole domain guards nothing; a trained claim whose
+    baseline did not learn (``baseline_learned`` 0 or missing) guards nothing either, unless
+    the claim declares that chance is the expected result."""
+    problems = [
+        f"{m.name}: the band {_band_text(m.tolerance, m.value)} covers the metric's whole domain "
+        f"{list(m.tolerance.domain)}: it cannot fail (narrow it from measured noise, or drop it)"
+        for m in evidence.measurements.values() if m.tolerance.covers_domain(m.value)]
+    claim = evidence.claim
+    if claim.trained and not claim.chance_expected:
+        learned = evidence.measurements.get("baseline_learned")
+        if learned is None:
+            problems.append("a trained claim must record baseline_learned (Evidence.baseline)")
+        elif learned.value != 1:
+            problems.append("baseline_learned is 0: the baseline is within "
+                            "5 points of chance, so this reference would be made from nets at "
+                            "chance; make the task learnable at this profile, or declare "
+                            "chance_expected=True on the claim if chance is the result")
+    return problems
+
+
+def _band_text(tol: Tolerance, value: float | None) -> str:
+    if value is None:
+        return "(nan)"
+    lo, hi = tol.band(value)
+    return f"[{_fmt(lo)}, {_fmt(hi)}]"
 
 
 def compare(evidence: Evidence, reference: Reference) -> Comparison:
@@ -122,6 +163,8 @@ def reference_record(evidence: Evidence, profile: str, env: dict[str, Any]) -> d
         "schema": SCHEMA_VERSION,
         "claim": evidence.claim.id,
         "statement": evidence.claim.statement,
+        "trained": evidence.claim.trained,
+        "chance_expected": evidence.claim.chance_expected,
         "profile": profile,
         "verdict": evidence.verdict.value if evidence.verdict else None,
         "reason": evidence.reason,
@@ -132,8 +175,11 @@ def reference_record(evidence: Evidence, profile: str, env: dict[str, Any]) -> d
                 "rel_tol": m.tolerance.rel,
                 "direction": m.tolerance.direction,
                 "justification": m.tolerance.why,
+                "domain": None if m.tolerance.domain is None else [
+                    None if math.isinf(x) else x for x in m.tolerance.domain],
                 "unit": m.unit,
                 "paper": m.paper,
+                **({"samples": list(m.samples)} if m.samples else {}),
             }
             for m in evidence.measurements.values()
         },
@@ -179,7 +225,7 @@ def _describe_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         after = new_m[name]["value"] if name in new_m else "(removed)"
         lines.append(f"{name}: {_show(before)} -> {_show(after)}")
         if name in old_m and name in new_m:
-            for key in ("abs_tol", "rel_tol", "direction"):
+            for key in ("abs_tol", "rel_tol", "direction", "domain"):
                 if old_m[name].get(key) != new_m[name].get(key):
                     lines.append(f"  {key}: {old_m[name].get(key)} -> {new_m[name].get(key)}")
     return lines

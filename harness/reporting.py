@@ -34,6 +34,7 @@ class ClaimRow:
     seeds: list[int] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    samples: dict[str, list[float | None]] = field(default_factory=dict)  # per-seed values
 
 
 def row_from(evidence: Evidence, comparison: Comparison, seconds: float) -> ClaimRow:
@@ -54,6 +55,7 @@ def row_from(evidence: Evidence, comparison: Comparison, seconds: float) -> Clai
         seeds=list(evidence.seeds),
         config=evidence.config,
         notes=list(evidence.notes),
+        samples={k: list(m.samples) for k, m in evidence.measurements.items() if m.samples},
     )
 
 

@@ -278,8 +278,15 @@ def _peak_memory_mb(device: str) -> float | None:
 
 
 # ------------------------------------------------------------------------ the cache
+#
+# A record is reused only when everything that determines it is unchanged: the key the caller
+# gives (model config, recipe, data, seed, device class), the torch version, the CPU kernel
+# path (another path rounds differently: a new draw, never the same record), and the code: a
+# hash of the source of the loop's modules and of those defining the model and the hooks,
+# with every harness module they import. Editing the loss invalidates the cache; editing the
+# README does not.
 
-CACHE_VERSION = 1  # bump when the loop changes what a record means
+CACHE_VERSION = 2  # bump when the loop changes what a record means
 
 
 def cache_dir() -> Path:
@@ -287,15 +294,111 @@ def cache_dir() -> Path:
     return Path(root) if root else Path(__file__).resolve().parent.parent / ".cache" / "train"
 
 
-def cache_key(key: dict[str, Any]) -> str:
-    doc = {"v": CACHE_VERSION, "torch": torch.__version__, **to_jsonable(key)}
+_HARNESS_ROOT = Path(__file__).resolve().parent
+
+
+def _module_file(name: str) -> Path | None:
+    """The source file of a ``harness`` module or package, without importing it."""
+    if name != "harness" and not name.startswith("harness."):
+        return None
+    rel = Path(*name.split(".")[1:]) if name != "harness" else Path()
+    for candidate in (_HARNESS_ROOT / rel.with_suffix(".py") if rel.parts else None,
+                      _HARNESS_ROOT / rel / "__init__.py"):
+        if candidate is not None and candidate.is_file():
+            return candidate
+    return None
+
+
+def _imports_of(path: Path) -> set[str]:
+    """The harness modules a file imports, lazily (inside functions) or not."""
+    import ast
+
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names)
+    return {n for n in found if _module_file(n) is not None}
+
+
+def _closure(files: set[Path]) -> set[Path]:
+    """``files`` and every harness module they import, transitively."""
+    seen: set[Path] = set()
+    todo = list(files)
+    while todo:
+        f = todo.pop()
+        if f in seen:
+            continue
+        seen.add(f)
+        if f.suffix == ".py":
+            todo += [m for n in _imports_of(f) if (m := _module_file(n)) is not None]
+            if f.name == "__init__.py":  # a package brings its modules (the model registry)
+                todo += sorted(f.parent.glob("*.py"))
+    return seen
+
+
+def _defining_file(obj: Any) -> Path | None:
+    """The source file that defines a callable (through partials and bound methods)."""
+    import functools
+    import inspect
+
+    while isinstance(obj, functools.partial):
+        obj = obj.func
+    target = obj if inspect.isfunction(obj) or inspect.isclass(obj) else type(obj)
+    try:
+        path = inspect.getsourcefile(target)
+    except TypeError:  # builtins
+        return None
+    if path is None or "site-packages" in path:
+        return None  # third-party code is covered by its version (torch's is in the key)
+    return Path(path).resolve()
+
+
+def code_fingerprint(*callables: Any) -> str:
+    """A hash of the source that determines a training run: the loop's module and its imports,
+    the harness's models and data, and the modules defining ``callables`` (the model factory,
+    the hooks) with their imports."""
+    files = {Path(__file__).resolve(), _HARNESS_ROOT / "models" / "__init__.py"}
+    files |= {f for c in callables if (f := _defining_file(c)) is not None}
+    roots = frozenset(files)
+    memo = _FINGERPRINTS.get(roots)
+    if memo is not None and all(_stamp(f) == st for f, st in memo[0]):
+        return memo[1]  # no file of the closure changed since it was hashed
+    closure = sorted(_closure(files))
+    h = hashlib.sha256()
+    for f in closure:
+        h.update(str(f.relative_to(_HARNESS_ROOT.parent) if f.is_relative_to(_HARNESS_ROOT.parent)
+                     else f.name).encode())
+        h.update(f.read_bytes())
+    digest = h.hexdigest()[:16]
+    _FINGERPRINTS[roots] = ([(f, _stamp(f)) for f in closure], digest)
+    return digest
+
+
+_FINGERPRINTS: dict[frozenset[Path], tuple[list[tuple[Path, tuple[int, int]]], str]] = {}
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_mtime_ns, st.st_size
+
+
+def cache_key(key: dict[str, Any], code: str | None = None) -> str:
+    """The hash under which a run's record is stored: the caller's key, the torch version, the
+    kernel path and the code fingerprint (``code_fingerprint()`` of the loop alone if None)."""
+    from harness.environment import kernel_path
+
+    doc = {"v": CACHE_VERSION, "torch": torch.__version__, "kernels": kernel_path(),
+           "code": code if code is not None else code_fingerprint(), **to_jsonable(key)}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:20]
 
 
 def cached(key: dict[str, Any], run: Callable[[], TrainRecord], *, enabled: bool = True,
-           directory: Path | None = None) -> TrainRecord:
+           directory: Path | None = None, code: str | None = None) -> TrainRecord:
     """``run()``'s record, reused from disk when the same key finished before."""
-    path = _cache_path(cache_key(key), directory)
+    path = _cache_path(cache_key(key, code), directory)
     hit = _load_cached(path) if enabled else None
     if hit is not None:
         return hit
@@ -311,14 +414,31 @@ def _cache_path(hashed_key: str, directory: Path | None) -> Path:
     return (directory or cache_dir()) / f"{hashed_key}.json"
 
 
+class CorruptCacheEntry(UserWarning):
+    """A cache entry that could not be read: it is moved aside and the run recomputed."""
+
+
 def _load_cached(path: Path) -> TrainRecord | None:
-    """The stored record, or None when absent or unreadable (then it is recomputed)."""
+    """The stored record; None when absent. An unreadable entry is reported, moved aside
+    (``*.corrupt``) and None returned, so the run is recomputed, never silently reused."""
+    import warnings
+
     try:
-        doc = json.loads(path.read_text())
-        rec = TrainRecord(**{**doc["record"], "from_cache": True})
-    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        text = path.read_text()
+    except FileNotFoundError:
         return None
-    rec.loss_curve = [tuple(p) for p in rec.loss_curve]
+    try:
+        doc = json.loads(text)
+        rec = TrainRecord(**{**doc["record"], "from_cache": True})
+        rec.loss_curve = [tuple(p) for p in rec.loss_curve]
+        if not isinstance(rec.test_acc, (int, float, type(None))) or not isinstance(rec.steps, int):
+            raise TypeError("record fields of the wrong type")
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        aside = path.with_suffix(".corrupt")
+        os.replace(path, aside)
+        warnings.warn(f"corrupt training-cache entry {path} ({type(e).__name__}: {e}); moved "
+                      f"to {aside.name} and recomputing", CorruptCacheEntry, stacklevel=2)
+        return None
     rec.test_acc = math.nan if rec.test_acc is None else rec.test_acc  # NaN is stored as null
     rec.test_loss = math.nan if rec.test_loss is None else rec.test_loss
     return rec
@@ -342,6 +462,10 @@ class TrainJob:
     after_step: Sequence[StepHook] = ()
     desc: str = "train"
     cost: float = 0.0  # expected run time, any unit: the costliest start first
+
+    def code(self) -> str:
+        """The fingerprint of the code this run depends on (see ``code_fingerprint``)."""
+        return code_fingerprint(self.model_fn, *self.before_step, *self.after_step)
 
 
 def default_workers(device: str) -> int:
@@ -368,7 +492,7 @@ def run_jobs(jobs: Sequence[TrainJob], *, workers: int = 1, use_cache: bool = Tr
     """
     from harness.reporting import progress_bar
 
-    keys = [cache_key(job.key) for job in jobs]
+    keys = [cache_key(job.key, job.code()) for job in jobs]
     first_of: dict[str, int] = {}  # jobs with equal keys train once and share the record
     for i, key in enumerate(keys):
         first_of.setdefault(key, i)
@@ -410,4 +534,4 @@ def _run_job(job: TrainJob, use_cache: bool, directory: Path | None,
                                          device=job.device, before_step=job.before_step,
                                          after_step=job.after_step, progress=progress,
                                          desc=job.desc),
-                  enabled=use_cache, directory=directory)
+                  enabled=use_cache, directory=directory, code=job.code())

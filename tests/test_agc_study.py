@@ -20,7 +20,7 @@ from harness.agc import check_model_agc, classifier_of, unitwise_norm
 from harness.agc_study import AGC, BN, NF, GridConfig, RuleConfig
 from harness.claim import Claim, Evidence, Verdict
 from harness.data import DataSpec, load_dataset, synthetic_dataset
-from harness.train import StepState, TrainConfig, train
+from harness.train import StepState, TrainConfig, cache_key, train
 
 TINY = dict(stem_width=4, widths=(4, 8, 8), resolution=8)
 
@@ -148,7 +148,7 @@ def test_cache_key_holds_everything_that_determines_a_run():
     assert key["train"].batch_size == 8 and key["train"].lr == GRID.lr(8) and key["seed"] == 0
     assert key["model_config"].widths == (4, 8, 8) and key["model_config"].resolution == 8
     assert key["device_class"] == "cpu" and key["cpu_threads"] == 1 and key["data"] == GRID.data
-    base = study.cache_key(key)
+    base = cache_key(key)
     variants = [
         (GRID, dataclasses.replace(cell, lam=0.1)),
         (GRID, dataclasses.replace(cell, clip_head=True)),
@@ -161,16 +161,15 @@ def test_cache_key_holds_everything_that_determines_a_run():
         (dataclasses.replace(GRID, model_overrides=()), cell),
         (dataclasses.replace(GRID, train=dataclasses.replace(GRID.train, epochs=2)), cell),
     ]
-    keys = {study.cache_key(study.cell_key(c, x, "cpu")) for c, x in variants}
+    keys = {cache_key(study.cell_key(c, x, "cpu")) for c, x in variants}
     assert base not in keys and len(keys) == len(variants)
     # Verdict margins do not change a run, so they do not change its key.
     same = dataclasses.replace(GRID, bn_margin=0.5, clearly_below=0.5, learned_margin=0.5)
-    assert study.cache_key(study.cell_key(same, cell, "cpu")) == base
+    assert cache_key(study.cell_key(same, cell, "cpu")) == base
 
 
 def test_cells_train_once_then_come_from_the_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
-    monkeypatch.setattr(study, "_SESSION", study._Session())
     calls = []
     clips = []
     real_clip = study.clip_grads_
@@ -182,20 +181,26 @@ def test_cells_train_once_then_come_from_the_cache(tmp_path, monkeypatch):
         return load_dataset(GRID.data, GRID.resolution, None)
 
     cells = study.grid_cells(GRID)[:4] + study.skip_final_cells(GRID, 0.1)[:1]
-    first = study.run_cells(GRID, cells, device="cpu", load=load)
-    assert calls == [1]  # loaded once, for all cells
-    assert list(first.method) == [NF, AGC, AGC, BN, AGC] and first.steps.tolist() == [2] * 5
+    first = study.run_cells(GRID, cells + cells[:1], device="cpu", load=load)
+    assert list(first.method) == [NF, AGC, AGC, BN, AGC, NF] and first.steps.tolist() == [2] * 6
     # AGC ran on every step of the AGC cells only; with the head clipped it sees 2 more tensors.
+    # The repeated cell trained once.
     assert len(clips) == 3 * 2 and clips[-1] == clips[0] + 2
-    monkeypatch.setattr(study, "_SESSION", study._Session())  # a new process
     again = study.run_cells(GRID, cells, device="cpu", load=load)
-    assert calls == [1] and again.from_cache.all()
-    pd.testing.assert_series_equal(first.test_acc, again.test_acc)
-    # Within one session, even without the disk cache, a shared cell trains once.
-    monkeypatch.setattr(study, "_SESSION", study._Session())
-    study.run_cells(GRID, cells[:1], device="cpu", load=load, use_cache=False)
-    study.run_cells(GRID, cells[:1], device="cpu", load=load, use_cache=False)
-    assert calls == [1, 1]
+    assert again.from_cache.all() and len(clips) == 6
+    pd.testing.assert_series_equal(first.test_acc[:5], again.test_acc)
+
+
+def test_agc_hook_pickles_and_binds_to_one_model():
+    import pickle
+
+    hook = pickle.loads(pickle.dumps(study.AGCHook(0.01)))
+    model = models.build("nf_resnet_tiny", widths=(4, 8, 8), stem_width=4, resolution=8)
+    model(torch.randn(2, 3, 8, 8)).sum().backward()
+    hook(study.StepState(model, None, 0, torch.zeros(())))  # type: ignore[arg-type]
+    other = models.build("nf_resnet_tiny", widths=(4, 8, 8), stem_width=4, resolution=8)
+    with pytest.raises(ValueError, match="bound to another model"):
+        hook(study.StepState(other, None, 1, torch.zeros(())))  # type: ignore[arg-type]
 
 
 def test_a_diverged_run_counts_as_chance():

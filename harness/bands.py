@@ -1,0 +1,255 @@
+"""Tolerance bands from measured noise: what a user's machine adds, not what a rerun adds.
+
+A rerun on one machine is bit-identical, so it says nothing about another CPU, whose kernels
+round differently and move a trained number like a new seed. So a band is measured: the claims
+run under several CPU kernel paths (``environment.KERNEL_SETTINGS``: native, ATen's scalar
+``default`` kernels, and AVX2 for ATen and oneDNN), each with its seeds, and
+
+``nox -s noise`` -> ``reference_results/<profile>/<device>/noise/<claim>.json``
+
+stores every metric's value (and per-seed samples) per setting. A check declares a metric's band
+as ``Measured(...)``; ``Evidence.metric`` resolves it here, by one rule:
+
+    σ_paths = standard deviation of the metric across the kernel paths
+    σ_seed  = pooled within-path standard deviation of the per-seed samples (when the metric
+              is a mean over n seeds; pooled over the claim's metrics named by ``pool``),
+              σ_mean = σ_seed / √n
+    σ       = max(σ_paths, σ_mean)        — a new machine is a new draw of the metric
+    band    = max(floor, K · √2 · σ, largest deviation of a path from the native value)
+
+√2 because the reference and the user's run are both draws; K = 3 (two-sided, about 0.3% per
+metric for a normal draw). The justification stored with the reference states the values per
+path and each term. A band that covers the metric's whole domain is refused at regeneration
+(``references.unstorable``): then the design is too weak to guard anything and must change
+(more or paired seeds), not the band.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from harness.claim import Tolerance, _fmt
+from harness.environment import KERNEL_SETTINGS
+
+K = 3.0
+SCHEMA = 1
+REFERENCE_SETTING = "native"  # references are regenerated under the native kernels
+
+
+class NoiseError(Exception):
+    """A noise file that cannot be used: corrupt or malformed."""
+
+
+@dataclass(frozen=True)
+class PathValue:
+    value: float | None
+    samples: tuple[float | None, ...] = ()
+
+
+@dataclass(frozen=True)
+class NoiseTable:
+    """One claim's measured values per kernel path: ``metrics[name][setting]``."""
+
+    claim: str
+    metrics: dict[str, dict[str, PathValue]]
+    settings: dict[str, dict[str, Any]]
+    cpu: str = ""
+    path: Path | None = None
+
+    def of(self, name: str) -> dict[str, PathValue]:
+        return self.metrics.get(name, {})
+
+
+def noise_path(root: Path, profile: str, device_class: str, claim_id: str) -> Path:
+    return Path(root) / profile / device_class / "noise" / f"{claim_id}.json"
+
+
+def load_noise(path: Path) -> NoiseTable | None:
+    """The claim's noise table, None when none was measured; a bad file is an error naming it."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        raw = json.loads(path.read_text())
+        metrics = {
+            name: {s: PathValue(_num(v["value"]), tuple(_num(x) for x in v.get("samples", ())))
+                   for s, v in per.items()}
+            for name, per in raw["metrics"].items()}
+        if raw.get("schema") != SCHEMA:
+            raise NoiseError(f"noise file {path} has schema {raw.get('schema')!r}, not {SCHEMA}")
+        return NoiseTable(raw["claim"], metrics, raw.get("settings", {}), raw.get("cpu", ""), path)
+    except json.JSONDecodeError as e:
+        raise NoiseError(f"corrupt noise file {path}: {e}; re-measure it with nox -s noise") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise NoiseError(f"malformed noise file {path}: {type(e).__name__}: {e}") from None
+
+
+def _num(x: Any) -> float | None:
+    return None if x is None else float(x)
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A band spec resolved from the claim's measured noise (see the module docstring).
+
+    ``what`` says what the metric is; ``floor`` (absolute) and ``floor_rel`` are the least band,
+    for noise the measurement cannot see (e.g. load on a shared CPU for timings); ``pool``: a
+    name prefix whose metrics' seed samples are pooled for σ_seed."""
+
+    what: str
+    domain: tuple[float, float] | None
+    floor: float = 0.0
+    floor_rel: float = 0.0
+    pool: str | None = None
+    direction: str = "two-sided"
+    k: float = K
+
+    def resolve(self, name: str, noise: NoiseTable | None) -> Tolerance:
+        per = noise.of(name) if noise is not None else {}
+        if not per:
+            return Tolerance(
+                why=f"{self.what}. NOT MEASURED across kernel paths (no noise file for this "
+                    f"profile and device; run nox -s noise): the floor only",
+                abs=self.floor, rel=self.floor_rel, direction=self.direction, domain=self.domain)
+        band = band_from(per, self._pooled_seed_sd(name, noise), self.k)
+        ref = per.get(REFERENCE_SETTING, next(iter(per.values()))).value
+        floor = max(self.floor, self.floor_rel * abs(ref or 0.0))
+        half = max(floor, band.half)
+        why = (f"{self.what}. Measured{f' on {noise.cpu}' if noise.cpu else ''} under "
+               f"{len(per)} kernel paths: {band.values_text}. σ across paths "
+               f"{_fmt(band.sd_paths)}" + (
+                   f"; seed σ {_fmt(band.sd_seed)} (pooled{f' over {self.pool}*' if self.pool else ''})"
+                   f" → σ of a {band.n}-seed mean {_fmt(band.sd_mean)}" if band.n > 1 else "")
+               + f". Rule: max(floor {_fmt(floor)}, {self.k:g}·√2·σ = {_fmt(band.k_term)}, "
+                 f"largest deviation {_fmt(band.deviation)}) = {_fmt(half)}")
+        return Tolerance(why=why, abs=half, direction=self.direction, domain=self.domain)
+
+    def _pooled_seed_sd(self, name: str, noise: NoiseTable | None) -> tuple[float, int]:
+        """(pooled within-path seed σ, samples per mean) of ``name`` or of its pool."""
+        names = [name] if self.pool is None or noise is None else \
+            [m for m in noise.metrics if m.startswith(self.pool)] or [name]
+        groups = [[x for x in pv.samples if x is not None]
+                  for m in names for pv in (noise.of(m).values() if noise else ())]
+        n = max((len(pv.samples) for pv in (noise.of(name).values() if noise else ())), default=0)
+        return pooled_sd(groups), n
+
+
+@dataclass(frozen=True)
+class Band:
+    half: float
+    sd_paths: float
+    sd_seed: float
+    sd_mean: float
+    n: int
+    k_term: float
+    deviation: float
+    values_text: str
+
+
+def band_from(per: dict[str, PathValue], seed: tuple[float, int], k: float = K) -> Band:
+    """The rule of the module docstring for one metric's values per kernel path."""
+    values = {s: pv.value for s, pv in per.items()}
+    finite = [v for v in values.values() if v is not None and math.isfinite(v)]
+    sd_paths = statistics.stdev(finite) if len(finite) > 1 else 0.0
+    sd_seed, n = seed
+    sd_mean = sd_seed / math.sqrt(n) if n > 1 and math.isfinite(sd_seed) else 0.0
+    sigma = max(sd_paths, sd_mean)
+    ref = values.get(REFERENCE_SETTING)
+    ref = ref if ref is not None else (finite[0] if finite else None)
+    deviation = max((abs(v - ref) for v in finite), default=0.0) if ref is not None else 0.0
+    k_term = k * math.sqrt(2) * sigma
+    text = ", ".join(
+        f"{s} {_fmt(pv.value)}" + (f" (seeds {', '.join(_fmt(x) for x in pv.samples)})"
+                                   if pv.samples else "")
+        for s, pv in per.items())
+    return Band(max(k_term, deviation), sd_paths, sd_seed, sd_mean, n, k_term, deviation, text)
+
+
+def pooled_sd(groups: Sequence[Sequence[float]]) -> float:
+    """Pooled within-group sample standard deviation (each group's own mean removed)."""
+    ss, df = 0.0, 0
+    for g in groups:
+        if len(g) > 1:
+            m = sum(g) / len(g)
+            ss += sum((x - m) ** 2 for x in g)
+            df += len(g) - 1
+    return math.sqrt(ss / df) if df else 0.0
+
+
+# ------------------------------------------------------------------ collecting a measurement
+
+
+def collect(run_dirs: Sequence[Path], root: Path, profile: str, device_class: str) -> list[str]:
+    """Merge the claims of ``run_dirs`` (one ``nox -s noise`` run per kernel path, each a
+    results folder with ``claims.json``) into the claims' noise files; returns change lines."""
+    tables: dict[str, dict[str, Any]] = {}
+    for run_dir in run_dirs:
+        doc = json.loads((Path(run_dir) / "claims.json").read_text())
+        env = doc.get("environment", {})
+        setting = env.get("kernel_setting", "custom")
+        if setting not in KERNEL_SETTINGS:
+            raise NoiseError(f"{run_dir}: ran under an unnamed kernel setting {env.get('kernel_path')}")
+        for row in doc["claims"]:
+            if not row.get("metrics"):
+                continue
+            t = tables.setdefault(row["claim"], {
+                "schema": SCHEMA, "claim": row["claim"], "profile": profile,
+                "device_class": device_class, "cpu": env.get("cpu", ""), "settings": {},
+                "metrics": {}})
+            t["settings"][setting] = env.get("kernel_path", {})
+            samples = row.get("samples", {})
+            for name, value in row["metrics"].items():
+                entry: dict[str, Any] = {"value": value}
+                if samples.get(name):
+                    entry["samples"] = samples[name]
+                t["metrics"].setdefault(name, {})[setting] = entry
+    lines = []
+    for claim, table in sorted(tables.items()):
+        table["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        path = noise_path(root, profile, device_class, claim)
+        lines.append(f"{path}: settings {', '.join(table['settings'])}")
+        _atomic_write(path, table)
+    return lines
+
+
+def _atomic_write(path: Path, doc: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f, indent=1)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    from harness.references import DEFAULT_ROOT
+
+    ap = argparse.ArgumentParser(prog="python -m harness.bands",
+                                 description="store measured noise from results folders")
+    ap.add_argument("run_dirs", nargs="+", type=Path)
+    ap.add_argument("--profile", required=True)
+    ap.add_argument("--device-class", default="cpu")
+    ap.add_argument("--references-dir", type=Path, default=DEFAULT_ROOT)
+    args = ap.parse_args(argv)
+    for line in collect(args.run_dirs, args.references_dir, args.profile, args.device_class):
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
