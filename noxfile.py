@@ -1,5 +1,7 @@
-"""Sessions: ``tests`` (unit and property tests), ``claims`` (the claim checks), ``regen``
-(store references), ``bench`` (speed benchmarks) and ``lint``.
+"""Sessions: ``tests`` (unit and property tests), ``claims`` (the claim checks),
+``claims_portability`` (the same checks under another CPU kernel path), ``noise`` (measure the
+bands' noise across kernel paths), ``regen`` (store references), ``bench`` (speed benchmarks)
+and ``lint``.
 
 ``nox -s claims`` picks the profile itself: ``full`` where CUDA is present, ``smoke`` elsewhere.
 Anything after ``--`` goes to pytest, e.g. ``nox -s claims -- --claim 'agc.*' --profile smoke``.
@@ -9,8 +11,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
+import tempfile
+from pathlib import Path
 
 import nox
+
+sys.path.insert(0, str(Path(__file__).parent))
+from harness.environment import KERNEL_SETTINGS, PORTABILITY_SETTING  # noqa: E402 (stdlib only)
 
 nox.options.sessions = ["tests", "claims"]
 nox.options.reuse_venv = "yes"  # the torch install is the slow part; keep it between runs
@@ -43,6 +51,36 @@ def claims(session: nox.Session) -> None:
     """Run the claim checks and print the verdict table (profile: auto)."""
     install(session)
     session.run("pytest", "claims", "-rfEs", *session.posargs)
+
+
+@nox.session
+def claims_portability(session: nox.Session) -> None:
+    """The smoke claims under another CPU kernel path (AVX2 for ATen and oneDNN): a stand-in for
+    a user's CPU. Every reference must hold here too. ``-- --trained`` runs the trained ones."""
+    install(session)
+    env = KERNEL_SETTINGS[PORTABILITY_SETTING]
+    session.log(f"kernel path: {env}")
+    session.run("pytest", "claims", "-rfEs", "--profile", "smoke", "--device", "cpu",
+                *session.posargs, env=env)
+
+
+@nox.session
+def noise(session: nox.Session) -> None:
+    """Measure every smoke metric under each CPU kernel path and store it as the bands' noise
+    (``reference_results/smoke/cpu/noise/``); then regenerate the references, which take their
+    bands from it. ``-- --claim 'agc.*'`` measures a subset."""
+    install(session)
+    empty = tempfile.mkdtemp(prefix="noise-references-")  # measure without comparing
+    runs = []
+    for name, env in KERNEL_SETTINGS.items():
+        out = Path("results") / "noise" / name
+        shutil.rmtree(out, ignore_errors=True)
+        session.log(f"kernel path {name}: {env or 'as the machine resolves it'}")
+        session.run("pytest", "claims", "-q", "--profile", "smoke", "--device", "cpu",
+                    "--references-dir", empty, "--results-dir", str(out), *session.posargs,
+                    env=env)
+        runs += [str(p) for p in out.iterdir() if p.is_dir()]
+    session.run("python", "-m", "harness.bands", "--profile", "smoke", *runs)
 
 
 @nox.session

@@ -10,11 +10,13 @@ scaling is fastest. Implementations: ``harness.scaling``, ``harness.complexity``
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 
 from harness import scaling, stats
-from harness.claim import EXACT, Claim, Tolerance
+from harness.bands import Measured
+from harness.claim import ACCURACY, CORRELATION, EXACT, RATIO, SHARE, Claim, Tolerance
 from harness.data import DataSpec
 from harness.scaling_study import (
     LawCheckConfig,
@@ -66,7 +68,7 @@ def test_complexity_laws(evidence, profile):
     for quantity, gap in report.max_closed_form_gap.items():
         evidence.metric(f"max_closed_form_gap_{quantity}", gap, Tolerance(
             why="ratios of exact integer counts of deterministic configs; 1e-9 covers float "
-                "rounding only", abs=1e-9))
+                "rounding only", abs=1e-9, domain=(0, math.inf)))
     ex = report.worked_example
     evidence.metric("worked_example_gflops", ex.flops / 1e9, EXACT, paper="15.61", key=True)
     evidence.metric("worked_example_mparams", ex.params / 1e6, EXACT, paper="68.1")
@@ -105,15 +107,16 @@ POPULATION = {
         batch_size=64, min_run_time=0.5, amp=True, channels_last=True),
 }
 
-R_TOL = Tolerance(
-    why="Pearson r of timed runtimes (1 thread). Over 5 smoke runs on the shared 2-core CPU, "
-        "3 of them with other training jobs running, each r spanned up to 0.26 (e.g. "
-        "r_inference_flops 0.48-0.74, r_inference_acts 0.70-0.87): CPU load reshapes small-net "
-        "timings. Band ±0.3; acts_is_best_predictor below is the sharper gate",
-    abs=0.3)
+R_TOL = Measured(
+    what="Pearson r of timed runtimes (1 thread). Floor 0.3: over 5 earlier smoke runs on the "
+         "shared 2-core CPU, 3 of them with other training jobs running, each r spanned up to "
+         "0.26 (e.g. r_inference_flops 0.48-0.74, r_inference_acts 0.70-0.87): CPU load "
+         "reshapes small-net timings; acts_is_best_predictor is the sharper gate",
+    domain=CORRELATION, floor=0.3)
 BEST_TOL = Tolerance(
     why="1 when r(acts) exceeds r(flops) and r(params) in both phases; it did in all 5 smoke "
-        "runs on the CPU, loaded or not, so it must not change", abs=0)
+        "runs on the CPU, loaded or not, and under every kernel path, so it must not change",
+    domain=(0, 1))
 
 
 @pytest.mark.claim(ACTS_PREDICT_RUNTIME)
@@ -166,9 +169,11 @@ def test_w_fastest(evidence, profile):
     n = len(groups)
     evidence.metric("groups", n, EXACT)
     evidence.metric("w_fewest_acts_share", fewest_acts / n, EXACT, key=True)
-    time_tol = Tolerance(why="share of equal-flops groups where w is fastest; over 3 smoke runs "
-                             "on the shared 2-core CPU timing noise moved it by up to 2 of 9 "
-                             "groups (0.556-0.778); band 3 of 9", abs=3 / 9)
+    # (exact: counted from complexity, not timed)
+    time_tol = Measured(what="share of equal-flops groups where w is fastest. Floor 3 of 9: "
+                             "over 3 earlier smoke runs on the shared 2-core CPU timing noise "
+                             "moved it by up to 2 of 9 groups (0.556-0.778)",
+                        domain=SHARE, floor=3 / 9)
     evidence.metric("w_fastest_inference_share", fastest / n, time_tol, key=True)
     evidence.metric("w_fastest_train_share", fastest_train / n, time_tol)
     evidence.metric("dwr_most_acts_share", dwr_most / n, EXACT)
@@ -190,6 +195,7 @@ DWR_MATCHES_DWR_FASTER = Claim(
            "scaled to 4GF/16GF on ImageNet",
     scope="any",  # accuracy: any device; the speed half is judged on GPUs only (below)
     paper={"acc(dWr) vs acc(dwr)": "comparable", "runtime(dWr)": "clearly below dwr"},
+    trained=True,
 )
 
 SMALL_BASE = scaling.config_of("anynet_tiny_y", stem_type="cifar", resolution=16)
@@ -216,25 +222,21 @@ TRAINED = {
         seeds=(0, 1, 2), accuracy_margin=0.01, timing_batch=256),
 }
 
-ACC_TOL = Tolerance(
-    why="mean test accuracy over seeds; CPU training on one thread is bit-identical across runs "
-        "and processes for a fixed seed (tests/test_train.py, and the AGC family's repeated "
-        "runs), so the band only covers other CPUs' kernels rounding differently: 0.02 absolute",
-    abs=0.02)
-RATIO_TOL = Tolerance(
-    why="ratio of medians timed in one run on the shared 2-core CPU (1 thread). With the "
-        "equal-flops nets (smoke: dWr rounds to the same network as w), five runs gave "
-        "inference dWr/dwr 0.80-0.85 and w/dwr 0.76-0.84 (the same network timed twice differs "
-        "by up to ~10%); epoch dWr/dwr 0.87 in both cold runs (two runs share the two cores). "
-        "Earlier CI runs under load moved such ratios by up to 28% (w/dwr 0.76-0.97). Band 40% "
-        "relative; speed is GPU-scoped and only reported here (the benchmarks gate speed)",
-    rel=0.4)
+ACC_TOL = Measured(
+    what="mean test accuracy over seeds (a diverged run counts as chance). A run is "
+         "bit-identical on one machine, but another CPU's kernels move it like a new seed",
+    domain=ACCURACY, floor=0.01, pool="acc_")
+RATIO_TOL = Measured(
+    what="ratio of medians timed in one run on the shared 2-core CPU (1 thread). Floor 40% "
+         "relative: earlier CI runs under load moved such ratios by up to 28% (w/dwr "
+         "0.76-0.97); speed is GPU-scoped and only reported here (the benchmarks gate speed)",
+    domain=RATIO, floor_rel=0.4)
 
 
 FLOPS_TOL = Tolerance(
     why="flops of a scaled config over its base's: deterministic arithmetic on the rounded "
         "widths, depths and resolution; 1e-9 relative only absorbs float formatting",
-    rel=1e-9)
+    rel=1e-9, domain=RATIO)
 
 
 def _record_budgets(evidence, nets: dict, base_name: str = "base0") -> dict:
@@ -275,8 +277,10 @@ def test_dWr_matches_dwr_faster(evidence, profile, load_data, use_cache, workers
     chance = 1 / base.num_classes  # a diverged run counts as chance
     acc = {st: table[table.strategy == st].test_acc.fillna(chance).tolist()
            for st in ("base", *cfg.strategies)}
+    evidence.baseline(acc["base"], chance, "the unscaled base")
     for st, values in acc.items():
-        evidence.metric(f"acc_{st}", stats.summarize(values).mean, ACC_TOL, key=st in ("dWr", "dwr"))
+        evidence.metric(f"acc_{st}", stats.summarize(values).mean, ACC_TOL,
+                        key=st in ("dWr", "dwr"), samples=values)
     times = inference_times({st: n for (_, st), n in nets.items()}, cfg.timing_batch,
                             profile.device, cfg.timing_min_run_time)
     epoch = table.groupby("strategy").seconds_per_epoch.median()
@@ -319,6 +323,7 @@ ORDER_PRESERVED = Claim(
     source="Dollár et al. 2021, §6 (Fig. 8: RegNetZ > RegNetY > EfficientNet at every flops)",
     scope="any",
     paper={"order": "preserved from 500MF to 16GF"},
+    trained=True,
 )
 
 
@@ -336,10 +341,11 @@ def test_order_preserved(evidence, profile, load_data, use_cache, workers):
         rows = table[(table.model == model) & (table.strategy == st)]
         return rows.test_acc.fillna(1 / cfg.bases[0].num_classes).tolist()  # diverged: chance
 
+    evidence.baseline(acc("base0", "base"), 1 / cfg.bases[0].num_classes, "the first base")
     for model in ("base0", "base1"):
         for st in ("base", "dWr"):
             evidence.metric(f"acc_{model}_{st}", stats.summarize(acc(model, st)).mean, ACC_TOL,
-                            key=True)
+                            key=True, samples=acc(model, st))
     holds, reason = order_verdict({m: acc(m, "base") for m in ("base0", "base1")},
                                   {m: acc(m, "dWr") for m in ("base0", "base1")})
     evidence.decide(holds, reason)

@@ -102,8 +102,8 @@ class Measured:
     """A band spec resolved from the claim's measured noise (see the module docstring).
 
     ``what`` says what the metric is; ``floor`` (absolute) and ``floor_rel`` are the least band,
-    for noise the measurement cannot see (e.g. load on a shared CPU for timings); ``pool``: a
-    name prefix whose metrics' seed samples are pooled for σ_seed."""
+    for noise the measurement cannot see (e.g. load on a shared CPU for timings); ``pool``: the
+    seed samples of every metric of the claim whose name contains it are pooled for σ_seed."""
 
     what: str
     domain: tuple[float, float] | None
@@ -127,7 +127,7 @@ class Measured:
         why = (f"{self.what}. Measured{f' on {noise.cpu}' if noise.cpu else ''} under "
                f"{len(per)} kernel paths: {band.values_text}. σ across paths "
                f"{_fmt(band.sd_paths)}" + (
-                   f"; seed σ {_fmt(band.sd_seed)} (pooled{f' over {self.pool}*' if self.pool else ''})"
+                   f"; seed σ {_fmt(band.sd_seed)} (pooled{f' over *{self.pool}*' if self.pool else ''})"
                    f" → σ of a {band.n}-seed mean {_fmt(band.sd_mean)}" if band.n > 1 else "")
                + f". Rule: max(floor {_fmt(floor)}, {self.k:g}·√2·σ = {_fmt(band.k_term)}, "
                  f"largest deviation {_fmt(band.deviation)}) = {_fmt(half)}")
@@ -136,7 +136,7 @@ class Measured:
     def _pooled_seed_sd(self, name: str, noise: NoiseTable | None) -> tuple[float, int]:
         """(pooled within-path seed σ, samples per mean) of ``name`` or of its pool."""
         names = [name] if self.pool is None or noise is None else \
-            [m for m in noise.metrics if m.startswith(self.pool)] or [name]
+            [m for m in noise.metrics if self.pool in m] or [name]
         groups = [[x for x in pv.samples if x is not None]
                   for m in names for pv in (noise.of(m).values() if noise else ())]
         n = max((len(pv.samples) for pv in (noise.of(name).values() if noise else ())), default=0)

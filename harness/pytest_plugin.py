@@ -40,6 +40,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="fail a claim that has no stored reference for this device class")
     g.addoption("--claim", action="append", default=[], metavar="ID",
                 help="run only claims whose ID matches this glob (repeatable)")
+    g.addoption("--trained", action="store_true",
+                help="run only the claims that train networks (e.g. for the portability run)")
     g.addoption("--results-dir", default="results", help="where run folders are written")
     g.addoption("--references-dir", default=None,
                 help="reference store root (default: the repo's reference_results/)")
@@ -145,6 +147,12 @@ def claim_of(item: pytest.Item) -> Claim | None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.option.trained:
+        trained = [i for i in items if (c := claim_of(i)) is not None and c.trained]
+        if not trained:
+            raise pytest.UsageError("--trained: no collected claim trains networks")
+        config.hook.pytest_deselected(items=[i for i in items if i not in trained])
+        items[:] = trained
     patterns = config.option.claim
     if not patterns:
         return

@@ -59,6 +59,11 @@ def reference_path(root: Path, profile: str, device_class: str, claim_id: str) -
     return Path(root) / profile / device_class / f"{claim_id}.json"
 
 
+def reference_files(root: Path = DEFAULT_ROOT) -> list[Path]:
+    """Every stored reference under ``root`` (not the measured noise beside them)."""
+    return sorted(p for p in Path(root).rglob("*.json") if "noise" not in p.parent.parts)
+
+
 def regen_command(profile: str, device: str, claim_id: str) -> str:
     """The exact command that stores (or refreshes) one claim's reference."""
     return f"nox -s regen -- --profile {profile} --device {device} --claim {claim_id}"

@@ -351,7 +351,7 @@ def _defining_file(obj: Any) -> Path | None:
         path = inspect.getsourcefile(target)
     except TypeError:  # builtins
         return None
-    if path is None or "site-packages" in path:
+    if path is None or "site-packages" in path or not Path(path).is_file():
         return None  # third-party code is covered by its version (torch's is in the key)
     return Path(path).resolve()
 

@@ -100,11 +100,87 @@ def test_bad_files_name_the_file(tmp_path, content, match):
     assert str(path) in str(err.value)
 
 
-def test_committed_references_all_load():
-    for path in refs.DEFAULT_ROOT.rglob("*.json"):
+def _claim_ids() -> set[str]:
+    """The IDs of every claim declared in claims/ (read as text: no claim module is run)."""
+    import re
+
+    root = refs.DEFAULT_ROOT.parent / "claims"
+    return {m for f in root.glob("test_*.py") for m in re.findall(r'\bid="([^"]+)"', f.read_text())}
+
+
+COMMITTED = refs.reference_files()
+
+
+def test_every_claim_has_a_committed_smoke_reference_and_all_load():
+    ids = _claim_ids()
+    assert len(ids) >= 11
+    loaded = {refs.load_reference(p).claim for p in COMMITTED}
+    assert ids <= {r for r in loaded}, f"no smoke/cpu reference for {sorted(ids - loaded)}"
+    for path in COMMITTED:
         ref = refs.load_reference(path)
         assert path.stem == ref.claim
         assert all(m.tolerance.why.strip() for m in ref.metrics.values())
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: f"{p.parent.parent.name}/{p.stem}")
+def test_no_stored_band_covers_its_metrics_whole_domain(path):
+    ref = refs.load_reference(path)
+    assert ref.metrics, f"{path}: no metrics"
+    for name, m in ref.metrics.items():
+        if not m.tolerance.exact:
+            assert m.tolerance.domain is not None, f"{path}: {name} has a band but no domain"
+        assert not m.tolerance.covers_domain(m.value), (
+            f"{path}: {name}'s band around {m.value} covers its whole domain {m.tolerance.domain}")
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: f"{p.parent.parent.name}/{p.stem}")
+def test_trained_references_were_made_from_nets_that_learned(path):
+    ref = refs.load_reference(path)
+    if not ref.raw.get("trained") or ref.raw.get("chance_expected"):
+        return
+    learned = ref.metrics.get("baseline_learned")
+    assert learned is not None and learned.value == 1 and learned.tolerance.exact, path
+
+
+def test_committed_noise_files_load_and_belong_to_a_reference():
+    from harness.bands import load_noise
+
+    noise = sorted(refs.DEFAULT_ROOT.rglob("noise/*.json"))
+    stored = {(p.parent.parent, p.stem) for p in COMMITTED}
+    for path in noise:
+        table = load_noise(path)
+        assert table is not None and table.metrics and (path.parent.parent, path.stem) in stored
+
+
+def test_a_band_over_the_whole_domain_is_refused_at_regeneration():
+    from harness.claim import ACCURACY, Claim, Evidence, Tolerance
+
+    ev = Evidence(Claim(id="t.x", statement="s", source="src"), "cpu", None)
+    ev.metric("acc", 0.5, Tolerance(why="too wide", abs=0.5, domain=ACCURACY))
+    ev.metric("ok", 0.5, Tolerance(why="fine", abs=0.1, domain=ACCURACY))
+    (problem,) = refs.unstorable(ev)
+    assert problem.startswith("acc: the band [0, 1] covers")
+    one_sided = Evidence(Claim(id="t.y", statement="s", source="src"), "cpu", None)
+    one_sided.metric("acc", 0.5, Tolerance(why="w", abs=0.5, domain=ACCURACY,
+                                           direction="higher-is-better"))
+    assert refs.unstorable(one_sided)  # [0, inf) covers [0, 1] as well
+
+
+def test_a_trained_claim_at_chance_is_refused_unless_chance_is_expected():
+    from harness.claim import Claim, Evidence
+
+    def evidence(accs, **flags):
+        ev = Evidence(Claim(id="t.x", statement="s", source="src", trained=True, **flags), "cpu",
+                      None)
+        ev.baseline(accs, chance=0.1, what="the base")
+        return ev
+
+    assert refs.unstorable(evidence([0.16, 0.17])) == []
+    (problem,) = refs.unstorable(evidence([0.12, 0.11]))
+    assert "baseline_learned is 0" in problem
+    assert refs.unstorable(evidence([0.12, 0.11], chance_expected=True)) == []
+    silent = Evidence(Claim(id="t.y", statement="s", source="src", trained=True), "cpu", None)
+    assert "must record baseline_learned" in refs.unstorable(silent)[0]
 
 
 def test_undecided_measurement_is_inconclusive_never_reproduced():
