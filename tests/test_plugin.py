@@ -179,3 +179,66 @@ def test_check_without_verdict_fails(pytester):
     result = run(pytester)
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*recorded no verdict*"])
+
+
+TRAINED_FILE = """
+import os
+import pytest
+from harness.bands import Measured
+from harness.claim import ACCURACY, Claim
+
+TRAINED = Claim(id="demo.trained", statement="it learns", source="nowhere", trained=True)
+UNTRAINED = Claim(id="demo.exact", statement="exact", source="nowhere")
+
+@pytest.mark.claim(TRAINED)
+def test_trained(evidence):
+    acc = [float(a) for a in os.environ.get("DEMO_ACC", "0.5,0.6").split(",")]
+    evidence.baseline(acc, chance=0.1, what="the demo net")
+    evidence.metric("acc", sum(acc) / len(acc), Measured("accuracy", ACCURACY, floor=0.05),
+                    samples=acc)
+    evidence.decide(True, "fine")
+
+@pytest.mark.claim(UNTRAINED)
+def test_exact(evidence):
+    evidence.metric("n", 3, Measured("a count", (0, 10)))
+    evidence.decide(True, "fine")
+"""
+
+
+def test_trained_selects_trained_claims_and_regen_refuses_nets_at_chance(pytester, monkeypatch):
+    pytester.makepyfile(test_trained_claims=TRAINED_FILE)
+    run(pytester, "--trained").assert_outcomes(passed=1, deselected=1)
+    monkeypatch.setenv("DEMO_ACC", "0.11,0.12")
+    result = run(pytester, "--trained", "--regen-references")
+    result.assert_outcomes(failed=1, deselected=1)
+    result.stdout.fnmatch_lines(["*refusing to store a reference that guards nothing*",
+                                 "*baseline_learned is 0*"])
+    assert not ref_file(pytester, "demo.trained").exists()
+    monkeypatch.setenv("DEMO_ACC", "0.5,0.6")
+    run(pytester, "--trained", "--regen-references").assert_outcomes(passed=1, deselected=1)
+    stored = json.loads(ref_file(pytester, "demo.trained").read_text())
+    assert stored["trained"] and stored["metrics"]["baseline_learned"]["value"] == 1
+    assert stored["metrics"]["acc"]["samples"] == [0.5, 0.6]
+    assert stored["metrics"]["acc"]["domain"] == [0.0, 1.0]
+    assert "NOT MEASURED" in stored["metrics"]["acc"]["justification"]
+    # A loop that stops learning fails the exact baseline metric of the stored reference.
+    monkeypatch.setenv("DEMO_ACC", "0.1,0.1")
+    result = run(pytester, "--trained")
+    result.assert_outcomes(failed=1, deselected=1)
+    result.stdout.fnmatch_lines(["*baseline_learned: measured 0 outside ?1, 1?*"])
+
+
+def test_measured_bands_come_from_the_stored_noise(pytester):
+    pytester.makepyfile(test_trained_claims=TRAINED_FILE)
+    noise = pytester.path / "refs" / "smoke" / "cpu" / "noise" / "demo.trained.json"
+    noise.parent.mkdir(parents=True)
+    noise.write_text(json.dumps({"schema": 1, "claim": "demo.trained", "metrics": {
+        "acc": {"native": {"value": 0.55, "samples": [0.5, 0.6]},
+                "avx2": {"value": 0.45, "samples": [0.4, 0.5]}}}}))
+    run(pytester, "--trained", "--regen-references").assert_outcomes(passed=1, deselected=1)
+    acc = json.loads(ref_file(pytester, "demo.trained").read_text())["metrics"]["acc"]
+    assert "native 0.55 (seeds 0.5, 0.6), avx2 0.45" in acc["justification"]
+    assert acc["abs_tol"] > 0.1
+    noise.write_text("{corrupt")
+    result = run(pytester, "--trained")
+    result.stdout.fnmatch_lines(["*corrupt noise file*"])

@@ -1,0 +1,112 @@
+"""Bands from measured noise: the rule, its justification text, and collecting a measurement."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from harness import bands
+from harness.bands import Measured, NoiseTable, PathValue
+from harness.claim import ACCURACY, Claim, Evidence
+
+
+def table(**metrics: dict[str, PathValue]) -> NoiseTable:
+    return NoiseTable("t.x", metrics, {}, cpu="a CPU")
+
+
+def test_band_is_k_root2_sigma_of_a_new_draw():
+    per = {"native": PathValue(0.50, (0.48, 0.52)), "aten-default": PathValue(0.53, (0.51, 0.55)),
+           "avx2": PathValue(0.49, (0.47, 0.51))}
+    tol = Measured("acc", ACCURACY).resolve("acc", table(acc=per))
+    sd_paths = float(__import__("statistics").stdev([0.50, 0.53, 0.49]))
+    sd_mean = math.sqrt(((0.02**2) * 2 * 3) / 3) / math.sqrt(2)  # pooled seed σ over √n
+    assert tol.abs == pytest.approx(3 * math.sqrt(2) * max(sd_paths, sd_mean))
+    assert tol.domain == ACCURACY
+    for text in ("native 0.5 (seeds 0.48, 0.52)", "aten-default 0.53", "avx2 0.49", "a CPU",
+                 "3·√2·σ", "largest deviation 0.03"):
+        assert text in tol.why
+
+
+def test_band_covers_every_measured_path_and_the_floor():
+    per = {"native": PathValue(0.5), "avx2": PathValue(0.9)}
+    tol = Measured("x", ACCURACY, floor=0.01).resolve("x", table(x=per))
+    assert tol.abs >= 0.4
+    flat = {"native": PathValue(0.5), "avx2": PathValue(0.5)}
+    assert Measured("x", ACCURACY, floor=0.02).resolve("x", table(x=flat)).abs == 0.02
+    assert Measured("x", (0, math.inf), floor_rel=0.4).resolve("x", table(x=flat)).abs == 0.2
+
+
+def test_pooling_uses_every_metric_named_by_the_pool():
+    noisy = {"native": PathValue(0.5, (0.3, 0.7))}
+    quiet = {"native": PathValue(0.5, (0.5, 0.5))}
+    alone = Measured("a", ACCURACY).resolve("acc_a", table(acc_a=quiet, acc_b=noisy))
+    pooled = Measured("a", ACCURACY, pool="acc").resolve("acc_a", table(acc_a=quiet, acc_b=noisy))
+    assert alone.abs == 0 and pooled.abs > 0.2
+
+
+def test_unmeasured_metric_gets_the_floor_and_says_so():
+    tol = Measured("acc", ACCURACY, floor=0.03).resolve("acc", None)
+    assert tol.abs == 0.03 and "NOT MEASURED" in tol.why
+
+
+def test_evidence_resolves_measured_bands_from_its_noise():
+    ev = Evidence(Claim(id="t.x", statement="s", source="src"), "cpu", None)
+    ev.noise = table(acc={"native": PathValue(0.5), "avx2": PathValue(0.6)})
+    ev.metric("acc", 0.5, Measured("acc", ACCURACY), samples=[0.4, 0.6])
+    m = ev.measurements["acc"]
+    assert m.tolerance.abs == pytest.approx(3 * math.sqrt(2) * math.sqrt(0.005))  # = 0.3
+    assert m.samples == (0.4, 0.6)
+
+
+@given(st.lists(st.floats(0, 1), min_size=2, max_size=6),
+       st.lists(st.floats(0, 1), min_size=2, max_size=6))
+def test_pooled_sd_is_between_the_groups_sds(a, b):
+    import statistics
+
+    pooled = bands.pooled_sd([a, b])
+    lo, hi = sorted((statistics.stdev(a), statistics.stdev(b)))
+    assert lo - 1e-9 <= pooled <= hi + 1e-9
+
+
+def test_collect_writes_one_noise_file_per_claim_from_the_runs(tmp_path):
+    def run(setting: str, value: float):
+        d = tmp_path / "results" / setting / "run"
+        d.mkdir(parents=True)
+        doc = {"environment": {"kernel_setting": setting, "kernel_path": {"x": setting},
+                               "cpu": "a CPU"},
+               "claims": [{"claim": "t.x", "metrics": {"acc": value},
+                           "samples": {"acc": [value - 0.01, value + 0.01]}},
+                          {"claim": "t.skipped", "metrics": {}}]}
+        (d / "claims.json").write_text(json.dumps(doc))
+        return d
+
+    runs = [run("native", 0.5), run("avx2", 0.52)]
+    lines = bands.collect(runs, tmp_path / "refs", "smoke", "cpu")
+    path = bands.noise_path(tmp_path / "refs", "smoke", "cpu", "t.x")
+    assert lines == [f"{path}: settings native, avx2"]
+    loaded = bands.load_noise(path)
+    assert loaded.of("acc")["avx2"] == PathValue(0.52, (0.51, 0.53))
+    assert not bands.noise_path(tmp_path / "refs", "smoke", "cpu", "t.skipped").exists()
+
+
+def test_runs_under_an_unnamed_setting_are_refused(tmp_path):
+    d = tmp_path / "run"
+    d.mkdir()
+    (d / "claims.json").write_text(json.dumps({"environment": {"kernel_setting": "custom"},
+                                               "claims": []}))
+    with pytest.raises(bands.NoiseError, match="unnamed kernel setting"):
+        bands.collect([d], tmp_path, "smoke", "cpu")
+
+
+@pytest.mark.parametrize("content, match", [("{oops", "corrupt noise file"),
+                                            (json.dumps({"schema": 1}), "malformed noise file")])
+def test_a_bad_noise_file_is_an_error_naming_it(tmp_path, content, match):
+    path = tmp_path / "n.json"
+    path.write_text(content)
+    with pytest.raises(bands.NoiseError, match=match) as err:
+        bands.load_noise(path)
+    assert str(path) in str(err.value)
