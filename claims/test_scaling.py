@@ -170,12 +170,16 @@ def test_w_fastest(evidence, profile):
     evidence.metric("groups", n, EXACT)
     evidence.metric("w_fewest_acts_share", fewest_acts / n, EXACT, key=True)
     # (exact: counted from complexity, not timed)
-    time_tol = Measured(what="share of equal-flops groups where w is fastest. Floor 3 of 9: "
-                             "over 3 earlier smoke runs on the shared 2-core CPU timing noise "
-                             "moved it by up to 2 of 9 groups (0.556-0.778)",
-                        domain=SHARE, floor=3 / 9)
-    evidence.metric("w_fastest_inference_share", fastest / n, time_tol, key=True)
-    evidence.metric("w_fastest_train_share", fastest_train / n, time_tol)
+    time_tol = Measured(what="share of equal-flops groups where w is fastest (GPU timing)",
+                        domain=SHARE, floor=1 / 9)
+    for name, share in (("w_fastest_inference_share", fastest / n),
+                        ("w_fastest_train_share", fastest_train / n)):
+        if profile.device == "cuda":
+            evidence.metric(name, share, time_tol, key=True)
+        else:
+            evidence.observe(name, share, "GPU-scoped timing; on the 2-core CPU these shares "
+                                          "moved over 0.11-0.56 across 3 kernel-path runs with "
+                                          "load beside them: a band would cover [0, 1]")
     evidence.metric("dwr_most_acts_share", dwr_most / n, EXACT)
     holds = fewest_acts == n and fastest == n and fastest_train == n
     evidence.decide(holds, f"w has the fewest acts in {fewest_acts}/{n} equal-flops groups and "
@@ -227,10 +231,13 @@ ACC_TOL = Measured(
          "bit-identical on one machine, but another CPU's kernels move it like a new seed",
     domain=ACCURACY, floor=0.01, pool="acc_")
 RATIO_TOL = Measured(
-    what="ratio of medians timed in one run on the shared 2-core CPU (1 thread). Floor 40% "
-         "relative: earlier CI runs under load moved such ratios by up to 28% (w/dwr "
-         "0.76-0.97); speed is GPU-scoped and only reported here (the benchmarks gate speed)",
-    domain=RATIO, floor_rel=0.4)
+    what="ratio of medians timed in one run (GPU); floor 10% relative for clocks and load",
+    domain=RATIO, floor_rel=0.1)
+CPU_TIMING = (
+    "speed is GPU-scoped; on the 2-core CPU these ratios swing with load and kernel path "
+    "(smoke, 3 kernel paths with a training job beside them: dWr/dwr inference 0.65-1.28 for "
+    "what is the same network as w here, w/dwr 0.57-1.20, epoch 0.45-0.72), more than any "
+    "band that still excludes a real change; the benchmarks gate speed")
 
 
 FLOPS_TOL = Tolerance(
@@ -284,9 +291,14 @@ def test_dWr_matches_dwr_faster(evidence, profile, load_data, use_cache, workers
     times = inference_times({st: n for (_, st), n in nets.items()}, cfg.timing_batch,
                             profile.device, cfg.timing_min_run_time)
     epoch = table.groupby("strategy").seconds_per_epoch.median()
-    evidence.metric("inference_ratio_dWr_over_dwr", times["dWr"] / times["dwr"], RATIO_TOL, key=True)
-    evidence.metric("inference_ratio_w_over_dwr", times["w"] / times["dwr"], RATIO_TOL)
-    evidence.metric("epoch_time_ratio_dWr_over_dwr", epoch["dWr"] / epoch["dwr"], RATIO_TOL)
+    ratios = {"inference_ratio_dWr_over_dwr": times["dWr"] / times["dwr"],
+              "inference_ratio_w_over_dwr": times["w"] / times["dwr"],
+              "epoch_time_ratio_dWr_over_dwr": epoch["dWr"] / epoch["dwr"]}
+    for name, ratio in ratios.items():
+        if profile.device == "cuda":
+            evidence.metric(name, ratio, RATIO_TOL, key=name.startswith("inference_ratio_dWr"))
+        else:
+            evidence.observe(name, ratio, CPU_TIMING)
 
     holds, reason = dWr_verdict(acc, times, epoch.to_dict(), cfg.accuracy_margin,
                                 judge_speed=profile.device == "cuda")

@@ -161,6 +161,7 @@ class Evidence:
         # Measured noise of this claim's metrics (``harness.bands.NoiseTable``): it turns a
         # ``bands.Measured`` band spec into a Tolerance. Set by the plugin's fixture.
         self.noise: Any = None
+        self.observed: dict[str, float | None] = {}
 
     def metric(
         self,
@@ -185,6 +186,15 @@ class Evidence:
         if hasattr(tol, "resolve"):
             tol = tol.resolve(name, self.noise)
         self.measurements[name] = Measurement(name, stored, tol, paper, unit, key, kept)
+        return v
+
+    def observe(self, name: str, value: float, why: str) -> float:
+        """Report a number without guarding it: noise that no band could cover without
+        covering the metric's whole domain (e.g. CPU timing ratios of a GPU-scoped claim).
+        It reaches the table, the report and claims.json, never the reference."""
+        v = float(value)
+        self.observed[name] = v if math.isfinite(v) else None
+        self.note(f"{name} = {_fmt(self.observed[name])} (reported, not guarded: {why})")
         return v
 
     def baseline(self, accuracies: Any, chance: float, what: str) -> bool:

@@ -35,6 +35,7 @@ class ClaimRow:
     config: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     samples: dict[str, list[float | None]] = field(default_factory=dict)  # per-seed values
+    observed: dict[str, float | None] = field(default_factory=dict)  # reported, not guarded
 
 
 def row_from(evidence: Evidence, comparison: Comparison, seconds: float) -> ClaimRow:
@@ -56,6 +57,7 @@ def row_from(evidence: Evidence, comparison: Comparison, seconds: float) -> Clai
         config=evidence.config,
         notes=list(evidence.notes),
         samples={k: list(m.samples) for k, m in evidence.measurements.items() if m.samples},
+        observed=dict(evidence.observed),
     )
 
 
