@@ -98,25 +98,28 @@ def test_rule(evidence, profile):
 # Margins come from the paper's statement, fixed before the grid was run: "far below" is ≥5
 # accuracy points, "close to BN" is within 3 points on the smoke task (2 on CIFAR-10 with 3
 # seeds). Condition (iii), a comparison only counts when the reference learned the task (≥5
-# points above chance), was added after sizing runs showed the smoke task is not learned; it
-# can only turn a verdict into NOT_REPRODUCED. The lr is the paper's recipe, 0.1 × B / 256.
+# points above chance), guards against verdicts drawn from nets at chance. Each comparison is a
+# one-sided 95% Welch bound over seeds: established, refuted, or undecided (INCONCLUSIVE).
 
 SMOKE_GRID = GridConfig(
-    # Half-width tiny twins (8-16-32 channels, 20K params) on 16 px generated data: the whole
-    # family, 30 grid cells + 2 ablation cells + 8 tiny-batch cells, took 2 min from a cold
-    # cache on one thread of the shared 2-core CPU. λ is a subset of the paper's grid
-    # {0.01, ..., 0.16} for that budget. At this scale the generated task is not learned at
-    # the paper's learning rates (every cell ends near chance, 10%), so condition (iii) below
-    # keeps the grid verdicts from resting on noise: they come out NOT_REPRODUCED.
+    # Half-width tiny twins (8-16-32 channels, 20K params) on 8192 generated 16 px images of
+    # the learnable "medium" level, 8 epochs at every batch (2048 steps at B=32, 512 at
+    # B=128). Sizing runs (3 seeds; see the closing note of the references issue): at the
+    # paper's base lr 0.1 × B/256 nothing is learned in this budget (BN 0.16-0.26, NF ≈ 0.13);
+    # the instability needs the paper's large-batch lr itself, so the base lr is 1.6 at
+    # B=256, i.e. lr 0.2 at B=32 and 0.8 at B=128 (the paper's B=4096 lr is 1.6), reached at
+    # a batch cheap enough for 512 steps. NF without AGC then collapses at B=128 (loss back to
+    # ~2.3 after a spike), AGC keeps it training, BN learns at both batches (0.77-0.80).
     nf_model="nf_resnet_tiny", bn_model="bn_resnet_tiny",
     model_overrides=(("stem_width", 8), ("widths", (8, 16, 32))),
-    data=DataSpec("synthetic", train_size=4096, test_size=1024),
+    data=DataSpec("synthetic", train_size=8192, test_size=1024, difficulty="medium"),
     resolution=16,
-    batch_sizes=(32, 256, 1024),
-    lambdas=(0.01, 0.04, 0.16),
-    seeds=(0, 1),
+    batch_sizes=(32, 128),
+    lambdas=(0.04, 0.16),
+    seeds=(0, 1, 2),
+    base_lr=1.6, base_batch=256,
     # Warm-up is 1/18 of training: 5 of 90 epochs, as the linear-scaling recipe (Goyal et al.).
-    train=TrainConfig(epochs=3, warmup_epochs=3 * 5 / 90, check_every=4),
+    train=TrainConfig(epochs=8, warmup_epochs=8 * 5 / 90, check_every=4),
     clearly_below=0.05, bn_margin=0.03, learned_margin=0.05,
 )
 
@@ -313,9 +316,13 @@ BN_COSTS = Claim(
 
 BN_COST_CONFIGS = {
     "smoke": BNCostConfig(
-        # B=4 against the grid's smallest batch, on a 1024-image subset to fit the budget.
-        accuracy=dataclasses.replace(SMOKE_GRID, data=DataSpec("synthetic", 1024, 1024),
-                                     batch_sizes=(4, 32), lambdas=()),
+        # B=4 against B=32 (the grid's smallest batch), 4 epochs of 4096 images: 4096 vs 512
+        # steps at lr 0.025 vs 0.2. NF at B=32 is undertrained at 512 steps (it starts slowly),
+        # so "NF holds up at B=4" compares with a weak reference: read its numbers.
+        accuracy=dataclasses.replace(
+            SMOKE_GRID, data=DataSpec("synthetic", 4096, 1024, difficulty="medium"),
+            batch_sizes=(4, 32), lambdas=(),
+            train=TrainConfig(epochs=4, warmup_epochs=4 * 5 / 90, check_every=4)),
         timing=StepTimingConfig("nf_resnet_tiny", "bn_resnet_tiny", batch_size=64,
                                 resolution=16, rounds=7, min_run_time=0.25,
                                 model_overrides=SMOKE_GRID.model_overrides),

@@ -59,6 +59,12 @@ class OneSided:
         return self.upper < -self.margin
 
     @property
+    def detectable(self) -> float:
+        """The smallest difference this design could establish: the distance from the
+        difference to its one-sided bound (the t quantile times the standard error)."""
+        return self.difference - self.lower
+
+    @property
     def decided(self) -> bool | None:
         """True (holds), False (refuted) or None (undecided)."""
         return True if self.holds else (False if self.refuted else None)
@@ -80,6 +86,15 @@ def bounds_of_difference(a: Sequence[float], b: Sequence[float],
     low = stats.ttest_ind(a, b, equal_var=False, alternative="greater").confidence_interval(confidence)
     high = stats.ttest_ind(a, b, equal_var=False, alternative="less").confidence_interval(confidence)
     return diff, float(low.low), float(high.high)
+
+
+def all_of(*parts: bool | None) -> bool | None:
+    """Three-valued AND: False when any part is refuted, None when any is undecided."""
+    if any(p is False for p in parts):
+        return False
+    if any(p is None for p in parts):
+        return None
+    return True
 
 
 def within_margin(a: Sequence[float], b: Sequence[float], margin: float,

@@ -291,38 +291,51 @@ def test_stabilizes_says_nothing_when_nothing_was_learned():
     flat = {k: [0.1, 0.1] for k in PAPER_LIKE}
     runs = fake_runs({**flat, (NF, LARGE, None): [D, D]})
     j = study.judge_stabilizes_large_batch(runs, CFG)
-    assert not j.holds and "not learned" in j.reason
+    assert j.holds is False and "not learned" in j.reason
 
 
 def test_benefit_rule_fails_when_the_benefit_is_larger_at_small_batch():
     runs = fake_runs({**PAPER_LIKE, (NF, SMALL, None): [D, D], (NF, LARGE, None): [0.77, 0.78]})
     j = study.judge_small_batch_benefit(runs)
-    assert not j.holds and j.numbers["benefit_smallest_batch"] > j.numbers["benefit_largest_batch"]
+    assert j.holds is False and j.numbers["benefit_smallest_batch"] > j.numbers["benefit_largest_batch"]
 
 
 def test_lambda_rule_fails_when_the_best_lambda_grows_or_is_tied():
     grows = fake_runs({**PAPER_LIKE, (AGC, SMALL, 0.01): [0.82, 0.83],
                        (AGC, LARGE, 0.16): [0.79, 0.80]})
     assert study.best_lambdas(grows) == {SMALL: 0.01, LARGE: 0.16}
-    assert not study.judge_lambda_shrinks(grows, CFG).holds
+    assert study.judge_lambda_shrinks(grows, CFG).holds is None  # 0.795 vs 0.7825: not established
+    clearly = fake_runs({**PAPER_LIKE, (AGC, SMALL, 0.01): [0.82, 0.83],
+                         (AGC, LARGE, 0.16): [0.90, 0.905]})
+    j = study.judge_lambda_shrinks(clearly, CFG)
+    assert j.holds is False and "detectable" in j.reason
     tied = fake_runs({**PAPER_LIKE, (AGC, LARGE, 0.16): [0.78, 0.785]})
     j = study.judge_lambda_shrinks(tied, CFG)
-    assert not j.holds and "tie" in j.reason
+    assert j.holds is None and "tie" in j.reason
 
 
 def test_skip_final_rule_fails_when_clipping_the_head_is_as_good():
     runs = fake_runs({**PAPER_LIKE, (AGC, LARGE, 0.01, True): [0.781, 0.786]})
-    assert not study.judge_skip_final_layer(runs).holds
+    assert study.judge_skip_final_layer(runs).holds is None  # as good: undecided
+    better = fake_runs({**PAPER_LIKE, (AGC, LARGE, 0.01, True): [0.85, 0.855]})
+    assert study.judge_skip_final_layer(better).holds is False  # clipping clearly better
 
 
 def test_bn_costs_rule():
     tiny = fake_runs({(NF, 4, None): [0.70, 0.71], (NF, 64, None): [0.705, 0.715],
                       (BN, 4, None): [0.50, 0.52], (BN, 64, None): [0.72, 0.73]})
     assert study.judge_bn_costs(1.3, tiny, 0.03).holds
-    assert not study.judge_bn_costs(0.95, tiny, 0.03).holds  # NF not faster
+    assert study.judge_bn_costs(0.95, tiny, 0.03).holds is False  # NF not faster
     bn_fine = fake_runs({(NF, 4, None): [0.70, 0.71], (NF, 64, None): [0.705, 0.715],
                          (BN, 4, None): [0.72, 0.725], (BN, 64, None): [0.72, 0.73]})
     assert not study.judge_bn_costs(1.3, bn_fine, 0.03).holds
+
+
+def test_undecided_comparisons_are_inconclusive_with_the_detectable_difference():
+    noisy = fake_runs({**PAPER_LIKE, (AGC, LARGE, 0.01): [0.70, 0.86]})  # wide seeds
+    j = study.judge_stabilizes_large_batch(noisy, CFG)
+    assert j.holds is None and "detectable ±" in j.reason
+    assert verdict(j) is Verdict.INCONCLUSIVE
 
 
 def test_tables_and_plot_from_a_grid():
