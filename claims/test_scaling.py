@@ -149,7 +149,7 @@ def test_acts_predict_runtime(evidence, profile):
 W_FASTEST = Claim(
     id="scaling.w_fastest",
     statement="At equal flops, w scaling produces the fewest activations and the shortest "
-              "runtime; dwr produces the most activations of the compound strategies with r.",
+              "runtime.",
     source="Dollár et al. 2021, §4 (Table 1) and Fig. 4",
     scope="gpu",
     paper={"a(w)": "∝ s^0.5 (fewest)", "a(dwr)": "∝ s^(5/6)"},

@@ -32,7 +32,7 @@ import os
 import statistics
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,7 @@ class NoiseTable:
     settings: dict[str, dict[str, Any]]
     cpu: str = ""
     path: Path | None = None
+    verdicts: dict[str, str] = field(default_factory=dict)  # per kernel path
 
     def of(self, name: str) -> dict[str, PathValue]:
         return self.metrics.get(name, {})
@@ -86,7 +87,8 @@ def load_noise(path: Path) -> NoiseTable | None:
             for name, per in raw["metrics"].items()}
         if raw.get("schema") != SCHEMA:
             raise NoiseError(f"noise file {path} has schema {raw.get('schema')!r}, not {SCHEMA}")
-        return NoiseTable(raw["claim"], metrics, raw.get("settings", {}), raw.get("cpu", ""), path)
+        return NoiseTable(raw["claim"], metrics, raw.get("settings", {}), raw.get("cpu", ""), path,
+                          dict(raw.get("verdicts", {})))
     except json.JSONDecodeError as e:
         raise NoiseError(f"corrupt noise file {path}: {e}; re-measure it with nox -s noise") from None
     except (KeyError, TypeError, ValueError, AttributeError) as e:
@@ -204,8 +206,9 @@ def collect(run_dirs: Sequence[Path], root: Path, profile: str, device_class: st
             t = tables.setdefault(row["claim"], {
                 "schema": SCHEMA, "claim": row["claim"], "profile": profile,
                 "device_class": device_class, "cpu": env.get("cpu", ""), "settings": {},
-                "metrics": {}})
+                "verdicts": {}, "metrics": {}})
             t["settings"][setting] = env.get("kernel_path", {})
+            t["verdicts"][setting] = row.get("verdict")
             samples = row.get("samples", {})
             for name, value in row["metrics"].items():
                 entry: dict[str, Any] = {"value": value}

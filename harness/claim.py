@@ -8,13 +8,13 @@ the verdict. The plugin compares the evidence with the stored reference and rend
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any
+
+from harness.jsonable import to_jsonable  # noqa: F401 (re-exported: claims record configs)
 
 SCOPES = ("any", "gpu")
 DIRECTIONS = ("two-sided", "higher-is-better", "lower-is-better")
@@ -231,6 +231,11 @@ class Evidence:
             self.verdict = {True: Verdict.REPRODUCED, False: Verdict.NOT_REPRODUCED,
                             None: Verdict.INCONCLUSIVE}[holds]
             self.reason = reason
+        paths = getattr(self.noise, "verdicts", None) or {}
+        if len(set(paths.values())) > 1:
+            self.note("measured under other CPU kernel paths the verdict was "
+                      + ", ".join(f"{v} ({s})" for s, v in paths.items())
+                      + ": the design sits at its decision boundary")
         return self.verdict
 
     def artifact_path(self, filename: str) -> Path | None:
@@ -260,25 +265,6 @@ class Evidence:
     def key_numbers(self) -> str:
         shown = [m for m in self.measurements.values() if m.key] or list(self.measurements.values())[:3]
         return "; ".join(m.shown() for m in shown)
-
-
-def to_jsonable(obj: Any) -> Any:
-    """Dataclasses, tuples, paths and numpy scalars to plain JSON values."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if hasattr(obj, "item") and callable(obj.item):
-        return to_jsonable(obj.item())
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    return json.loads(json.dumps(obj, default=str))
 
 
 def _fmt(x: float | None) -> str:

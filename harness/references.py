@@ -41,6 +41,12 @@ class Reference:
     metrics: dict[str, StoredMetric]
     raw: dict[str, Any] = field(repr=False)
 
+    @property
+    def verdicts_allowed(self) -> list[str]:
+        """The stored verdict, plus those measured under other kernel paths (a design at its
+        decision boundary may land on either side on a user's CPU)."""
+        return sorted({self.verdict, *self.raw.get("verdicts_seen", [])})
+
 
 @dataclass(frozen=True)
 class Comparison:
@@ -122,6 +128,10 @@ def unstorable(evidence: Evidence) -> list[str]:
         f"{m.name}: the band {_band_text(m.tolerance, m.value)} covers the metric's whole domain "
         f"{list(m.tolerance.domain)}: it cannot fail (narrow it from measured noise, or drop it)"
         for m in evidence.measurements.values() if m.tolerance.covers_domain(m.value)]
+    seen = set(verdicts_seen(evidence))
+    if {"REPRODUCED", "NOT_REPRODUCED"} <= seen:
+        problems.append(f"verdict: across kernel paths it was {sorted(seen)}: both ways, so the "
+                        "design cannot decide the claim on another CPU (more or paired seeds)")
     claim = evidence.claim
     if claim.trained and not claim.chance_expected:
         learned = evidence.measurements.get("baseline_learned")
@@ -135,6 +145,13 @@ def unstorable(evidence: Evidence) -> list[str]:
     return problems
 
 
+def verdicts_seen(evidence: Evidence) -> list[str]:
+    """This run's verdict and those its measured noise recorded under other kernel paths."""
+    noise = getattr(evidence.noise, "verdicts", None) or {}
+    mine = evidence.verdict.value if evidence.verdict else None
+    return sorted({v for v in (mine, *noise.values()) if v})
+
+
 def _band_text(tol: Tolerance, value: float | None) -> str:
     if value is None:
         return "(nan)"
@@ -146,8 +163,10 @@ def compare(evidence: Evidence, reference: Reference) -> Comparison:
     """Every metric inside its stored band, and the same verdict, or the list of what moved."""
     problems: list[str] = []
     verdict = evidence.verdict.value if evidence.verdict else None
-    if verdict != reference.verdict:
-        problems.append(f"verdict: {verdict} but reference {reference.verdict}")
+    if verdict not in reference.verdicts_allowed:
+        seen = reference.verdicts_allowed
+        problems.append(f"verdict: {verdict} but reference {reference.verdict}"
+                        + (f" (measured across kernel paths: {', '.join(seen)})" if len(seen) > 1 else ""))
     for name, stored in reference.metrics.items():
         m = evidence.measurements.get(name)
         if m is None:
@@ -172,6 +191,7 @@ def reference_record(evidence: Evidence, profile: str, env: dict[str, Any]) -> d
         "chance_expected": evidence.claim.chance_expected,
         "profile": profile,
         "verdict": evidence.verdict.value if evidence.verdict else None,
+        **({"verdicts_seen": seen} if len(seen := verdicts_seen(evidence)) > 1 else {}),
         "reason": evidence.reason,
         "metrics": {
             m.name: {

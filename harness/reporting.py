@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 import pandas as pd
 
 from harness.claim import Evidence, to_jsonable
+from harness.progress import progress_bar  # noqa: F401 (re-exported)
 from harness.references import Comparison
 
 
@@ -140,12 +140,3 @@ def markdown_report(rows: list[ClaimRow], context: dict[str, Any], run_dir: Path
             rel = Path(a).relative_to(run_dir) if Path(a).is_relative_to(run_dir) else Path(a)
             out.append(f"\n![{rel.name}]({rel})" if rel.suffix == ".png" else f"\n[{rel.name}]({rel})")
     return "\n".join(out) + "\n"
-
-
-def progress_bar(total: int, desc: str, enabled: bool | None = None):
-    """A tqdm bar on the real stderr, so it shows through pytest's capture on a terminal."""
-    from tqdm.auto import tqdm
-
-    disable = (not sys.__stderr__.isatty()) if enabled is None else not enabled
-    return tqdm(total=total, desc=desc, unit="it", leave=False, file=sys.__stderr__,
-                disable=disable)

@@ -60,7 +60,7 @@ def runtime_population(cfg: PopulationConfig, device: str) -> pd.DataFrame:
 
     Cached per (config, device), so the claims that share a population time it once.
     """
-    from harness.reporting import progress_bar
+    from harness.progress import progress_bar
 
     rows = []
     members = population_configs(cfg)

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness.claim import to_jsonable
+from harness.jsonable import to_jsonable
 
 # ----------------------------------------------------------------------------- config
 
@@ -149,7 +149,7 @@ def train(
 
 def _train(model_fn, train_set, test_set, cfg, device, before_step, after_step, progress, desc):
     from harness.data import batches
-    from harness.reporting import progress_bar
+    from harness.progress import progress_bar
 
     cuda = device == "cuda"
     torch.manual_seed(cfg.seed)
@@ -163,6 +163,12 @@ def _train(model_fn, train_set, test_set, cfg, device, before_step, after_step, 
 
     x_train, y_train = (t.to(device) for t in train_set)
     n_train = len(x_train)
+    if n_train < cfg.batch_size or len(test_set[0]) == 0:
+        # Full batches only (drop_last): with fewer samples than one batch no step would ever
+        # run and the loop would spin.
+        raise ValueError(f"{desc}: {n_train} training samples for batch size {cfg.batch_size} "
+                         f"and {len(test_set[0])} test samples; need at least one full batch "
+                         f"and one test sample")
     total = cfg.total_steps(n_train)
     warmup = min(total, round(cfg.warmup_epochs * cfg.steps_per_epoch(n_train)))
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -334,8 +340,6 @@ def _closure(files: set[Path]) -> set[Path]:
         seen.add(f)
         if f.suffix == ".py":
             todo += [m for n in _imports_of(f) if (m := _module_file(n)) is not None]
-            if f.name == "__init__.py":  # a package brings its modules (the model registry)
-                todo += sorted(f.parent.glob("*.py"))
     return seen
 
 
@@ -490,7 +494,7 @@ def run_jobs(jobs: Sequence[TrainJob], *, workers: int = 1, use_cache: bool = Tr
     seeds itself and pins its CPU threads, so its record is bit-identical to a serial run's;
     only wall time changes (the runs no longer share a core). A worker's error is re-raised.
     """
-    from harness.reporting import progress_bar
+    from harness.progress import progress_bar
 
     keys = [cache_key(job.key, job.code()) for job in jobs]
     first_of: dict[str, int] = {}  # jobs with equal keys train once and share the record

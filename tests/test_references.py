@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -146,7 +147,7 @@ def test_committed_noise_files_load_and_belong_to_a_reference():
     from harness.bands import load_noise
 
     noise = sorted(refs.DEFAULT_ROOT.rglob("noise/*.json"))
-    stored = {(p.parent.parent, p.stem) for p in COMMITTED}
+    stored = {(p.parent, p.stem) for p in COMMITTED}
     for path in noise:
         table = load_noise(path)
         assert table is not None and table.metrics and (path.parent.parent, path.stem) in stored
@@ -201,3 +202,29 @@ def test_band_edges_are_inside_despite_float_rounding():
     assert tol.violation("share", 7 / 9, 4 / 9) is None
     assert tol.violation("share", 1 / 9, 4 / 9) is None
     assert tol.violation("share", 8 / 9, 4 / 9) is not None
+
+
+def test_verdicts_measured_across_kernel_paths_are_allowed_and_both_ways_is_refused():
+    from harness.bands import NoiseTable
+    from harness.claim import Claim, Evidence
+
+    def evidence(verdicts: dict[str, str], holds):
+        ev = Evidence(Claim(id="t.x", statement="s", source="src"), "cpu", None)
+        ev.noise = NoiseTable("t.x", {}, {}, verdicts=verdicts)
+        ev.metric("a", 1.0, refs.Tolerance(why="w", abs=0.1, domain=(0, 2)))
+        ev.decide(holds, "r")
+        return ev
+
+    boundary = evidence({"native": "INCONCLUSIVE", "avx2": "NOT_REPRODUCED"}, None)
+    assert any("decision boundary" in n for n in boundary.notes)
+    record = refs.reference_record(boundary, "smoke", {})
+    assert record["verdicts_seen"] == ["INCONCLUSIVE", "NOT_REPRODUCED"]
+    stored = {"a": refs.StoredMetric(1.0, refs.Tolerance(why="w", abs=0.1, domain=(0, 2)))}
+    ref = refs.Reference(Path("x.json"), "t.x", record["verdict"], stored, record)
+    assert refs.compare(evidence({}, False), ref).status == "PASS"
+    moved = refs.compare(evidence({}, True), ref)
+    assert moved.failed and "measured across kernel paths" in moved.problems[0]
+    both = evidence({"native": "REPRODUCED", "avx2": "NOT_REPRODUCED"}, True)
+    assert any(p.startswith("verdict: across kernel paths") for p in refs.unstorable(both))
+    steady = evidence({"native": "REPRODUCED", "avx2": "REPRODUCED"}, True)
+    assert "verdicts_seen" not in refs.reference_record(steady, "smoke", {})

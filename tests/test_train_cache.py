@@ -83,6 +83,8 @@ def test_fingerprint_covers_the_loop_models_data_and_the_hook_modules():
     files = tr._closure({Path(tr.__file__).resolve(), tr._HARNESS_ROOT / "models" / "__init__.py"})
     names = {f.relative_to(tr._HARNESS_ROOT).as_posix() for f in files}
     assert {"train.py", "data.py", "models/__init__.py", "models/nf_resnet.py"} <= names
+    # How results are reported or judged does not determine a run, so it is not hashed.
+    assert not names & {"claim.py", "reporting.py", "references.py", "bands.py", "stats.py"}
     from harness.agc_study import AGCHook
 
     hook_files = tr._closure({tr._defining_file(AGCHook(0.01))})
@@ -126,3 +128,11 @@ def test_records_of_a_job_depend_on_its_model_code(tmp_path):
     job = tr.TrainJob({"m": 1}, model_a, (x, y), (x, y), cfg)
     assert tr._defining_file(model_a) == Path(__file__).resolve()
     assert job.code() == tr.code_fingerprint(model_a)
+
+
+def test_fewer_samples_than_one_batch_is_a_clear_error_not_a_hang():
+    x, y = torch.randn(4, 3, 2, 2), torch.randint(0, 3, (4,))
+    cfg = tr.TrainConfig(epochs=1, batch_size=8)
+    with pytest.raises(ValueError, match="4 training samples for batch size 8"):
+        tr.train(lambda: nn.Sequential(nn.Flatten(), nn.Linear(12, 3)), (x, y), (x, y), cfg,
+                 progress=False)
