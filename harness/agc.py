@@ -26,7 +26,7 @@ meaningless on loss-scaled ones::
     scaler.update()
 
 ``check_agc_invariants`` (tensors) and ``check_model_agc`` (a model's AGC step, classifier
-excluded) are the executable form of the claim ``agc.rule`` (CLAIMS.md section 2): they run any
+excluded) are the executable form of the claim ``agc.rule`` (claims/README.md section 2): they run any
 clip implementation and list the rule's violations, so the tests and the claim check can show
 that ``clip_grads_`` passes and the known-bad variants fail.
 """

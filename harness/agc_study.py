@@ -1,6 +1,6 @@
 """Adaptive gradient clipping experiments: the training hook, the rule suite, the grid, verdicts.
 
-The claims ``agc.*`` (CLAIMS.md section 2; Brock et al., "High-Performance Large-Scale Image
+The claims ``agc.*`` (claims/README.md section 2; Brock et al., "High-Performance Large-Scale Image
 Recognition Without Normalization", ICML 2021) are checked by ``claims/test_agc.py`` with the
 pieces here, in this order:
 

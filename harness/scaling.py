@@ -121,7 +121,7 @@ def scaling_factors(
 def complexity_exponents(strategy: str, alpha: float | None = None) -> tuple[float, float, float]:
     """(e_f, e_p, e_a) of the closed forms f ∝ s^e_f, p ∝ s^e_p, a ∝ s^e_a.
 
-    Written out from the closed forms (CLAIMS.md §1), not derived from ``scaling_exponents``, so
+    Written out from the closed forms (claims/README.md §1), not derived from ``scaling_exponents``, so
     the law check stays an independent test of the scaler.
     """
     a = _check(strategy, alpha=alpha)

@@ -1,4 +1,4 @@
-"""Adaptive Gradient Clipping: property tests of the rule in CLAIMS.md `agc.rule`."""
+"""Adaptive Gradient Clipping: property tests of the rule of `agc.rule` (claims/README.md §2)."""
 
 from __future__ import annotations
 

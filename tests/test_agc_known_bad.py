@@ -1,4 +1,4 @@
-"""Known-bad AGC implementations (CLAIMS.md `agc.rule`): the property suite must reject each.
+"""Known-bad AGC implementations (`agc.rule`, claims/README.md §2): the property suite must reject each.
 
 They are reproduced here, as faithfully as their descriptions allow, so that the harness keeps
 proving that ``check_agc_invariants`` can tell them from ``clip_grads_``.
