@@ -15,7 +15,7 @@ as ``Measured(...)``; ``Evidence.metric`` resolves it here, by one rule:
               is a mean over n seeds; pooled over the claim's metrics named by ``pool``),
               σ_mean = σ_seed / √n
     σ       = max(σ_paths, σ_mean)        — a new machine is a new draw of the metric
-    band    = max(floor, K · √2 · σ, largest deviation of a path from the native value)
+    band    = max(floor, K · √2 · σ, largest deviation of a path from the stored value)
 
 √2 because the reference and the user's run are both draws; K = 3 (two-sided, about 0.3% per
 metric for a normal draw). The justification stored with the reference states the values per
@@ -115,15 +115,18 @@ class Measured:
     direction: str = "two-sided"
     k: float = K
 
-    def resolve(self, name: str, noise: NoiseTable | None) -> Tolerance:
+    def resolve(self, name: str, noise: NoiseTable | None, value: float | None = None) -> Tolerance:
+        """The band around ``value`` (the number about to be stored; by default the native
+        path's): it covers every measured path's value, even for a timing that moved since."""
         per = noise.of(name) if noise is not None else {}
         if not per:
             return Tolerance(
                 why=f"{self.what}. NOT MEASURED across kernel paths (no noise file for this "
                     f"profile and device; run nox -s noise): the floor only",
                 abs=self.floor, rel=self.floor_rel, direction=self.direction, domain=self.domain)
-        band = band_from(per, self._pooled_seed_sd(name, noise), self.k)
-        ref = per.get(REFERENCE_SETTING, next(iter(per.values()))).value
+        band = band_from(per, self._pooled_seed_sd(name, noise), self.k, value)
+        ref = value if value is not None else per.get(REFERENCE_SETTING,
+                                                      next(iter(per.values()))).value
         floor = max(self.floor, self.floor_rel * abs(ref or 0.0))
         half = max(floor, band.half)
         why = (f"{self.what}. Measured{f' on {noise.cpu}' if noise.cpu else ''} under "
@@ -157,15 +160,18 @@ class Band:
     values_text: str
 
 
-def band_from(per: dict[str, PathValue], seed: tuple[float, int], k: float = K) -> Band:
-    """The rule of the module docstring for one metric's values per kernel path."""
+def band_from(per: dict[str, PathValue], seed: tuple[float, int], k: float = K,
+              reference: float | None = None) -> Band:
+    """The rule of the module docstring for one metric's values per kernel path, around
+    ``reference`` (default: the native path's value)."""
     values = {s: pv.value for s, pv in per.items()}
     finite = [v for v in values.values() if v is not None and math.isfinite(v)]
     sd_paths = statistics.stdev(finite) if len(finite) > 1 else 0.0
     sd_seed, n = seed
     sd_mean = sd_seed / math.sqrt(n) if n > 1 and math.isfinite(sd_seed) else 0.0
     sigma = max(sd_paths, sd_mean)
-    ref = values.get(REFERENCE_SETTING)
+    ref = reference if reference is not None and math.isfinite(reference) else \
+        values.get(REFERENCE_SETTING)
     ref = ref if ref is not None else (finite[0] if finite else None)
     deviation = max((abs(v - ref) for v in finite), default=0.0) if ref is not None else 0.0
     k_term = k * math.sqrt(2) * sigma

@@ -184,7 +184,7 @@ class Evidence:
         stored = v if math.isfinite(v) else None
         kept = tuple(float(x) if math.isfinite(float(x)) else None for x in samples)
         if hasattr(tol, "resolve"):
-            tol = tol.resolve(name, self.noise)
+            tol = tol.resolve(name, self.noise, stored)
         self.measurements[name] = Measurement(name, stored, tol, paper, unit, key, kept)
         return v
 
