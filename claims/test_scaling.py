@@ -14,7 +14,7 @@ import math
 
 import pytest
 
-from harness import scaling, stats
+from harness import models, scaling, stats
 from harness.bands import Measured
 from harness.claim import ACCURACY, CORRELATION, EXACT, RATIO, SHARE, Claim, Tolerance
 from harness.data import DataSpec
@@ -202,11 +202,11 @@ DWR_MATCHES_DWR_FASTER = Claim(
     trained=True,
 )
 
-SMALL_BASE = scaling.config_of("anynet_tiny_y", stem_type="cifar", resolution=16)
-OTHER_SMALL_BASE = scaling.config_of("effnet_tiny", resolution=16)
-CIFAR_BASE = scaling.config_of("anynet_tiny_y", stem_type="cifar", depths=(1, 2, 4),
+SMALL_BASE = models.config_of("anynet_tiny_y", stem_type="cifar", resolution=16)
+OTHER_SMALL_BASE = models.config_of("effnet_tiny", resolution=16)
+CIFAR_BASE = models.config_of("anynet_tiny_y", stem_type="cifar", depths=(1, 2, 4),
                                widths=(32, 64, 128), group_widths=(16, 16, 16), resolution=32)
-CIFAR_OTHER_BASE = scaling.config_of("effnet_tiny", resolution=32)
+CIFAR_OTHER_BASE = models.config_of("effnet_tiny", resolution=32)
 
 TRAINED = {
     # Smoke: 2 seeds of 4000 generated images ("medium": learnable at 16 px, see harness.data),

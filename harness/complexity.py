@@ -36,7 +36,6 @@ __all__ = [
     "layer_counts",
     "linear_cx",
     "measure",
-    "measure_config",
     "norm2d_cx",
     "pool2d_cx",
 ]
@@ -164,15 +163,6 @@ def measure(model: nn.Module, resolution: int, in_channels: int = 3) -> Complexi
         params=params,
         acts=sum(r.acts for r in layers),
     )
-
-
-def measure_config(cfg) -> Complexity:
-    """Build ``cfg`` (AnyNetConfig or EffNetConfig) on ``meta``; measure it at its resolution."""
-    from harness.scaling import build_config  # lazy: models import nothing from here at load
-
-    with torch.device("meta"):
-        model = build_config(cfg)
-    return measure(model, cfg.resolution, cfg.in_channels)
 
 
 def independent_flops(model: nn.Module, resolution: int, in_channels: int = 3) -> int:

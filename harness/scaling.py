@@ -33,12 +33,12 @@ import math
 import numbers
 
 import numpy as np
-import torch.nn as nn
 
-from harness.complexity import Complexity, measure_config
-from harness.models import anynet, effnet
+from harness.complexity import Complexity
 from harness.models.anynet import AnyNetConfig
+from harness.models.configs import Config, analytic_complexity, build_config, config_of, measure_config
 from harness.models.effnet import EffNetConfig
+from harness.models.layers import adjust_block_compatibility
 
 __all__ = [
     "DWR_ALPHA",
@@ -57,7 +57,6 @@ __all__ = [
     "scaling_factors",
 ]
 
-Config = AnyNetConfig | EffNetConfig
 
 DWR_ALPHA = 0.8  # the paper's recommended fast compound scaling, "dWr"
 # Every strategy usable without an alpha; "fast" (needs alpha) is accepted too.
@@ -149,26 +148,6 @@ def predicted_complexity_ratio(
 # ---------------------------------------- rounding ---------------------------------------- #
 
 
-def adjust_block_compatibility(ws, bs, gs) -> tuple[list[int], list[float], list[int]]:
-    """Make widths, bottleneck ratios and group widths compatible (pycls's rule).
-
-    The group width is clipped to the bottleneck width w·b, then w·b is rounded to a multiple of
-    the group width (of lcm(g, b) for integer b > 1) so that groups = w·b / g is an integer.
-    """
-    if not len(ws) == len(bs) == len(gs):
-        raise ValueError(f"need equal lengths, got {len(ws)}, {len(bs)}, {len(gs)}")
-    if not all(w > 0 and b > 0 and g > 0 for w, b, g in zip(ws, bs, gs, strict=True)):
-        raise ValueError(f"widths, ratios, groups must be > 0: {ws}, {bs}, {gs}")
-    if not all(b < 1 or b % 1 == 0 for b in bs):
-        raise ValueError(f"bottleneck ratios must be < 1 or integers: {bs}")
-    vs = [int(max(1, w * b)) for w, b in zip(ws, bs, strict=True)]
-    gs = [int(min(g, v)) for g, v in zip(gs, vs, strict=True)]
-    ms = [int(np.lcm(g, int(b))) if b > 1 else g for g, b in zip(gs, bs, strict=True)]
-    vs = [max(m, int(round(v / m) * m)) for v, m in zip(vs, ms, strict=True)]
-    ws = [int(v / b) for v, b in zip(vs, bs, strict=True)]
-    return ws, list(bs), gs
-
-
 def _round_width(w: float) -> int:
     # Multiples of 8 keep channel counts friendly to vectorised kernels (pycls's choice).
     return max(1, round(w / 8)) * 8
@@ -253,29 +232,6 @@ def scale_to_flops(base: Config, s: float, strategy: str, alpha: float | None = 
         if key < best_key - 1e-12:
             best, best_key = cfg, key
     return best
-
-
-def config_of(name: str, **overrides) -> Config:
-    """The config of registered model ``name`` (AnyNet or EffNet family)."""
-    for family in (anynet, effnet):
-        if name in family.MODEL_CFGS:
-            return family.config_of(name, **overrides)
-    known = sorted([*anynet.MODEL_CFGS, *effnet.MODEL_CFGS])
-    raise ValueError(f"no config for model {name!r}; known: {', '.join(known)}")
-
-
-def build_config(cfg: Config) -> nn.Module:
-    """Build the model for any family's config (on the current default device)."""
-    if isinstance(cfg, AnyNetConfig):
-        return anynet.build_from_config(cfg)
-    if isinstance(cfg, EffNetConfig):
-        return effnet.build_from_config(cfg)
-    raise TypeError(f"no builder for {type(cfg).__name__}")
-
-
-def analytic_complexity(cfg: Config) -> Complexity:
-    """pycls-style analytic complexity of any family's config (no model built)."""
-    return (anynet if isinstance(cfg, AnyNetConfig) else effnet).complexity(cfg)
 
 
 # ------------------------------------ checking the laws ------------------------------------ #

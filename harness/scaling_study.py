@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from harness import complexity, scaling, stats, timing
+from harness import models, scaling, stats, timing
+from harness.complexity import Complexity
 from harness.data import DataSpec
 from harness.train import TrainConfig, TrainJob, TrainRecord, run_jobs
 
@@ -42,11 +43,11 @@ class PopulationConfig:
                                    amp=False, channels_last=False)
 
 
-def population_configs(cfg: PopulationConfig) -> list[tuple[str, str, float, scaling.Config]]:
+def population_configs(cfg: PopulationConfig) -> list[tuple[str, str, float, models.Config]]:
     """(base, strategy, s, config) for the base networks and every scaled one."""
     members = []
     for base in cfg.bases:
-        base_cfg = scaling.config_of(base)
+        base_cfg = models.config_of(base)
         members.append((base, "base", 1.0, base_cfg))
         for strategy in cfg.strategies:
             for s in cfg.scales:
@@ -67,9 +68,9 @@ def runtime_population(cfg: PopulationConfig, device: str) -> pd.DataFrame:
     bar = progress_bar(len(members), "timing population")
     amp = torch.bfloat16 if (cfg.amp and device == "cuda") else None
     for base, strategy, s, net_cfg in members:
-        cx = complexity.measure_config(net_cfg)
+        cx = models.measure_config(net_cfg)
         torch.manual_seed(0)
-        model = scaling.build_config(net_cfg)
+        model = models.build_config(net_cfg)
         res = cfg.input_resolution or net_cfg.resolution
         common = dict(device=device, cpu_threads=cfg.cpu_threads, min_run_time=cfg.min_run_time,
                       amp_dtype=amp, channels_last=cfg.channels_last and device == "cuda")
@@ -183,7 +184,7 @@ class LawStudy:
     # max over cells of measured/closed-form − 1, per quantity: how much the fixed parts
     # (stem, first blocks, head) and rounding bend a whole network away from the closed forms
     max_closed_form_gap: dict[str, float]
-    worked_example: complexity.Complexity
+    worked_example: Complexity
     efficientnet_gap: float
 
 
@@ -197,13 +198,13 @@ def law_study(cfg: LawCheckConfig) -> LawStudy:
     violations: list[str] = []
     gap = {"flops": 0.0, "params": 0.0, "acts": 0.0}
     for base, strategy, s, alpha in cells:
-        base_cfg = scaling.config_of(base)
+        base_cfg = models.config_of(base)
         report = scaling.complexity_law_report(
             base_cfg, scaling.scale(base_cfg, s, strategy, alpha), s, strategy, alpha)
         violations += [f"{base} {strategy} s={s:.3g}: {v}" for v in report.violations]
         for q, got, law in zip(gap, report.measured, report.closed_form):
             gap[q] = max(gap[q], abs(got / law - 1))
-    worked = complexity.measure_config(scaling.scale(scaling.config_of("regnety_4gf"), 4, "dWr"))
+    worked = models.measure_config(scaling.scale(models.config_of("regnety_4gf"), 4, "dWr"))
     d, w, r = scaling.scaling_factors("dwr", 2.0)
     eff_gap = max(abs(d - 1.2), abs(w - 1.1), abs(r - 1.15))
     return LawStudy(len(cells), violations, gap, worked, eff_gap)
@@ -216,7 +217,7 @@ def law_study(cfg: LawCheckConfig) -> LawStudy:
 class ScaledTrainingConfig:
     """Train base networks and their scaled versions with one recipe, over several seeds."""
 
-    bases: tuple[scaling.Config, ...]  # bases[0] is scaled by every strategy; others by dWr
+    bases: tuple[models.Config, ...]  # bases[0] is scaled by every strategy; others by dWr
     s: float  # flops multiplier
     strategies: tuple[str, ...]  # applied to bases[0]
     data: DataSpec
@@ -235,17 +236,17 @@ class ScaledTrainingConfig:
 
 
 @functools.cache
-def scaled_config(base: scaling.Config, strategy: str, s: float) -> scaling.Config:
+def scaled_config(base: models.Config, strategy: str, s: float) -> models.Config:
     """``base`` scaled by ``strategy`` to the flops nearest ``s`` times its own, so strategies
     are compared at equal budgets (rounding alone leaves small nets far apart)."""
     return base if strategy == "base" else scaling.scale_to_flops(base, s, strategy)
 
 
-def flops_ratio(base: scaling.Config, net: scaling.Config) -> float:
-    return complexity.measure_config(net).flops / complexity.measure_config(base).flops
+def flops_ratio(base: models.Config, net: models.Config) -> float:
+    return models.measure_config(net).flops / models.measure_config(base).flops
 
 
-def train_scaled(cfg: ScaledTrainingConfig, nets: dict[str, scaling.Config], *, device: str,
+def train_scaled(cfg: ScaledTrainingConfig, nets: dict[str, models.Config], *, device: str,
                  load_data, use_cache: bool, workers: int = 1,
                  progress: bool | None = None) -> dict[tuple[str, int], TrainRecord]:
     """Train every network in ``nets`` once per seed with the config's recipe.
@@ -257,12 +258,12 @@ def train_scaled(cfg: ScaledTrainingConfig, nets: dict[str, scaling.Config], *, 
     jobs = {}
     for name, net in nets.items():
         data = load_data(cfg.data, net.resolution)
-        flops = complexity.measure_config(net).flops
+        flops = models.measure_config(net).flops
         for seed in cfg.seeds:
             recipe = dataclasses.replace(cfg.train, seed=seed)
             key = {"study": "scaled-training", "model": net, "train": recipe, "data": cfg.data,
                    "device": device_class(device)}
-            jobs[(name, seed)] = TrainJob(key, functools.partial(scaling.build_config, net),
+            jobs[(name, seed)] = TrainJob(key, functools.partial(models.build_config, net),
                                           data.train, data.test, recipe, device,
                                           desc=f"{name} seed {seed}",
                                           cost=flops)
@@ -281,13 +282,13 @@ def accuracy_table(records: dict[tuple[str, str, int], TrainRecord]) -> pd.DataF
     ])
 
 
-def inference_times(nets: dict[str, scaling.Config], batch: int, device: str,
+def inference_times(nets: dict[str, models.Config], batch: int, device: str,
                     min_run_time: float) -> dict[str, float]:
     """Median seconds per batch for each network, measured back to back in one run."""
     out = {}
     for name, net in nets.items():
         torch.manual_seed(0)
-        t = timing.time_inference(scaling.build_config(net), batch, net.resolution,
+        t = timing.time_inference(models.build_config(net), batch, net.resolution,
                                   device=device, min_run_time=min_run_time)
         out[name] = t.median
     return out

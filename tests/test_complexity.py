@@ -11,10 +11,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from harness import complexity as cxm
 from harness.complexity import Complexity, independent_flops, layer_counts, measure
-from harness.models import anynet, build, effnet
-from harness.scaling import analytic_complexity, config_of, scale
+from harness.models import analytic_complexity, anynet, build, config_of, effnet, measure_config
+from harness.scaling import scale
 
 ZOO = json.loads((Path(__file__).parent / "data" / "pycls_model_zoo.json").read_text())
 Counter = Callable[[nn.Module, int], Complexity]
@@ -111,7 +110,7 @@ def test_analytic_complexity_equals_hook_count(name):
 )
 def test_analytic_complexity_equals_hook_count_after_scaling(name, s, strategy):
     cfg = scale(config_of(name), s, strategy)
-    assert analytic_complexity(cfg) == cxm.measure_config(cfg)
+    assert analytic_complexity(cfg) == measure_config(cfg)
 
 
 def test_layer_counts_follow_the_counting_rules():

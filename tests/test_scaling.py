@@ -13,15 +13,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import harness.scaling as sc
-from harness.complexity import LayerCount, layer_counts, measure_config
-from harness.models import effnet
+from harness.complexity import LayerCount, layer_counts
+from harness.models import build_config, config_of, effnet, measure_config
 from harness.scaling import (
     STRATEGIES,
-    build_config,
     check_complexity_laws,
     complexity_exponents,
     complexity_law_report,
-    config_of,
     predicted_complexity_ratio,
     scale,
     scaling_exponents,
@@ -299,7 +297,7 @@ def test_bad_input_is_a_clear_value_error(call, match):
 @given(s=st.floats(1.5, 16.0), strategy=st.sampled_from(["w", "dwr", "dWr", "dr"]),
        base=st.sampled_from(["anynet_tiny_y", "effnet_tiny"]))
 def test_scale_to_flops_is_never_further_from_the_target_than_plain_scaling(s, strategy, base):
-    cfg = sc.config_of(base, resolution=16)
+    cfg = config_of(base, resolution=16)
     flops = measure_config(cfg).flops
 
     def miss(net):
@@ -310,7 +308,7 @@ def test_scale_to_flops_is_never_further_from_the_target_than_plain_scaling(s, s
 
 
 def test_scale_to_flops_evens_out_rounding_on_a_tiny_net():
-    base = sc.config_of("anynet_tiny_y", stem_type="cifar", resolution=16)
+    base = config_of("anynet_tiny_y", stem_type="cifar", resolution=16)
     flops = measure_config(base).flops
     plain = measure_config(sc.scale(base, 4.0, "dWr")).flops / flops
     matched = measure_config(sc.scale_to_flops(base, 4.0, "dWr")).flops / flops

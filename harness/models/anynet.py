@@ -13,7 +13,6 @@ Every block has ``__init__``, ``forward`` and a ``complexity`` staticmethod that
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -31,6 +30,7 @@ from harness.complexity import (
     pool2d_cx,
 )
 from harness.models._registry import register_model
+from harness.models.layers import SE, adjust_block_compatibility, conv, init_weights
 
 __all__ = [
     "MODEL_CFGS",
@@ -101,33 +101,6 @@ class AnyNetConfig:
 # ------------------------------------------ blocks ------------------------------------------ #
 
 
-def _conv(w_in: int, w_out: int, k: int, *, stride: int = 1, groups: int = 1, bias: bool = False):
-    # Odd kernels with (k-1)//2 padding give h' = (h-1)//stride + 1, which the counters assume.
-    return nn.Conv2d(w_in, w_out, k, stride=stride, padding=(k - 1) // 2, groups=groups, bias=bias)
-
-
-class SE(nn.Module):
-    """Squeeze-and-excitation: x · sigmoid(conv1x1(act(conv1x1(avgpool(x)))))."""
-
-    def __init__(self, w_in: int, w_se: int, act: type[nn.Module] = nn.ReLU):
-        super().__init__()
-        self.avg_pool = nn.AdaptiveAvgPool2d(1)
-        self.f_ex = nn.Sequential(
-            _conv(w_in, w_se, 1, bias=True), act(), _conv(w_se, w_in, 1, bias=True), nn.Sigmoid()
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.f_ex(self.avg_pool(x))
-
-    @staticmethod
-    def complexity(cx: Cx, w_in: int, w_se: int) -> Cx:
-        h, w = cx.h, cx.w  # the excitation runs on 1x1; the map size is unchanged afterwards
-        cx = gap2d_cx(cx, w_in)
-        cx = conv2d_cx(cx, w_in, w_se, 1, bias=True)
-        cx = conv2d_cx(cx, w_se, w_in, 1, bias=True)
-        return dataclasses.replace(cx, h=h, w=w)
-
-
 class ResBottleneckBlock(nn.Module):
     """relu(proj(x) + f(x)), f = 1x1, BN, ReLU, 3x3 grouped (stride), BN, ReLU, [SE], 1x1, BN."""
 
@@ -137,14 +110,14 @@ class ResBottleneckBlock(nn.Module):
         w_se = int(round(w_in * se_r))  # pycls: SE width from the block *input* width
         self.proj = self.bn = None
         if w_in != w_out or stride != 1:
-            self.proj = _conv(w_in, w_out, 1, stride=stride)
+            self.proj = conv(w_in, w_out, 1, stride=stride)
             self.bn = nn.BatchNorm2d(w_out)
-        self.a = _conv(w_in, w_b, 1)
+        self.a = conv(w_in, w_b, 1)
         self.a_bn = nn.BatchNorm2d(w_b)
-        self.b = _conv(w_b, w_b, 3, stride=stride, groups=w_b // g)
+        self.b = conv(w_b, w_b, 3, stride=stride, groups=w_b // g)
         self.b_bn = nn.BatchNorm2d(w_b)
         self.se = SE(w_b, w_se) if w_se else None
-        self.c = _conv(w_b, w_out, 1)
+        self.c = conv(w_b, w_out, 1)
         self.c_bn = nn.BatchNorm2d(w_out)
         self.c_bn.final_bn = True  # marks the BN that ZERO_INIT_FINAL_GAMMA zeroes
         self.relu = nn.ReLU(inplace=True)
@@ -174,11 +147,11 @@ class ResBottleneckBlock(nn.Module):
 def _stem(cfg: AnyNetConfig) -> nn.Sequential:
     w = cfg.stem_width
     if cfg.stem_type in ("simple", "cifar"):
-        conv = _conv(cfg.in_channels, w, 3, stride=2 if cfg.stem_type == "simple" else 1)
-        return nn.Sequential(conv, nn.BatchNorm2d(w), nn.ReLU(inplace=True))
-    conv = _conv(cfg.in_channels, w, 7, stride=2)
+        first = conv(cfg.in_channels, w, 3, stride=2 if cfg.stem_type == "simple" else 1)
+        return nn.Sequential(first, nn.BatchNorm2d(w), nn.ReLU(inplace=True))
+    first = conv(cfg.in_channels, w, 7, stride=2)
     pool = nn.MaxPool2d(3, stride=2, padding=1)
-    return nn.Sequential(conv, nn.BatchNorm2d(w), nn.ReLU(inplace=True), pool)
+    return nn.Sequential(first, nn.BatchNorm2d(w), nn.ReLU(inplace=True), pool)
 
 
 def _stem_cx(cx: Cx, cfg: AnyNetConfig) -> Cx:
@@ -215,7 +188,7 @@ class AnyNet(nn.Module):
         w = cfg.widths[-1]
         head: list[nn.Module] = []
         if cfg.head_width > 0:
-            head += [_conv(w, cfg.head_width, 1), nn.BatchNorm2d(cfg.head_width), nn.ReLU(True)]
+            head += [conv(w, cfg.head_width, 1), nn.BatchNorm2d(cfg.head_width), nn.ReLU(True)]
             w = cfg.head_width
         head += [nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Linear(w, cfg.num_classes)]
         self.head = nn.Sequential(*head)
@@ -241,20 +214,6 @@ class AnyNet(nn.Module):
         return cx.totals()
 
 
-def init_weights(m: nn.Module, zero_init_final_bn: bool = False) -> None:
-    """pycls init: conv N(0, √(2/fan_out)), BN γ=1 (0 on final BNs if asked) β=0, fc N(0, .01)."""
-    if isinstance(m, nn.Conv2d):
-        fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-        nn.init.normal_(m.weight, mean=0.0, std=math.sqrt(2.0 / fan_out))
-    elif isinstance(m, nn.BatchNorm2d):
-        zero = zero_init_final_bn and getattr(m, "final_bn", False)
-        nn.init.constant_(m.weight, 0.0 if zero else 1.0)
-        nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.Linear):
-        nn.init.normal_(m.weight, mean=0.0, std=0.01)
-        nn.init.zeros_(m.bias)
-
-
 # ------------------------------------- RegNet generator ------------------------------------- #
 
 
@@ -273,8 +232,6 @@ def regnet_stages(
     ks = np.round(np.log(u / w_0) / np.log(w_m))
     ws_all = (np.round(w_0 * np.power(w_m, ks) / q) * q).astype(int)
     ws, ds = np.unique(ws_all, return_counts=True)
-    from harness.scaling import adjust_block_compatibility  # lazy: scaling imports models
-
     n = len(ws)
     widths, _, groups = adjust_block_compatibility(ws.tolist(), [bot_mul] * n, [group_w] * n)
     return [int(d) for d in ds], widths, groups

@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from harness.complexity import Complexity, Cx, conv2d_cx, gap2d_cx, linear_cx, norm2d_cx
 from harness.models._registry import register_model
-from harness.models.anynet import SE, init_weights
+from harness.models.layers import SE, conv, init_weights
 
 __all__ = [
     "MODEL_CFGS",
@@ -67,10 +67,6 @@ class EffNetConfig:
             raise ValueError("dropout, drop_connect must be in [0, 1) and se_ratio >= 0")
 
 
-def _conv(w_in: int, w_out: int, k: int, *, stride: int = 1, groups: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(w_in, w_out, k, stride=stride, padding=(k - 1) // 2, groups=groups, bias=False)
-
-
 def _drop_connect(x: torch.Tensor, p: float) -> torch.Tensor:
     """Zero whole samples of the residual branch with probability p, rescale the rest."""
     keep = 1.0 - p
@@ -96,12 +92,12 @@ class MBConv(nn.Module):
         w_se = int(w_in * se_r)  # pycls: int(), from the block *input* width
         self.exp = None
         if w_exp != w_in:
-            self.exp = _conv(w_in, w_exp, 1)
+            self.exp = conv(w_in, w_exp, 1)
             self.exp_bn = nn.BatchNorm2d(w_exp)
-        self.dwise = _conv(w_exp, w_exp, k, stride=stride, groups=w_exp)
+        self.dwise = conv(w_exp, w_exp, k, stride=stride, groups=w_exp)
         self.dwise_bn = nn.BatchNorm2d(w_exp)
         self.se = SE(w_exp, w_se, act=nn.SiLU) if w_se else None
-        self.lin_proj = _conv(w_exp, w_out, 1)
+        self.lin_proj = conv(w_exp, w_out, 1)
         self.lin_proj_bn = nn.BatchNorm2d(w_out)
         self.act = nn.SiLU()
         self.has_skip = stride == 1 and w_in == w_out
@@ -147,7 +143,7 @@ class EffNet(nn.Module):
         self.cfg = cfg
         sw, hw = cfg.stem_width, cfg.head_width
         self.stem = nn.Sequential(
-            _conv(cfg.in_channels, sw, 3, stride=2), nn.BatchNorm2d(sw), nn.SiLU()
+            conv(cfg.in_channels, sw, 3, stride=2), nn.BatchNorm2d(sw), nn.SiLU()
         )
         for i, stage in enumerate(_block_args(cfg)):
             blocks = {
@@ -156,7 +152,7 @@ class EffNet(nn.Module):
             }
             self.add_module(f"s{i + 1}", nn.Sequential(OrderedDict(blocks)))
         self.head = nn.Sequential(
-            _conv(cfg.widths[-1], hw, 1),
+            conv(cfg.widths[-1], hw, 1),
             nn.BatchNorm2d(hw),
             nn.SiLU(),
             nn.AdaptiveAvgPool2d(1),

@@ -1,0 +1,49 @@
+"""One lookup from a model's name or config to its network and its complexity.
+
+Scaling works on configs (dataclasses), not on modules: ``config_of`` gives a registered
+model's config, ``build_config`` builds any family's config, ``measure_config`` counts it on the
+meta device (nothing is allocated) and ``analytic_complexity`` counts it in closed form, pycls
+style. The model families below know nothing of scaling; scaling imports these.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from harness.complexity import Complexity, measure
+from harness.models import anynet, effnet
+from harness.models.anynet import AnyNetConfig
+from harness.models.effnet import EffNetConfig
+
+Config = AnyNetConfig | EffNetConfig
+
+
+def config_of(name: str, **overrides) -> Config:
+    """The config of registered model ``name`` (AnyNet or EffNet family), with ``overrides``."""
+    for family in (anynet, effnet):
+        if name in family.MODEL_CFGS:
+            return family.config_of(name, **overrides)
+    known = sorted([*anynet.MODEL_CFGS, *effnet.MODEL_CFGS])
+    raise ValueError(f"no config for model {name!r}; known: {', '.join(known)}")
+
+
+def build_config(cfg: Config) -> nn.Module:
+    """Build the model for any family's config (on the current default device)."""
+    if isinstance(cfg, AnyNetConfig):
+        return anynet.build_from_config(cfg)
+    if isinstance(cfg, EffNetConfig):
+        return effnet.build_from_config(cfg)
+    raise TypeError(f"no builder for {type(cfg).__name__}")
+
+
+def measure_config(cfg: Config) -> Complexity:
+    """Build ``cfg`` on ``meta`` and measure it at its resolution (hooks, nothing allocated)."""
+    with torch.device("meta"):
+        model = build_config(cfg)
+    return measure(model, cfg.resolution, cfg.in_channels)
+
+
+def analytic_complexity(cfg: Config) -> Complexity:
+    """pycls-style analytic complexity of any family's config (no model built)."""
+    return (anynet if isinstance(cfg, AnyNetConfig) else effnet).complexity(cfg)

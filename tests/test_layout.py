@@ -1,0 +1,85 @@
+"""The layout's import rules: no cycle inside ``harness/`` (lazy imports included, since they
+only hide one), and the one-way order claims → studies → methods → models → complexity."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent / "harness"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(p): p for p in ROOT.rglob("*.py")}
+
+
+def imports_of(path: Path) -> set[str]:
+    """The harness modules ``path`` imports, at the top or inside functions."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name in MODULES}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            subs = {f"{node.module}.{a.name}" for a in node.names} & MODULES.keys()
+            names = {a.name for a in node.names} - {s.rsplit(".", 1)[1] for s in subs}
+            found |= subs
+            if names and node.module in MODULES:
+                found.add(node.module)  # a name from a package or module, not a submodule
+    return found - {module_name(path)}
+
+
+GRAPH = {m: imports_of(p) for m, p in MODULES.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1: on the path, 2: done
+    path: list[str] = []
+
+    def visit(m: str) -> list[str] | None:
+        state[m] = 1
+        path.append(m)
+        for n in sorted(graph.get(m, ())):
+            if state.get(n) == 1:
+                return path[path.index(n):] + [n]
+            if n not in state and (cycle := visit(n)):
+                return cycle
+        path.pop()
+        state[m] = 2
+        return None
+
+    for m in sorted(graph):
+        if m not in state and (cycle := visit(m)):
+            return cycle
+    return None
+
+
+def test_no_import_cycle_inside_harness():
+    cycle = find_cycle(GRAPH)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_complexity_depends_on_torch_alone():
+    assert GRAPH["harness.complexity"] == set()
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if m.startswith("harness.models")))
+def test_models_import_only_models_and_complexity(module):
+    allowed = {m for m in MODULES if m.startswith("harness.models")} | {"harness.complexity"}
+    assert GRAPH[module] <= allowed, f"{module} reaches up for {GRAPH[module] - allowed}"
+
+
+def test_methods_do_not_import_their_studies():
+    for method, study in (("harness.scaling", "harness.scaling_study"),
+                          ("harness.agc", "harness.agc_study")):
+        assert study not in GRAPH[method]
