@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch.utils import benchmark as tb
 
 from harness import models
-from harness.agc_study import agc_hook
+from harness.agc.study import agc_hook
 from harness.environment import cpu_name
 from harness.train import StepState
 

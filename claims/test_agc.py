@@ -4,7 +4,7 @@ AGC clips each unit's gradient to lam * ||W_i||*. The paper's claims: the rule i
 AGC a normalizer-free ResNet trains stably at large batch (lr scaled linearly) where it
 otherwise breaks, and gets close to BatchNorm; the benefit and the best lam shrink as the
 batch gets smaller; the final classifier should not be clipped; BatchNorm costs step time and
-fails at tiny batches. Implementations: ``harness.agc`` (the rule), ``harness.agc_study`` (the
+fails at tiny batches. Implementations: ``harness.agc.rule`` (the rule), ``harness.agc.study`` (the
 hook, the grid, the verdict rules). All grid claims share one grid of cached training runs.
 """
 
@@ -15,31 +15,33 @@ import dataclasses
 import pandas as pd
 import pytest
 
-from harness.agc_study import (
-    AGC,
-    BN,
-    NF,
+from harness.agc.study import (
     BNCostConfig,
     GridConfig,
     RuleConfig,
     StepTimingConfig,
-    accuracies,
     benefit_table,
-    best_lambdas,
     grid_cells,
     grid_summary,
+    plot_grid,
+    rule_study,
+    run_cells,
+    skip_final_cells,
+    time_bn_vs_nf,
+    tiny_batch_cells,
+)
+from harness.agc.verdicts import (
+    AGC,
+    BN,
+    NF,
+    accuracies,
+    best_lambdas,
     judge_bn_costs,
     judge_lambda_shrinks,
     judge_skip_final_layer,
     judge_small_batch_benefit,
     judge_stabilizes_large_batch,
-    plot_grid,
-    rule_study,
-    run_cells,
     seed_benefits,
-    skip_final_cells,
-    time_bn_vs_nf,
-    tiny_batch_cells,
 )
 from harness.bands import Measured
 from harness.claim import ACCURACY, DIFFERENCE, EXACT, RATIO, Claim

@@ -1,7 +1,8 @@
 """Known-bad AGC implementations (`agc.rule`, claims/README.md §2): the property suite must reject each.
 
-They are reproduced here, as faithfully as their descriptions allow, so that the harness keeps
-proving that ``check_agc_invariants`` can tell them from ``clip_grads_``.
+They live in ``harness.agc.known_bad`` (the ``agc.rule`` claim runs them too), as faithfully
+as their descriptions allow, so that the harness keeps proving that ``check_agc_invariants``
+can tell them from ``clip_grads_``.
 """
 
 from __future__ import annotations
@@ -11,63 +12,13 @@ import torch.nn as nn
 from hypothesis import find, settings
 from hypothesis import strategies as st
 
-from harness.agc import check_agc_invariants, clip_grads_, random_agc_case, unitwise_norm
-
-
-def inverted_trigger_agc(parameters, clipping: float, eps: float = 1e-3) -> None:
-    """(a) The seed's code (nfnets-pytorch, Feb 2021): the trigger is inverted.
-
-    ``torch.where(grad_norm < max_norm, clipped, grad)`` scales *small* gradients up to
-    lam * ||W|| and leaves large ones alone.
-    """
-    for p in parameters:
-        if p.grad is None:
-            continue
-        param_norm = torch.max(unitwise_norm(p.detach()), torch.tensor(eps))
-        grad_norm = unitwise_norm(p.grad.detach())
-        max_norm = param_norm * clipping
-        trigger = grad_norm < max_norm
-        clipped_grad = p.grad * (max_norm / torch.max(grad_norm, torch.tensor(1e-6)))
-        p.grad.detach().copy_(torch.where(trigger, clipped_grad, p.grad))
-
-
-def _seed_unitwise_norm(x: torch.Tensor) -> torch.Tensor:
-    """The same repo's unitwise_norm: dim 0 for 2-D (``nn.Linear``) weights, the wrong axis."""
-    if x.ndim <= 1:
-        return x.norm(2)
-    if x.ndim in (2, 3):
-        return x.norm(2, dim=0, keepdim=True)  # per *input* column of an [out, in] weight
-    return x.norm(2, dim=tuple(range(1, x.ndim)), keepdim=True)
-
-
-def dim0_linear_agc(parameters, clipping: float, eps: float = 1e-3) -> None:
-    """(b) The correct trigger, but norms over dim 0 for linear weights."""
-    for p in parameters:
-        if p.grad is None:
-            continue
-        max_norm = _seed_unitwise_norm(p.detach()).clamp_min(eps) * clipping
-        grad_norm = _seed_unitwise_norm(p.grad.detach())
-        clipped = p.grad * (max_norm / grad_norm.clamp_min(1e-6))
-        p.grad.detach().copy_(torch.where(grad_norm > max_norm, clipped, p.grad))
-
-
-def no_eps_floor_agc(parameters, clipping: float, eps: float = 1e-3) -> None:
-    """(c) No eps floor (Composer's early AGC): zero-initialised weights can never move."""
-    del eps  # ignored: that is the bug
-    for p in parameters:
-        if p.grad is None:
-            continue
-        max_norm = unitwise_norm(p.detach()) * clipping
-        grad_norm = unitwise_norm(p.grad.detach())
-        clipped = p.grad * (max_norm / grad_norm.clamp_min(1e-6))
-        p.grad.detach().copy_(torch.where(grad_norm > max_norm, clipped, p.grad))
-
-
-KNOWN_BAD = {
-    "inverted_trigger": inverted_trigger_agc,
-    "dim0_linear_norm": dim0_linear_agc,
-    "no_eps_floor": no_eps_floor_agc,
-}
+from harness.agc import check_agc_invariants, clip_grads_, random_agc_case
+from harness.agc.known_bad import (
+    KNOWN_BAD,
+    dim0_linear_agc,
+    inverted_trigger_agc,
+    no_eps_floor_agc,
+)
 
 # A fixed input that exposes all three: a linear weight whose rows differ from its columns, one
 # small-gradient unit, and a zero-initialised gain (as NF-ResNet's SkipInit) with a gradient.

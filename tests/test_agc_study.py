@@ -14,10 +14,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from harness import agc_study as study
 from harness import models
-from harness.agc import check_model_agc, classifier_of, unitwise_norm
-from harness.agc_study import AGC, BN, NF, GridConfig, RuleConfig
+from harness.agc import check_model_agc, classifier_of, study, unitwise_norm, verdicts
+from harness.agc.known_bad import inverted_trigger_agc
+from harness.agc.study import GridConfig, RuleConfig
+from harness.agc.verdicts import AGC, BN, NF
 from harness.claim import Claim, Evidence, Verdict
 from harness.data import DataSpec, load_dataset, synthetic_dataset
 from harness.train import StepState, TrainConfig, cache_key, train
@@ -120,7 +121,7 @@ def test_a_broken_hook_fails_the_rule(hook_factory):
 
 
 def test_a_broken_clip_function_fails_the_rule():
-    report = study.rule_study(RULE, clip_fn=study.inverted_trigger_agc, known_bad={})
+    report = study.rule_study(RULE, clip_fn=inverted_trigger_agc, known_bad={})
     assert any("tensor" in v for v in report.violations)
 
 
@@ -261,42 +262,42 @@ def verdict(judgement) -> Verdict:
 def test_paper_like_grid_reproduces_every_grid_claim():
     runs = fake_runs(PAPER_LIKE)
     assert study.best_lambdas(runs) == {SMALL: 0.16, LARGE: 0.01}
-    j = study.judge_stabilizes_large_batch(runs, CFG)
+    j = verdicts.judge_stabilizes_large_batch(runs, CFG)
     assert verdict(j) is Verdict.REPRODUCED, j.reason
     assert j.numbers["nf_diverged"] == 2 and j.numbers["nf_acc"] == pytest.approx(0.1)
-    assert study.judge_small_batch_benefit(runs).holds
-    assert study.judge_lambda_shrinks(runs, CFG).holds
-    assert study.judge_skip_final_layer(runs).holds
+    assert verdicts.judge_small_batch_benefit(runs).holds
+    assert verdicts.judge_lambda_shrinks(runs, CFG).holds
+    assert verdicts.judge_skip_final_layer(runs).holds
 
 
 def test_stabilizes_fails_when_agc_diverges_too():
     runs = fake_runs({**PAPER_LIKE, (AGC, LARGE, 0.01): [D, D], (AGC, LARGE, 0.16): [D, 0.5]})
-    j = study.judge_stabilizes_large_batch(runs, CFG)
+    j = verdicts.judge_stabilizes_large_batch(runs, CFG)
     assert verdict(j) is Verdict.NOT_REPRODUCED
     assert j.numbers["agc_diverged"] >= 1
 
 
 def test_stabilizes_fails_when_nf_is_fine_without_agc():
     runs = fake_runs({**PAPER_LIKE, (NF, LARGE, None): [0.785, 0.79]})
-    assert verdict(study.judge_stabilizes_large_batch(runs, CFG)) is Verdict.NOT_REPRODUCED
+    assert verdict(verdicts.judge_stabilizes_large_batch(runs, CFG)) is Verdict.NOT_REPRODUCED
 
 
 def test_stabilizes_fails_when_agc_is_far_below_bn():
     runs = fake_runs({**PAPER_LIKE, (AGC, LARGE, 0.01): [0.70, 0.71]})
-    assert verdict(study.judge_stabilizes_large_batch(runs, CFG)) is Verdict.NOT_REPRODUCED
+    assert verdict(verdicts.judge_stabilizes_large_batch(runs, CFG)) is Verdict.NOT_REPRODUCED
 
 
 def test_stabilizes_says_nothing_when_nothing_was_learned():
     # Everything at chance and NF diverged: "AGC within a margin of BN" is then vacuous.
     flat = {k: [0.1, 0.1] for k in PAPER_LIKE}
     runs = fake_runs({**flat, (NF, LARGE, None): [D, D]})
-    j = study.judge_stabilizes_large_batch(runs, CFG)
+    j = verdicts.judge_stabilizes_large_batch(runs, CFG)
     assert j.holds is False and "not learned" in j.reason
 
 
 def test_benefit_rule_fails_when_the_benefit_is_larger_at_small_batch():
     runs = fake_runs({**PAPER_LIKE, (NF, SMALL, None): [D, D], (NF, LARGE, None): [0.77, 0.78]})
-    j = study.judge_small_batch_benefit(runs)
+    j = verdicts.judge_small_batch_benefit(runs)
     assert j.holds is False and j.numbers["benefit_smallest_batch"] > j.numbers["benefit_largest_batch"]
 
 
@@ -304,36 +305,36 @@ def test_lambda_rule_fails_when_the_best_lambda_grows_or_is_tied():
     grows = fake_runs({**PAPER_LIKE, (AGC, SMALL, 0.01): [0.82, 0.83],
                        (AGC, LARGE, 0.16): [0.79, 0.80]})
     assert study.best_lambdas(grows) == {SMALL: 0.01, LARGE: 0.16}
-    assert study.judge_lambda_shrinks(grows, CFG).holds is None  # 0.795 vs 0.7825: not established
+    assert verdicts.judge_lambda_shrinks(grows, CFG).holds is None  # 0.795 vs 0.7825: not established
     clearly = fake_runs({**PAPER_LIKE, (AGC, SMALL, 0.01): [0.82, 0.83],
                          (AGC, LARGE, 0.16): [0.90, 0.905]})
-    j = study.judge_lambda_shrinks(clearly, CFG)
+    j = verdicts.judge_lambda_shrinks(clearly, CFG)
     assert j.holds is False and "detectable" in j.reason
     tied = fake_runs({**PAPER_LIKE, (AGC, LARGE, 0.16): [0.78, 0.785]})
-    j = study.judge_lambda_shrinks(tied, CFG)
+    j = verdicts.judge_lambda_shrinks(tied, CFG)
     assert j.holds is None and "tie" in j.reason
 
 
 def test_skip_final_rule_fails_when_clipping_the_head_is_as_good():
     runs = fake_runs({**PAPER_LIKE, (AGC, LARGE, 0.01, True): [0.781, 0.786]})
-    assert study.judge_skip_final_layer(runs).holds is None  # as good: undecided
+    assert verdicts.judge_skip_final_layer(runs).holds is None  # as good: undecided
     better = fake_runs({**PAPER_LIKE, (AGC, LARGE, 0.01, True): [0.85, 0.855]})
-    assert study.judge_skip_final_layer(better).holds is False  # clipping clearly better
+    assert verdicts.judge_skip_final_layer(better).holds is False  # clipping clearly better
 
 
 def test_bn_costs_rule():
     tiny = fake_runs({(NF, 4, None): [0.70, 0.71], (NF, 64, None): [0.705, 0.715],
                       (BN, 4, None): [0.50, 0.52], (BN, 64, None): [0.72, 0.73]})
-    assert study.judge_bn_costs(1.3, tiny, 0.03).holds
-    assert study.judge_bn_costs(0.95, tiny, 0.03).holds is False  # NF not faster
+    assert verdicts.judge_bn_costs(1.3, tiny, 0.03).holds
+    assert verdicts.judge_bn_costs(0.95, tiny, 0.03).holds is False  # NF not faster
     bn_fine = fake_runs({(NF, 4, None): [0.70, 0.71], (NF, 64, None): [0.705, 0.715],
                          (BN, 4, None): [0.72, 0.725], (BN, 64, None): [0.72, 0.73]})
-    assert not study.judge_bn_costs(1.3, bn_fine, 0.03).holds
+    assert not verdicts.judge_bn_costs(1.3, bn_fine, 0.03).holds
 
 
 def test_undecided_comparisons_are_inconclusive_with_the_detectable_difference():
     noisy = fake_runs({**PAPER_LIKE, (AGC, LARGE, 0.01): [0.70, 0.86]})  # wide seeds
-    j = study.judge_stabilizes_large_batch(noisy, CFG)
+    j = verdicts.judge_stabilizes_large_batch(noisy, CFG)
     assert j.holds is None and "detectable ±" in j.reason
     assert verdict(j) is Verdict.INCONCLUSIVE
 

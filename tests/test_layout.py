@@ -81,5 +81,5 @@ def test_models_import_only_models_and_complexity(module):
 
 def test_methods_do_not_import_their_studies():
     for method, study in (("harness.scaling", "harness.scaling_study"),
-                          ("harness.agc", "harness.agc_study")):
+                          ("harness.agc.rule", "harness.agc.study")):
         assert study not in GRAPH[method]

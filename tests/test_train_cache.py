@@ -85,10 +85,10 @@ def test_fingerprint_covers_the_loop_models_data_and_the_hook_modules():
     assert {"train.py", "data.py", "models/__init__.py", "models/nf_resnet.py"} <= names
     # How results are reported or judged does not determine a run, so it is not hashed.
     assert not names & {"claim.py", "reporting.py", "references.py", "bands.py", "stats.py"}
-    from harness.agc_study import AGCHook
+    from harness.agc.study import AGCHook
 
     hook_files = tr._closure({tr._defining_file(AGCHook(0.01))})
-    assert {f.name for f in hook_files} >= {"agc_study.py", "agc.py"}
+    assert {f.name for f in hook_files} >= {"study.py", "rule.py"}
     assert tr.code_fingerprint(AGCHook(0.01)) != tr.code_fingerprint()
 
 

@@ -1,8 +1,8 @@
-"""Adaptive gradient clipping experiments: the training hook, the rule suite, the grid, verdicts.
+"""Adaptive gradient clipping experiments: the training hook, the rule suite, the grid, tables.
 
-The claims ``agc.*`` (claims/README.md section 2; Brock et al., "High-Performance Large-Scale Image
-Recognition Without Normalization", ICML 2021) are checked by ``claims/test_agc.py`` with the
-pieces here, in this order:
+The claims ``agc.*`` (claims/README.md section 2; Brock et al., "High-Performance Large-Scale
+Image Recognition Without Normalization", ICML 2021) are checked by ``claims/test_agc.py`` with
+the pieces here, in this order (the verdict rules are in ``harness.agc.verdicts``):
 
 * ``agc_hook``: ``harness.agc.clip_grads_`` as a ``before_step`` hook of ``train.train`` (the
   loop unscales AMP gradients before its hooks run), classifier excluded unless asked;
@@ -13,8 +13,6 @@ pieces here, in this order:
   picklable ``AGCHook``;
 * ``grid_summary``, ``best_lambdas``, ``accuracies``: the tables the verdicts are read from
   (a diverged run counts as chance accuracy in every mean);
-* ``judge_*``: the verdict rules, pure functions of the runs so that tests can feed them
-  fabricated grids and see them fail;
 * ``time_bn_vs_nf`` and ``plot_grid``.
 """
 
@@ -31,8 +29,9 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from harness import models, stats, timing
-from harness.agc import (
+from harness import models, timing
+from harness.agc.known_bad import KNOWN_BAD
+from harness.agc.rule import (
     DEFAULT_EPS,
     check_agc_invariants,
     check_model_agc,
@@ -42,11 +41,10 @@ from harness.agc import (
     random_agc_case,
     unitwise_norm,
 )
+from harness.agc.verdicts import AGC, BN, NF, _mean, accuracies, best_lambdas  # noqa: F401
 from harness.data import DatasetSplits, DataSpec
 from harness.profiles import device_class
 from harness.train import StepHook, StepState, TrainConfig, TrainJob, TrainRecord, run_jobs
-
-NF, AGC, BN = "NF", "NF+AGC", "BN"
 
 # ----------------------------------------------------------------------- the training hook
 
@@ -74,56 +72,6 @@ def agc_hook(
 
 
 # ------------------------------------------------------------------- the rule (agc.rule)
-
-
-def inverted_trigger_agc(parameters, clipping: float, eps: float = DEFAULT_EPS) -> None:
-    """nfnets-pytorch (Feb 2021), as quoted in the seed: ``where(grad_norm < max_norm, ...)``.
-
-    The trigger is inverted: small gradients are scaled *up* to lam*||W||, large ones kept.
-    """
-    for p in parameters:
-        if p.grad is None:
-            continue
-        max_norm = unitwise_norm(p.detach()).clamp_min(eps) * clipping
-        grad_norm = unitwise_norm(p.grad)
-        clipped = p.grad * (max_norm / grad_norm.clamp_min(1e-6))
-        p.grad.copy_(torch.where(grad_norm < max_norm, clipped, p.grad))
-
-
-def dim0_linear_agc(parameters, clipping: float, eps: float = DEFAULT_EPS) -> None:
-    """The same repo's ``unitwise_norm``: dim 0 for 2-D (``nn.Linear``) weights, the wrong axis."""
-
-    def norm(x: torch.Tensor) -> torch.Tensor:
-        if x.ndim in (2, 3):
-            return torch.linalg.vector_norm(x, dim=0, keepdim=True)  # per input column
-        return unitwise_norm(x)
-
-    for p in parameters:
-        if p.grad is None:
-            continue
-        max_norm = norm(p.detach()).clamp_min(eps) * clipping
-        grad_norm = norm(p.grad)
-        clipped = p.grad * (max_norm / grad_norm.clamp_min(1e-6))
-        p.grad.copy_(torch.where(grad_norm > max_norm, clipped, p.grad))
-
-
-def no_eps_floor_agc(parameters, clipping: float, eps: float = DEFAULT_EPS) -> None:
-    """Composer's early AGC: no eps floor, so zero-initialised parameters never move."""
-    del eps  # ignored: that is the bug
-    for p in parameters:
-        if p.grad is None:
-            continue
-        max_norm = unitwise_norm(p.detach()) * clipping
-        grad_norm = unitwise_norm(p.grad)
-        clipped = p.grad * (max_norm / grad_norm.clamp_min(1e-6))
-        p.grad.copy_(torch.where(grad_norm > max_norm, clipped, p.grad))
-
-
-KNOWN_BAD: dict[str, Callable[..., None]] = {
-    "inverted_trigger": inverted_trigger_agc,
-    "dim0_linear_norm": dim0_linear_agc,
-    "no_eps_floor": no_eps_floor_agc,
-}
 
 
 @dataclass(frozen=True)
@@ -421,36 +369,6 @@ def grid_summary(runs: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(["batch_size", "method", "lam", "clip_head"]).reset_index(drop=True)
 
 
-def best_lambdas(runs: pd.DataFrame) -> dict[int, float]:
-    """Per batch size, the lambda of NF+AGC (classifier unclipped) with the best mean accuracy
-    over seeds; ties go to the smaller lambda."""
-    agc = runs[(runs.method == AGC) & ~runs.clip_head]
-    means = agc.groupby(["batch_size", "lam"]).acc.mean().reset_index()
-    best = {}
-    for b, grp in means.groupby("batch_size"):
-        grp = grp.sort_values("lam")
-        best[int(b)] = float(grp.lam.iloc[int(grp.acc.to_numpy().argmax())])
-    return best
-
-
-def accuracies(runs: pd.DataFrame, method: str, batch_size: int, lam: float | None = None,
-               clip_head: bool = False) -> list[float]:
-    """Per-seed accuracies (diverged = chance) of one cell of the grid, in seed order."""
-    sel = runs[(runs.method == method) & (runs.batch_size == batch_size)
-               & (runs.clip_head == clip_head)]
-    if lam is not None:
-        sel = sel[sel.lam == lam]
-    return sel.sort_values("seed").acc.tolist()
-
-
-def diverged_count(runs: pd.DataFrame, method: str, batch_size: int,
-                   lam: float | None = None) -> int:
-    sel = runs[(runs.method == method) & (runs.batch_size == batch_size) & ~runs.clip_head]
-    if lam is not None:
-        sel = sel[sel.lam == lam]
-    return int(sel.diverged.sum())
-
-
 def benefit_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Per batch size: best lambda, mean accuracy of NF, NF+AGC(best lambda), BN, and AGC's
     benefit = acc(NF+AGC best) - acc(NF)."""
@@ -461,150 +379,6 @@ def benefit_table(runs: pd.DataFrame) -> pd.DataFrame:
         rows.append({"batch_size": b, "best_lam": lam, "nf": _mean(nf), "agc_best": _mean(agc),
                      "bn": _mean(bn), "benefit": _mean(agc) - _mean(nf)})
     return pd.DataFrame(rows)
-
-
-def _mean(x: Sequence[float]) -> float:
-    return sum(x) / len(x) if x else math.nan
-
-
-# ----------------------------------------------------------------------- the verdict rules
-
-
-@dataclass(frozen=True)
-class Judgement:
-    """A verdict rule's outcome: whether the claim holds (True), is refuted (False) or cannot
-    be decided by this design (None), why, and the numbers it used."""
-
-    holds: bool | None
-    reason: str
-    numbers: dict[str, float]
-
-
-def _word(decided: bool | None, yes: str, no: str, undecided: str = "undecided") -> str:
-    return {True: yes, False: no, None: undecided}[decided]
-
-
-def judge_stabilizes_large_batch(runs: pd.DataFrame, cfg: GridConfig) -> Judgement:
-    """At the largest batch:
-
-    (i) NF without AGC is unstable: it diverges in at least half the seeds, or BN beats it
-        (one-sided 95% Welch, ``stats.beats``) by a mean of at least ``cfg.clearly_below``;
-        refuted when the upper bound of BN − NF is below ``cfg.clearly_below``;
-    (ii) NF+AGC at its best lambda diverges in no seed and is within ``cfg.bn_margin`` of BN
-        (``stats.within_margin``: established, refuted, or undecided by the seeds);
-    (iii) the comparison is informative: BN's mean is at least ``cfg.learned_margin`` above
-        chance (at chance, "within a margin of BN" would hold for anything that diverges).
-    """
-    b = int(runs.batch_size.max())
-    lam = best_lambdas(runs)[b]
-    nf, agc, bn = accuracies(runs, NF, b), accuracies(runs, AGC, b, lam), accuracies(runs, BN, b)
-    nf_div, agc_div = diverged_count(runs, NF, b), diverged_count(runs, AGC, b, lam)
-    below = stats.beats(bn, nf)
-    if nf_div * 2 >= len(nf) or (below.holds and below.difference >= cfg.clearly_below):
-        unstable: bool | None = True
-    else:
-        unstable = False if below.upper < cfg.clearly_below else None
-    close = stats.within_margin(agc, bn, cfg.bn_margin)
-    stable = False if agc_div else close.decided
-    learned = _mean(bn) - cfg.chance >= cfg.learned_margin
-    numbers = {"largest_batch": b, "best_lambda": lam, "nf_acc": _mean(nf),
-               "agc_acc": _mean(agc), "bn_acc": _mean(bn), "nf_diverged": nf_div,
-               "agc_diverged": agc_div, "bn_minus_nf_lower": below.lower,
-               "agc_minus_bn_lower": close.lower}
-    reason = (f"B={b}: (i) NF without AGC {_word(unstable, 'unstable', 'not unstable')} "
-              f"({nf_div}/{len(nf)} diverged; BN−NF {below}, needs significant and "
-              f"≥{cfg.clearly_below:g}; detectable ±{below.detectable:.3f}); (ii) NF+AGC(λ={lam:g}) "
-              f"{agc_div}/{len(agc)} diverged, vs BN {close} → "
-              f"{_word(stable, 'close to BN', 'not within the margin of BN')} (detectable "
-              f"±{close.detectable:.3f}); (iii) BN {_mean(bn):.4f} vs chance {cfg.chance:.4f} "
-              f"→ {'informative' if learned else 'task not learned: uninformative'}")
-    return Judgement(stats.all_of(unstable, stable, learned), reason, numbers)
-
-
-def seed_benefits(runs: pd.DataFrame, batch_size: int, lam: float) -> list[float]:
-    """Per seed: acc(NF+AGC at lam) − acc(NF); same seed = same init and batch order."""
-    agc, nf = accuracies(runs, AGC, batch_size, lam), accuracies(runs, NF, batch_size)
-    return [a - n for a, n in zip(agc, nf, strict=True)]
-
-
-def judge_small_batch_benefit(runs: pd.DataFrame) -> Judgement:
-    """AGC's benefit (best lambda, per seed) at the largest batch beats the one at the smallest
-    batch (one-sided 95% Welch): the benefit shrinks as the batch gets smaller. Refuted when
-    the upper bound of the gap is below 0."""
-    best = best_lambdas(runs)
-    small, large = min(best), max(best)
-    b_small = seed_benefits(runs, small, best[small])
-    b_large = seed_benefits(runs, large, best[large])
-    test = stats.beats(b_large, b_small)
-    numbers = {"benefit_smallest_batch": _mean(b_small), "benefit_largest_batch": _mean(b_large),
-               "benefit_gap_lower": test.lower}
-    reason = (f"benefit acc(AGC best λ)−acc(NF): {_mean(b_small):+.4f} at B={small}, "
-              f"{_mean(b_large):+.4f} at B={large}; larger−smaller {test} (detectable "
-              f"±{test.detectable:.3f}) → "
-              + _word(test.decided, "smaller at small batch", "larger at small batch",
-                      "not shown smaller at small batch"))
-    return Judgement(test.decided, reason, numbers)
-
-
-def _ambiguous_best(runs: pd.DataFrame, batch_size: int) -> bool:
-    """More than one lambda shares the best mean accuracy at this batch size."""
-    agc = runs[(runs.method == AGC) & ~runs.clip_head & (runs.batch_size == batch_size)]
-    means = agc.groupby("lam").acc.mean()
-    return int((means == means.max()).sum()) > 1
-
-
-def judge_lambda_shrinks(runs: pd.DataFrame, cfg: GridConfig) -> Judgement:
-    """The best lambda (by mean accuracy) at the largest batch is smaller than at the smallest,
-    and at the largest batch it beats the smallest batch's best lambda (one-sided 95% Welch).
-    Refuted when a larger lambda is established as better at the largest batch; undecided
-    otherwise. The best lambdas' NF+AGC means must be ``cfg.learned_margin`` above chance (an
-    argmax over chance-level accuracies, or a tie, says nothing)."""
-    best = best_lambdas(runs)
-    small, large = min(best), max(best)
-    lam_s, lam_l = best[small], best[large]
-    accs = {b: _mean(accuracies(runs, AGC, b, best[b])) for b in (small, large)}
-    learned = all(a - cfg.chance >= cfg.learned_margin for a in accs.values())
-    ties = [b for b in (small, large) if _ambiguous_best(runs, b)]
-    at_large = accuracies(runs, AGC, large, lam_l)
-    if lam_l < lam_s:
-        test = stats.beats(at_large, accuracies(runs, AGC, large, lam_s))
-        shrinks = test.decided
-    else:  # the best λ at the large batch is not smaller: is it clearly better than a smaller?
-        smaller = [lam for lam in sorted(cfg.lambdas) if lam < lam_l]
-        test = stats.beats(at_large, accuracies(runs, AGC, large, smaller[-1])) if smaller \
-            else None
-        shrinks = False if test is not None and test.holds else None
-    per_batch = ", ".join(f"B={b}: {lam:g}" for b, lam in sorted(best.items()))
-    reason = (f"best λ per batch {per_batch} → λ at B={large} "
-              f"{'<' if lam_l < lam_s else '≥'} λ at B={small}"
-              + (f"; at B={large}: {test} (detectable ±{test.detectable:.3f})" if test else "")
-              + "; NF+AGC(best λ) " + ", ".join(f"{a:.4f} at B={b}" for b, a in accs.items())
-              + f" vs chance {cfg.chance:.4f}"
-              + ("" if learned else " (not learned: the argmax is noise)")
-              + (f"; tie for best λ at B={ties}" if ties else ""))
-    holds = stats.all_of(shrinks, learned, None if ties else True)
-    return Judgement(holds, reason,
-                     {"best_lambda_smallest_batch": lam_s, "best_lambda_largest_batch": lam_l,
-                      "agc_best_acc_smallest_batch": accs[small],
-                      "agc_best_acc_largest_batch": accs[large]})
-
-
-def judge_skip_final_layer(runs: pd.DataFrame) -> Judgement:
-    """At the largest batch and its best lambda, AGC that skips the classifier beats AGC that
-    clips it too (one-sided 95% Welch over the same seeds); refuted when clipping is
-    established as better."""
-    b = int(runs.batch_size.max())
-    lam = best_lambdas(runs)[b]
-    skip = accuracies(runs, AGC, b, lam)
-    clip = accuracies(runs, AGC, b, lam, clip_head=True)
-    test = stats.beats(skip, clip)
-    return Judgement(test.decided,
-                     f"B={b}, λ={lam:g}: classifier skipped {_mean(skip):.4f} vs clipped "
-                     f"{_mean(clip):.4f}; skipped−clipped {test} (detectable "
-                     f"±{test.detectable:.3f}) → clipping the classifier "
-                     + _word(test.decided, "does worse", "does better", "not shown to do worse"),
-                     {"acc_skip_head": _mean(skip), "acc_clip_head": _mean(clip),
-                      "skip_minus_clip_lower": test.lower})
 
 
 @dataclass(frozen=True)
@@ -619,34 +393,6 @@ class BNCostConfig:
     def dry_run(self) -> BNCostConfig:
         return dataclasses.replace(self, accuracy=self.accuracy.dry_run(),
                                    timing=self.timing.dry_run())
-
-
-def judge_bn_costs(step_ratio: float, tiny: pd.DataFrame, degrade_margin: float) -> Judgement:
-    """(a) BN's training step is slower than NF's: time(BN)/time(NF) > 1; (b) from the larger
-    to the tiny batch of ``tiny``, BN degrades (the larger beats the tiny batch, one-sided 95%,
-    by a mean of at least ``degrade_margin``) while NF does not (its tiny-batch accuracy is
-    within ``degrade_margin`` of the larger batch's, ``stats.within_margin``)."""
-    small, ref = int(tiny.batch_size.min()), int(tiny.batch_size.max())
-    bn_t, bn_r = accuracies(tiny, BN, small), accuracies(tiny, BN, ref)
-    nf_t, nf_r = accuracies(tiny, NF, small), accuracies(tiny, NF, ref)
-    bn_drop = stats.beats(bn_r, bn_t)
-    if bn_drop.holds and bn_drop.difference >= degrade_margin:
-        bn_degrades: bool | None = True
-    else:
-        bn_degrades = False if bn_drop.upper < degrade_margin else None
-    nf_keeps = stats.within_margin(nf_t, nf_r, degrade_margin)
-    faster = step_ratio > 1.0
-    holds = stats.all_of(faster, bn_degrades, nf_keeps.decided)
-    reason = (f"(a) step time BN/NF = {step_ratio:.3f} → NF {'faster' if faster else 'not faster'}"
-              f"; (b) B={ref}→{small}: BN {_mean(bn_r):.4f}→{_mean(bn_t):.4f} "
-              f"({_word(bn_degrades, 'degrades', f'no drop ≥{degrade_margin:g}', 'undecided')}: "
-              f"{bn_drop}; detectable ±{bn_drop.detectable:.3f}), NF {_mean(nf_r):.4f}→"
-              f"{_mean(nf_t):.4f} ({_word(nf_keeps.decided, 'holds up', 'degrades')}: "
-              f"{nf_keeps}; detectable ±{nf_keeps.detectable:.3f})")
-    return Judgement(holds, reason, {
-        "bn_over_nf_step_time": step_ratio, "bn_acc_tiny": _mean(bn_t), "bn_acc_ref": _mean(bn_r),
-        "nf_acc_tiny": _mean(nf_t), "nf_acc_ref": _mean(nf_r),
-        "bn_drop_lower": bn_drop.lower, "nf_tiny_minus_ref_lower": nf_keeps.lower})
 
 
 # ------------------------------------------------------------------------------- timing
