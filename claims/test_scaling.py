@@ -4,7 +4,8 @@ Scaling a network's flops by s through depth d, width w and resolution r changes
 activations differently (per conv: f = d·w²·r², p = d·w², a = d·w·r²). The paper's claims:
 the closed forms hold; runtime on GPUs follows activations, not flops; at equal flops width
 scaling is fastest. Implementations: ``harness.scaling``, ``harness.complexity``,
-``harness.timing``; the population logic is in ``harness.scaling_study``.
+``harness.timing``; the population logic is in ``harness.scaling.study``,
+the verdict rules in ``harness.scaling.verdicts``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from harness import models, scaling, stats
 from harness.bands import Measured
 from harness.claim import ACCURACY, CORRELATION, EXACT, RATIO, SHARE, Claim, Tolerance
 from harness.data import DataSpec
-from harness.scaling_study import (
+from harness.scaling.study import (
     LawCheckConfig,
     PopulationConfig,
     ScaledTrainingConfig,
@@ -34,6 +35,7 @@ from harness.scaling_study import (
     scaled_config,
     train_scaled,
 )
+from harness.scaling.verdicts import dWr_verdict, order_verdict
 from harness.train import TrainConfig
 
 # ------------------------------------------------------------------- the complexity laws
@@ -306,27 +308,6 @@ def test_dWr_matches_dwr_faster(evidence, profile, load_data, use_cache, workers
     evidence.decide(holds, f"{reason}; flops over the base (target {cfg.s:g}x): {flops}")
 
 
-def dWr_verdict(acc: dict, times: dict, epoch: dict, margin: float, judge_speed: bool):
-    """dWr's accuracy within ``margin`` of dwr's (one-sided, over seeds); on GPUs also faster
-    than dwr in inference and per epoch. dWr-vs-w and w-vs-dwr are reported alongside.
-
-    True: holds; False: refuted (dWr clearly worse by more than the margin, or slower on a
-    GPU); None: the seeds cannot tell either way."""
-    comparable = stats.within_margin(acc["dWr"], acc["dwr"], margin)
-    over_w = stats.beats(acc["dWr"], acc["w"])
-    faster = times["dWr"] < times["dwr"] and epoch["dWr"] < epoch["dwr"]
-    holds = comparable.decided
-    if judge_speed and not faster:
-        holds = False
-    return holds, (
-        f"acc dWr−dwr: {comparable} (margin {margin}; "
-        f"{ {True: 'within', False: 'clearly outside', None: 'undecided'}[comparable.decided]}); "
-        f"dWr beats w: {over_w.holds} ({over_w}); "
-        f"runtime dWr/dwr: inference {times['dWr'] / times['dwr']:.2f}, epoch "
-        f"{epoch['dWr'] / epoch['dwr']:.2f}; w/dwr inference {times['w'] / times['dwr']:.2f}"
-        + ("" if judge_speed else " (speed is GPU-scoped: reported, not judged, on the CPU)"))
-
-
 # ---------------------------------------------------- scaling keeps the accuracy order
 
 ORDER_PRESERVED = Claim(
@@ -361,17 +342,3 @@ def test_order_preserved(evidence, profile, load_data, use_cache, workers):
     holds, reason = order_verdict({m: acc(m, "base") for m in ("base0", "base1")},
                                   {m: acc(m, "dWr") for m in ("base0", "base1")})
     evidence.decide(holds, reason)
-
-
-def order_verdict(before: dict, after: dict):
-    """The bases' order must be established (one-sided, over seeds) and hold after scaling.
-
-    None (undecided) when the bases have no established order, or when after scaling neither
-    the order nor its reversal is established; False only when it is clearly reversed."""
-    (a, b) = sorted(before, key=lambda m: -stats.summarize(before[m]).mean)
-    base_order = stats.beats(before[a], before[b])
-    if not base_order.holds:
-        return None, f"the bases' order is not established at this budget ({base_order})"
-    scaled_order = stats.beats(after[a], after[b])
-    holds = True if scaled_order.holds else (False if scaled_order.upper < 0 else None)
-    return holds, f"bases: {a} > {b} ({base_order}); after scaling: {scaled_order}"

@@ -3,7 +3,6 @@ each check reports NOT_REPRODUCED; and a broken scaler breaks scaling.complexity
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pandas  # noqa: F401  (pytester in-process runs must not re-import C extensions)
@@ -13,19 +12,10 @@ import torch  # noqa: F401
 import harness.environment  # noqa: F401
 import harness.references  # noqa: F401
 import harness.reporting  # noqa: F401
-from harness import scaling
+from harness.scaling import strategies
+from harness.scaling import verdicts as claims
 
 CLAIMS = Path(__file__).resolve().parent.parent / "claims" / "test_scaling.py"
-
-
-def load_claims_module():
-    spec = importlib.util.spec_from_file_location("claims_scaling_under_test", CLAIMS)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-claims = load_claims_module()
 GOOD_ACC = {"base": [0.40, 0.41, 0.40], "w": [0.50, 0.51, 0.50], "dwr": [0.55, 0.551, 0.552],
             "dWr": [0.552, 0.553, 0.551]}
 FAST = {"base": 1.0, "w": 1.5, "dwr": 3.0, "dWr": 2.0}
@@ -76,12 +66,12 @@ def broken_exponents(strategy, alpha=None):
     return (e_w, e_d, e_r) if strategy in ("dWr", "fast") else (e_d, e_w, e_r)
 
 
-ORIGINAL = scaling.scaling_exponents
+ORIGINAL = strategies.scaling_exponents
 
 
 @pytest.mark.slow
 def test_wrong_fast_compound_exponents_break_the_complexity_laws_claim(pytester, monkeypatch):
-    monkeypatch.setattr(scaling, "scaling_exponents", broken_exponents)
+    monkeypatch.setattr(strategies, "scaling_exponents", broken_exponents)
     result = pytester.runpytest_inprocess(
         str(CLAIMS), "-k", "complexity_laws", "--profile", "smoke", "--device", "cpu",
         "--import-mode=importlib", "--results-dir", str(pytester.path / "results"),

@@ -80,6 +80,6 @@ def test_models_import_only_models_and_complexity(module):
 
 
 def test_methods_do_not_import_their_studies():
-    for method, study in (("harness.scaling", "harness.scaling_study"),
+    for method, study in (("harness.scaling.strategies", "harness.scaling.study"),
                           ("harness.agc.rule", "harness.agc.study")):
         assert study not in GRAPH[method]

@@ -12,7 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import harness.scaling as sc
+import harness.scaling.strategies as sc
 from harness.complexity import LayerCount, layer_counts
 from harness.models import build_config, config_of, effnet, measure_config
 from harness.scaling import (
