@@ -148,7 +148,7 @@ def train(
 
 
 def _train(model_fn, train_set, test_set, cfg, device, before_step, after_step, progress, desc):
-    from harness.data import batches
+    from harness.batches import batches
     from harness.progress import progress_bar
 
     cuda = device == "cuda"
@@ -364,7 +364,9 @@ def code_fingerprint(*callables: Any) -> str:
     """A hash of the source that determines a training run: the loop's module and its imports,
     the harness's models and data, and the modules defining ``callables`` (the model factory,
     the hooks) with their imports."""
-    files = {Path(__file__).resolve(), _HARNESS_ROOT / "models" / "__init__.py"}
+    # The data's code too: a job carries tensors, and its key only names the data spec.
+    files = {Path(__file__).resolve(), _HARNESS_ROOT / "models" / "__init__.py",
+             _HARNESS_ROOT / "data" / "__init__.py"}
     files |= {f for c in callables if (f := _defining_file(c)) is not None}
     roots = frozenset(files)
     memo = _FINGERPRINTS.get(roots)

@@ -1,4 +1,4 @@
-"""Tests for harness.data: synthetic dataset, CIFAR loaders, batch iterator."""
+"""Tests for harness.data (synthetic dataset, CIFAR loaders) and harness.batches."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from harness.batches import augment_batch, batches
 from harness.data import (
     CIFAR_STATS,
     DATA_ENV_VAR,
@@ -23,8 +24,6 @@ from harness.data import (
     DatasetMissing,
     DatasetSplits,
     DataSpec,
-    augment_batch,
-    batches,
     load_cifar,
     load_dataset,
     resolve_data_root,
@@ -217,7 +216,7 @@ def test_only_the_target_breaks_background_smoothness(difficulty: str) -> None:
     # Away from the target, a medium image is background only (colour + gradient + a wave of at
     # most 2 cycles/width: tiny second differences), while hard images have clutter, decoy and
     # occluder edges there.
-    from harness.data import _CHUNK, _draw_latents, _easier
+    from harness.data.synthetic import _CHUNK, _draw_latents, _easier
 
     res, n = 48, 64
     ds = synthetic_dataset(resolution=res, train_size=n, test_size=0, seed=2, noise=0.0,
@@ -243,7 +242,7 @@ def test_only_the_target_breaks_background_smoothness(difficulty: str) -> None:
 
 
 def test_medium_target_is_larger_and_more_central() -> None:
-    from harness.data import _CHUNK, _draw_latents, _easier
+    from harness.data.synthetic import _CHUNK, _draw_latents, _easier
 
     lat = _draw_latents(0, 0, 0, _CHUNK, 10)
     easy = _easier(lat)

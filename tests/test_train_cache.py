@@ -80,9 +80,11 @@ def test_another_kernel_path_is_another_key(tmp_path):
 
 
 def test_fingerprint_covers_the_loop_models_data_and_the_hook_modules():
-    files = tr._closure({Path(tr.__file__).resolve(), tr._HARNESS_ROOT / "models" / "__init__.py"})
+    files = tr._closure({Path(tr.__file__).resolve(), tr._HARNESS_ROOT / "models" / "__init__.py",
+                         tr._HARNESS_ROOT / "data" / "__init__.py"})
     names = {f.relative_to(tr._HARNESS_ROOT).as_posix() for f in files}
-    assert {"train.py", "data.py", "models/__init__.py", "models/nf_resnet.py"} <= names
+    assert {"train.py", "batches.py", "data/synthetic.py", "data/cifar.py", "models/__init__.py",
+            "models/nf_resnet.py"} <= names
     # How results are reported or judged does not determine a run, so it is not hashed.
     assert not names & {"claim.py", "reporting.py", "references.py", "bands.py", "stats.py"}
     from harness.agc.study import AGCHook
@@ -136,3 +138,13 @@ def test_fewer_samples_than_one_batch_is_a_clear_error_not_a_hang():
     with pytest.raises(ValueError, match="4 training samples for batch size 8"):
         tr.train(lambda: nn.Sequential(nn.Flatten(), nn.Linear(12, 3)), (x, y), (x, y), cfg,
                  progress=False)
+
+
+@pytest.mark.slow
+def test_a_data_generator_change_invalidates_the_cache(tmp_path):
+    tree, cache = _copy_tree(tmp_path / "tree"), tmp_path / "cache"
+    cold = _probe(tree, cache)
+    gen = tree / "harness" / "data" / "synthetic.py"
+    gen.write_text(gen.read_text() + "\n# an edit to the generator\n")
+    changed = _probe(tree, cache)
+    assert changed["key"] != cold["key"] and not changed["from_cache"]
