@@ -402,9 +402,11 @@ def cache_key(key: dict[str, Any], code: str | None = None) -> str:
 
 
 def cached(key: dict[str, Any], run: Callable[[], TrainRecord], *, enabled: bool = True,
-           directory: Path | None = None, code: str | None = None) -> TrainRecord:
-    """``run()``'s record, reused from disk when the same key finished before."""
-    path = _cache_path(cache_key(key, code), directory)
+           directory: Path | None = None, code: str | None = None,
+           hashed: str | None = None) -> TrainRecord:
+    """``run()``'s record, reused from disk when the same key finished before. ``hashed``: the
+    key's ``cache_key`` when the caller has it already (``run_jobs``)."""
+    path = _cache_path(hashed or cache_key(key, code), directory)
     hit = _load_cached(path) if enabled else None
     if hit is not None:
         return hit
@@ -511,7 +513,7 @@ def run_jobs(jobs: Sequence[TrainJob], *, workers: int = 1, use_cache: bool = Tr
     n_proc = min(workers, len(todo))
     if n_proc <= 1 or any(jobs[i].device != "cpu" for i in todo):
         for i in todo:
-            out[i] = _run_job(jobs[i], use_cache, directory, progress)
+            out[i] = _run_job(jobs[i], keys[i], use_cache, directory, progress)
         return [out[first_of[key]] for key in keys]
 
     import concurrent.futures as cf
@@ -522,7 +524,7 @@ def run_jobs(jobs: Sequence[TrainJob], *, workers: int = 1, use_cache: bool = Tr
             progress_bar(len(todo), f"{len(todo)} runs on {n_proc} processes", progress) as bar:
         # Longest first, so the workers finish at about the same time.
         order = sorted(todo, key=lambda i: -jobs[i].cost)
-        futures = {pool.submit(_run_job, jobs[i], use_cache, directory, False): i for i in order}
+        futures = {pool.submit(_run_job, jobs[i], keys[i], use_cache, directory, False): i for i in order}
         try:
             for fut in cf.as_completed(futures):
                 out[futures[fut]] = fut.result()
@@ -534,10 +536,10 @@ def run_jobs(jobs: Sequence[TrainJob], *, workers: int = 1, use_cache: bool = Tr
     return [out[first_of[key]] for key in keys]
 
 
-def _run_job(job: TrainJob, use_cache: bool, directory: Path | None,
+def _run_job(job: TrainJob, hashed: str, use_cache: bool, directory: Path | None,
              progress: bool | None) -> TrainRecord:
     return cached(job.key, lambda: train(job.model_fn, job.train_set, job.test_set, job.cfg,
                                          device=job.device, before_step=job.before_step,
                                          after_step=job.after_step, progress=progress,
                                          desc=job.desc),
-                  enabled=use_cache, directory=directory, code=job.code())
+                  enabled=use_cache, directory=directory, hashed=hashed)

@@ -261,7 +261,7 @@ def verdict(judgement) -> Verdict:
 
 def test_paper_like_grid_reproduces_every_grid_claim():
     runs = fake_runs(PAPER_LIKE)
-    assert study.best_lambdas(runs) == {SMALL: 0.16, LARGE: 0.01}
+    assert verdicts.best_lambdas(runs) == {SMALL: 0.16, LARGE: 0.01}
     j = verdicts.judge_stabilizes_large_batch(runs, CFG)
     assert verdict(j) is Verdict.REPRODUCED, j.reason
     assert j.numbers["nf_diverged"] == 2 and j.numbers["nf_acc"] == pytest.approx(0.1)
@@ -304,7 +304,7 @@ def test_benefit_rule_fails_when_the_benefit_is_larger_at_small_batch():
 def test_lambda_rule_fails_when_the_best_lambda_grows_or_is_tied():
     grows = fake_runs({**PAPER_LIKE, (AGC, SMALL, 0.01): [0.82, 0.83],
                        (AGC, LARGE, 0.16): [0.79, 0.80]})
-    assert study.best_lambdas(grows) == {SMALL: 0.01, LARGE: 0.16}
+    assert verdicts.best_lambdas(grows) == {SMALL: 0.01, LARGE: 0.16}
     assert verdicts.judge_lambda_shrinks(grows, CFG).holds is None  # 0.795 vs 0.7825: not established
     clearly = fake_runs({**PAPER_LIKE, (AGC, SMALL, 0.01): [0.82, 0.83],
                          (AGC, LARGE, 0.16): [0.90, 0.905]})

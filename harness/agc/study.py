@@ -11,7 +11,8 @@ the pieces here, in this order (the verdict rules are in ``harness.agc.verdicts`
 * ``GridConfig`` and ``run_cells``: the batch size x method x lambda grid, one training run per
   cell, all through ``train.run_jobs`` (cached, side by side on the CPU), AGC as the
   picklable ``AGCHook``;
-* ``grid_summary``, ``best_lambdas``, ``accuracies``: the tables the verdicts are read from
+* ``grid_summary``, ``benefit_table`` (from ``verdicts.best_lambdas`` and ``accuracies``): the
+  tables the verdicts are read from
   (a diverged run counts as chance accuracy in every mean);
 * ``time_bn_vs_nf`` and ``plot_grid``.
 """
@@ -41,7 +42,7 @@ from harness.agc.rule import (
     random_agc_case,
     unitwise_norm,
 )
-from harness.agc.verdicts import AGC, BN, NF, _mean, accuracies, best_lambdas  # noqa: F401
+from harness.agc.verdicts import AGC, BN, NF, _mean, accuracies, best_lambdas
 from harness.data import DatasetSplits, DataSpec
 from harness.profiles import device_class
 from harness.train import StepHook, StepState, TrainConfig, TrainJob, TrainRecord, run_jobs
