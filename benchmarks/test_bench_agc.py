@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch.utils import benchmark as tb
 
 from harness import models
-from harness.agc.study import agc_hook
+from harness.agc.study import AGCHook
 from harness.environment import cpu_name
 from harness.train import StepState
 
@@ -24,7 +24,7 @@ def make_step(clip: bool):
     model = models.build(MODEL, resolution=RES).train()
     x, y = torch.randn(BATCH, 3, RES, RES), torch.randint(0, 10, (BATCH,))
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True)
-    hook = agc_hook(model, LAM) if clip else None  # the hook train() runs, classifier skipped
+    hook = AGCHook(LAM) if clip else None  # the hook train() runs, classifier skipped
 
     def step() -> None:
         loss = F.cross_entropy(model(x), y)

@@ -31,9 +31,7 @@ from harness.agc.study import (
     tiny_batch_cells,
 )
 from harness.agc.verdicts import (
-    AGC,
     BN,
-    NF,
     accuracies,
     best_lambdas,
     judge_bn_costs,
@@ -41,7 +39,6 @@ from harness.agc.verdicts import (
     judge_skip_final_layer,
     judge_small_batch_benefit,
     judge_stabilizes_large_batch,
-    seed_benefits,
 )
 from harness.bands import Measured
 from harness.claim import ACCURACY, DIFFERENCE, EXACT, RATIO, Claim
@@ -176,9 +173,15 @@ def _count_tol(cfg: GridConfig) -> Measured:
     return Measured(what="seeds that diverged", domain=(0, len(cfg.seeds)))
 
 
-def _baseline(evidence, runs, cfg: GridConfig) -> None:
+def _grid(evidence, profile, load_data, workers) -> tuple[GridConfig, pd.DataFrame]:
+    """The batch × method × λ grid the four grid claims share (trained once, then cached),
+    with its baseline: the BN twin at the smallest batch must have learned the task."""
+    cfg = profile.pick(GRID_CONFIGS)
+    evidence.record_config(cfg, seeds=cfg.seeds)
+    runs = grid_runs(cfg, grid_cells(cfg), profile, load_data, workers)
     b = min(cfg.batch_sizes)
     evidence.baseline(accuracies(runs, BN, b), cfg.chance, f"the BN twin at B={b}")
+    return cfg, runs
 
 
 STABILIZES = Claim(
@@ -195,27 +198,22 @@ STABILIZES = Claim(
 
 @pytest.mark.claim(STABILIZES)
 def test_stabilizes_large_batch(evidence, profile, load_data, workers):
-    cfg = profile.pick(GRID_CONFIGS)
-    evidence.record_config(cfg, seeds=cfg.seeds)
-    runs = grid_runs(cfg, grid_cells(cfg), profile, load_data, workers)
+    cfg, runs = _grid(evidence, profile, load_data, workers)
     summary = grid_summary(runs)
     print(summary.to_string(index=False))
     evidence.table("grid_runs.csv", runs)
     evidence.table("grid_summary.csv", summary)
     evidence.figure("accuracy_vs_batch.png", plot_grid(runs, cfg.chance))
     j = judge_stabilizes_large_batch(runs, cfg)
-    n = j.numbers
-    b, lam = int(n["largest_batch"]), n["best_lambda"]
-    _baseline(evidence, runs, cfg)
-    evidence.metric("nf_acc_largest_batch", n["nf_acc"], _acc_tol("NF, no AGC"), key=True,
-                    samples=accuracies(runs, NF, b))
-    evidence.metric("agc_acc_largest_batch", n["agc_acc"], _acc_tol("NF+AGC, best λ"), key=True,
-                    paper="≈ BN", samples=accuracies(runs, AGC, b, lam))
-    evidence.metric("bn_acc_largest_batch", n["bn_acc"], _acc_tol("BN"), key=True,
-                    samples=accuracies(runs, BN, b))
-    evidence.metric("nf_diverged_largest_batch", n["nf_diverged"], _count_tol(cfg))
-    evidence.metric("agc_diverged_largest_batch", n["agc_diverged"], _count_tol(cfg))
-    evidence.metric("best_lambda_largest_batch", lam, _lambda_tol(cfg), paper="0.01")
+    evidence.metric("nf_acc_largest_batch", j.nf.mean, _acc_tol("NF, no AGC"), key=True,
+                    samples=j.nf.seeds)
+    evidence.metric("agc_acc_largest_batch", j.agc.mean, _acc_tol("NF+AGC, best λ"), key=True,
+                    paper="≈ BN", samples=j.agc.seeds)
+    evidence.metric("bn_acc_largest_batch", j.bn.mean, _acc_tol("BN"), key=True,
+                    samples=j.bn.seeds)
+    evidence.metric("nf_diverged_largest_batch", j.nf_diverged, _count_tol(cfg))
+    evidence.metric("agc_diverged_largest_batch", j.agc_diverged, _count_tol(cfg))
+    evidence.metric("best_lambda_largest_batch", j.best_lambda, _lambda_tol(cfg), paper="0.01")
     evidence.decide(j.holds, j.reason)
 
 
@@ -231,18 +229,13 @@ SMALL_BATCH_BENEFIT = Claim(
 
 @pytest.mark.claim(SMALL_BATCH_BENEFIT)
 def test_small_batch_benefit_small(evidence, profile, load_data, workers):
-    cfg = profile.pick(GRID_CONFIGS)
-    evidence.record_config(cfg, seeds=cfg.seeds)
-    runs = grid_runs(cfg, grid_cells(cfg), profile, load_data, workers)
+    cfg, runs = _grid(evidence, profile, load_data, workers)
     evidence.table("benefit.csv", benefit_table(runs))
     j = judge_small_batch_benefit(runs)
-    n = j.numbers
-    best = best_lambdas(runs)
-    _baseline(evidence, runs, cfg)
-    for which, b in (("smallest", min(best)), ("largest", max(best))):
-        evidence.metric(f"benefit_{which}_batch", n[f"benefit_{which}_batch"],
-                        _benefit_tol("acc(AGC best λ) − acc(NF)"), key=True,
-                        samples=seed_benefits(runs, b, best[b]))
+    for name, benefit in (("benefit_smallest_batch", j.benefit_smallest_batch),
+                          ("benefit_largest_batch", j.benefit_largest_batch)):
+        evidence.metric(name, benefit.mean, _benefit_tol("acc(AGC best λ) − acc(NF)"), key=True,
+                        samples=benefit.seeds)
     evidence.decide(j.holds, j.reason)
 
 
@@ -258,21 +251,16 @@ LAMBDA_SHRINKS = Claim(
 
 @pytest.mark.claim(LAMBDA_SHRINKS)
 def test_lambda_shrinks_with_batch(evidence, profile, load_data, workers):
-    cfg = profile.pick(GRID_CONFIGS)
-    evidence.record_config(cfg, seeds=cfg.seeds)
-    runs = grid_runs(cfg, grid_cells(cfg), profile, load_data, workers)
+    cfg, runs = _grid(evidence, profile, load_data, workers)
     evidence.table("best_lambda.csv", benefit_table(runs))
     j = judge_lambda_shrinks(runs, cfg)
-    n = j.numbers
-    best = best_lambdas(runs)
-    _baseline(evidence, runs, cfg)
-    evidence.metric("best_lambda_smallest_batch", n["best_lambda_smallest_batch"],
+    evidence.metric("best_lambda_smallest_batch", j.best_lambda_smallest_batch,
                     _lambda_tol(cfg), key=True, paper="0.08-0.16")
-    evidence.metric("best_lambda_largest_batch", n["best_lambda_largest_batch"],
+    evidence.metric("best_lambda_largest_batch", j.best_lambda_largest_batch,
                     _lambda_tol(cfg), key=True, paper="0.01")
-    for which, b in (("smallest", min(best)), ("largest", max(best))):
-        evidence.metric(f"agc_best_acc_{which}_batch", n[f"agc_best_acc_{which}_batch"],
-                        _acc_tol("NF+AGC, best λ"), samples=accuracies(runs, AGC, b, best[b]))
+    for name, acc in (("agc_best_acc_smallest_batch", j.agc_best_smallest_batch),
+                      ("agc_best_acc_largest_batch", j.agc_best_largest_batch)):
+        evidence.metric(name, acc.mean, _acc_tol("NF+AGC, best λ"), samples=acc.seeds)
     evidence.decide(j.holds, j.reason)
 
 
@@ -288,21 +276,16 @@ SKIP_FINAL = Claim(
 
 @pytest.mark.claim(SKIP_FINAL)
 def test_skip_final_layer(evidence, profile, load_data, workers):
-    cfg = profile.pick(GRID_CONFIGS)
-    evidence.record_config(cfg, seeds=cfg.seeds)
-    runs = grid_runs(cfg, grid_cells(cfg), profile, load_data, workers)
+    cfg, runs = _grid(evidence, profile, load_data, workers)
     lam = best_lambdas(runs)[cfg.batch_sizes[-1]]
     extra = grid_runs(cfg, skip_final_cells(cfg, lam), profile, load_data, workers)
     both = pd.concat([runs, extra], ignore_index=True)
     evidence.table("skip_final.csv", grid_summary(both[both.batch_size == cfg.batch_sizes[-1]]))
     j = judge_skip_final_layer(both)
-    n = j.numbers
-    b = cfg.batch_sizes[-1]
-    _baseline(evidence, runs, cfg)
-    evidence.metric("acc_classifier_skipped", n["acc_skip_head"], _acc_tol("AGC, head skipped"),
-                    key=True, samples=accuracies(both, AGC, b, lam))
-    evidence.metric("acc_classifier_clipped", n["acc_clip_head"], _acc_tol("AGC, head clipped"),
-                    key=True, samples=accuracies(both, AGC, b, lam, clip_head=True))
+    evidence.metric("acc_classifier_skipped", j.skipped.mean, _acc_tol("AGC, head skipped"),
+                    key=True, samples=j.skipped.seeds)
+    evidence.metric("acc_classifier_clipped", j.clipped.mean, _acc_tol("AGC, head clipped"),
+                    key=True, samples=j.clipped.seeds)
     evidence.decide(j.holds, j.reason)
 
 
@@ -339,7 +322,7 @@ BN_COST_CONFIGS = {
                                      train=dataclasses.replace(FULL_GRID.train, epochs=3,
                                                                warmup_epochs=3 * 5 / 90)),
         timing=StepTimingConfig("nf_resnet18_cifar", "bn_resnet18_cifar", batch_size=256,
-                                resolution=32, rounds=5, min_run_time=1.0, amp=True,
+                                resolution=32, rounds=5, min_run_time=1.0, amp="bf16",
                                 channels_last=True),
         degrade_margin=0.02,
     ),
@@ -360,12 +343,10 @@ def test_bn_costs(evidence, profile, load_data, workers):
     tiny = grid_runs(cfg.accuracy, tiny_batch_cells(cfg.accuracy), profile, load_data, workers)
     evidence.table("tiny_batch.csv", grid_summary(tiny))
     j = judge_bn_costs(ratio, tiny, cfg.degrade_margin)
-    n = j.numbers
-    small, ref = min(cfg.accuracy.batch_sizes), max(cfg.accuracy.batch_sizes)
-    evidence.baseline(accuracies(tiny, BN, ref), cfg.accuracy.chance, f"the BN twin at B={ref}")
+    evidence.baseline(j.bn_ref.seeds, cfg.accuracy.chance, f"the BN twin at B={j.reference_batch}")
     evidence.metric("bn_over_nf_step_time", ratio, RATIO_TOL, key=True, paper="> 1")
-    for name, method, b in (("bn_acc_tiny", BN, small), ("bn_acc_ref", BN, ref),
-                            ("nf_acc_tiny", NF, small), ("nf_acc_ref", NF, ref)):
-        evidence.metric(name, n[name], _acc_tol(name), key=name.endswith("tiny"),
-                        samples=accuracies(tiny, method, b))
+    for name, acc in (("bn_acc_tiny", j.bn_tiny), ("bn_acc_ref", j.bn_ref),
+                      ("nf_acc_tiny", j.nf_tiny), ("nf_acc_ref", j.nf_ref)):
+        evidence.metric(name, acc.mean, _acc_tol(name), key=name.endswith("tiny"),
+                        samples=acc.seeds)
     evidence.decide(j.holds, j.reason)

@@ -46,7 +46,7 @@ class TrainConfig:
     final_lr_fraction: float = 0.0  # cosine floor / exponential end, as a fraction of lr
     label_smoothing: float = 0.1
     augment: bool = False  # random crop + flip
-    amp: str | None = None  # "bf16" | "fp16" | None; CUDA only
+    amp: str | None = None  # "bf16" | "fp16" | None (see ``autocast_dtype``); CUDA only
     channels_last: bool = False  # CUDA only
     compile: bool = False  # torch.compile; CUDA only
     max_steps: int | None = None  # hard cap (dry runs)
@@ -62,6 +62,17 @@ class TrainConfig:
     def total_steps(self, n_train: int) -> int:
         total = max(1, round(self.epochs * self.steps_per_epoch(n_train)))
         return min(total, self.max_steps) if self.max_steps else total
+
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast_dtype(amp: str | None, device: str) -> torch.dtype | None:
+    """The autocast dtype of a config's ``amp`` ("bf16", "fp16" or None), one spelling for
+    every config (training, timing). Mixed precision is CUDA-only here: None elsewhere."""
+    if amp is not None and amp not in AMP_DTYPES:
+        raise ValueError(f"amp={amp!r}: expected one of {sorted(AMP_DTYPES)} or None")
+    return AMP_DTYPES[amp] if amp is not None and device == "cuda" else None
 
 
 @dataclass
@@ -157,7 +168,7 @@ def _train(model_fn, train_set, test_set, cfg, device, before_step, after_step, 
     if cuda and cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     forward = torch.compile(model) if (cuda and cfg.compile) else model
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[cfg.amp] if cuda else None
+    amp_dtype = autocast_dtype(cfg.amp, device)
     scaler = grad_scaler(device, amp_dtype)
     opt = make_optimizer(model, cfg)
 

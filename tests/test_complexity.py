@@ -15,7 +15,7 @@ from harness.complexity import Complexity, independent_flops, layer_counts, meas
 from harness.models import analytic_complexity, anynet, build, config_of, effnet, measure_config
 from harness.scaling import scale
 
-ZOO = json.loads((Path(__file__).parent / "data" / "pycls_model_zoo.json").read_text())
+ZOO = json.loads((Path(__file__).parent / "fixtures" / "pycls_model_zoo.json").read_text())
 Counter = Callable[[nn.Module, int], Complexity]
 
 

@@ -4,13 +4,13 @@ The claims ``agc.*`` (claims/README.md section 2; Brock et al., "High-Performanc
 Image Recognition Without Normalization", ICML 2021) are checked by ``claims/test_agc.py`` with
 the pieces here, in this order (the verdict rules are in ``harness.agc.verdicts``):
 
-* ``agc_hook``: ``harness.agc.clip_grads_`` as a ``before_step`` hook of ``train.train`` (the
-  loop unscales AMP gradients before its hooks run), classifier excluded unless asked;
+* ``AGCHook``: ``harness.agc.clip_grads_`` as a picklable ``before_step`` hook of the training
+  loop, classifier excluded unless asked;
 * ``rule_study``: the property suite of ``agc.rule`` on seeded random cases and on a real
   NF-ResNet, run on the harness's AGC and on the ``KNOWN_BAD`` implementations;
 * ``GridConfig`` and ``run_cells``: the batch size x method x lambda grid, one training run per
-  cell, all through ``train.run_jobs`` (cached, side by side on the CPU), AGC as the
-  picklable ``AGCHook``;
+  cell, all through ``train.run_jobs`` (cached, side by side on the CPU), AGC as an
+  ``AGCHook``;
 * ``grid_summary``, ``benefit_table`` (from ``verdicts.best_lambdas`` and ``accuracies``): the
   tables the verdicts are read from
   (a diverged run counts as chance accuracy in every mean);
@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,34 +42,39 @@ from harness.agc.rule import (
     random_agc_case,
     unitwise_norm,
 )
-from harness.agc.verdicts import AGC, BN, NF, _mean, accuracies, best_lambdas
+from harness.agc.verdicts import AGC, BN, NF, accuracies, best_lambdas, mean
 from harness.data import DatasetSplits, DataSpec
 from harness.profiles import device_class
-from harness.train import StepHook, StepState, TrainConfig, TrainJob, TrainRecord, run_jobs
+from harness.train import StepHook, StepState, TrainConfig, TrainJob, TrainRecord, autocast_dtype, run_jobs
 
 # ----------------------------------------------------------------------- the training hook
 
 
-def agc_hook(
-    model: nn.Module,
-    clipping: float,
-    eps: float = DEFAULT_EPS,
-    exclude: Sequence[str | nn.Module] | None = None,
-) -> StepHook:
-    """A ``before_step`` hook that applies unit-wise AGC to ``model``'s gradients.
+@dataclass
+class AGCHook:
+    """Unit-wise AGC (``clip_grads_``) as a ``before_step`` hook of ``train.train``; the loop
+    unscales AMP gradients before its hooks run.
 
-    ``exclude=None`` leaves the final classifier unclipped, as the paper prescribes; pass
-    ``exclude=()`` to clip every parameter (the ablation of ``agc.skip_final_layer``). The
-    hook is bound to ``model`` and refuses to clip another one.
-    """
-    params = parameters_to_clip(model, [classifier_of(model)] if exclude is None else exclude)
+    The final classifier stays unclipped, as the paper prescribes, unless ``clip_head`` (the
+    ablation of ``agc.skip_final_layer``). Picklable: it binds to the model of its first step,
+    so a job can carry it to another process before the model exists, and refuses another."""
 
-    def clip(state: StepState) -> None:
-        if state.model is not model:
-            raise ValueError("agc_hook was built for another model")
-        clip_grads_(params, clipping, eps)
+    clipping: float
+    eps: float = DEFAULT_EPS
+    clip_head: bool = False
+    _model: nn.Module | None = field(default=None, init=False, repr=False, compare=False)
+    _params: list[nn.Parameter] = field(default_factory=list, init=False, repr=False,
+                                        compare=False)
 
-    return clip
+    def __call__(self, state: StepState) -> None:
+        if state.model is not self._model:
+            if self._model is not None:
+                raise ValueError("AGCHook is bound to another model")
+            self._model = state.model
+            self._params = parameters_to_clip(
+                state.model, () if self.clip_head else [classifier_of(state.model)])
+        clip_grads_(self._params, self.clipping, self.eps)
+
 
 
 # ------------------------------------------------------------------- the rule (agc.rule)
@@ -114,11 +119,14 @@ def _model_with_grads(cfg: RuleConfig, device: str, seed: int = 0) -> nn.Module:
     return model
 
 
-def _hook_step(hook_factory: Callable[..., StepHook]) -> Callable[[nn.Module, float, float], None]:
-    """``check_model_agc``'s clip step from a hook factory such as ``agc_hook``."""
+HookFactory = Callable[[float, float], StepHook]  # (clipping, eps) -> hook, as ``AGCHook``
+
+
+def _hook_step(hook_factory: HookFactory) -> Callable[[nn.Module, float, float], None]:
+    """``check_model_agc``'s clip step: a fresh hook from ``hook_factory``, one step."""
 
     def step(model: nn.Module, clipping: float, eps: float) -> None:
-        hook = hook_factory(model, clipping, eps)
+        hook = hook_factory(clipping, eps)
         hook(StepState(model, None, 0, torch.zeros(())))  # type: ignore[arg-type]
 
     return step
@@ -128,7 +136,7 @@ def rule_study(
     cfg: RuleConfig,
     device: str = "cpu",
     clip_fn: Callable[..., None] = clip_grads_,
-    hook_factory: Callable[..., StepHook] = agc_hook,
+    hook_factory: HookFactory = AGCHook,
     known_bad: dict[str, Callable[..., None]] | None = None,
 ) -> RuleReport:
     """Run the property suite on ``clip_fn`` (seeded random cases) and on ``hook_factory`` (a
@@ -286,29 +294,6 @@ def cell_key(cfg: GridConfig, cell: Cell, device: str) -> dict[str, Any]:
     }
 
 
-@dataclass
-class AGCHook:
-    """AGC as a picklable ``before_step`` hook: it binds to the model of its first step (so a
-    job can carry it to another process before the model exists) and clips that model's
-    gradients at every step, the classifier unclipped unless ``clip_head``."""
-
-    clipping: float
-    eps: float = DEFAULT_EPS
-    clip_head: bool = False
-    _model: nn.Module | None = field(default=None, init=False, repr=False, compare=False)
-    _params: list[nn.Parameter] = field(default_factory=list, init=False, repr=False,
-                                        compare=False)
-
-    def __call__(self, state: StepState) -> None:
-        if state.model is not self._model:
-            if self._model is not None:
-                raise ValueError("AGCHook is bound to another model")
-            self._model = state.model
-            self._params = parameters_to_clip(
-                state.model, () if self.clip_head else [classifier_of(state.model)])
-        clip_grads_(self._params, self.clipping, self.eps)
-
-
 def cell_job(cfg: GridConfig, cell: Cell, data: DatasetSplits, device: str) -> TrainJob:
     """One cell as a training job: the model built after seeding, AGC as a hook if asked."""
     name = cfg.bn_model if cell.method == BN else cfg.nf_model
@@ -377,8 +362,8 @@ def benefit_table(runs: pd.DataFrame) -> pd.DataFrame:
     for b, lam in best_lambdas(runs).items():
         nf, agc, bn = (accuracies(runs, NF, b), accuracies(runs, AGC, b, lam),
                        accuracies(runs, BN, b))
-        rows.append({"batch_size": b, "best_lam": lam, "nf": _mean(nf), "agc_best": _mean(agc),
-                     "bn": _mean(bn), "benefit": _mean(agc) - _mean(nf)})
+        rows.append({"batch_size": b, "best_lam": lam, "nf": mean(nf), "agc_best": mean(agc),
+                     "bn": mean(bn), "benefit": mean(agc) - mean(nf)})
     return pd.DataFrame(rows)
 
 
@@ -410,13 +395,13 @@ class StepTimingConfig:
     rounds: int  # NF, BN, NF, BN, ...: each round gives one ratio; the median is reported
     min_run_time: float  # seconds per measurement
     cpu_threads: int = 1
-    amp: bool = False  # bf16 autocast, CUDA only
+    amp: str | None = None  # "bf16" | "fp16" | None, as TrainConfig.amp; CUDA only
     channels_last: bool = False  # CUDA only
     model_overrides: tuple[tuple[str, Any], ...] = ()
 
     def dry_run(self) -> StepTimingConfig:
         return dataclasses.replace(self, batch_size=2, resolution=8, rounds=1, min_run_time=0.0,
-                                   amp=False, channels_last=False)
+                                   amp=None, channels_last=False)
 
 
 def time_bn_vs_nf(cfg: StepTimingConfig, device: str) -> pd.DataFrame:
@@ -426,7 +411,7 @@ def time_bn_vs_nf(cfg: StepTimingConfig, device: str) -> pd.DataFrame:
         torch.manual_seed(0)
         built[name] = models.build(name, **{**dict(cfg.model_overrides),
                                             "resolution": cfg.resolution})
-    amp = torch.bfloat16 if (cfg.amp and device == "cuda") else None
+    amp = autocast_dtype(cfg.amp, device)
     common = dict(num_classes=built[cfg.nf_model].fc.out_features, device=device,
                   cpu_threads=cfg.cpu_threads, min_run_time=cfg.min_run_time, amp_dtype=amp,
                   channels_last=cfg.channels_last and device == "cuda")
@@ -455,13 +440,13 @@ def plot_grid(runs: pd.DataFrame, chance: float):
     batches = sorted(best)
 
     def line(values: list[list[float]], **kw) -> None:
-        means = [_mean(v) for v in values]
+        means = [mean(v) for v in values]
         lo = [m - min(v) for m, v in zip(means, values, strict=True)]
         hi = [max(v) - m for m, v in zip(means, values, strict=True)]
         ax.errorbar(batches, means, yerr=[lo, hi], capsize=3, marker="o", **kw)
 
     for lam in sorted(runs[runs.method == AGC].lam.dropna().unique()):
-        ax.plot(batches, [_mean(accuracies(runs, AGC, b, lam)) for b in batches],
+        ax.plot(batches, [mean(accuracies(runs, AGC, b, lam)) for b in batches],
                 lw=0.8, alpha=0.35, ls="--", label=f"NF+AGC λ={lam:g}")
     line([accuracies(runs, NF, b) for b in batches], label="NF, no AGC", color="tab:red")
     line([accuracies(runs, AGC, b, best[b]) for b in batches], label="NF+AGC, best λ",
@@ -469,7 +454,7 @@ def plot_grid(runs: pd.DataFrame, chance: float):
     line([accuracies(runs, BN, b) for b in batches], label="BN", color="tab:blue")
     ax.axhline(chance, color="grey", lw=0.8, ls=":", label="chance (= diverged)")
     for b in batches:
-        ax.annotate(f"λ*={best[b]:g}", (b, _mean(accuracies(runs, AGC, b, best[b]))),
+        ax.annotate(f"λ*={best[b]:g}", (b, mean(accuracies(runs, AGC, b, best[b]))),
                     textcoords="offset points", xytext=(4, 6), fontsize=7, color="tab:green")
     ax.set_xscale("log", base=2)
     ax.set_xticks(batches, [str(b) for b in batches])

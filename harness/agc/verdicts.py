@@ -1,9 +1,10 @@
 """The AGC claims' verdict rules: pure functions of a runs table (one row per training run:
 method, batch_size, lam, clip_head, seed, acc with a diverged run at chance, diverged).
 
-Each rule returns a ``Judgement``: holds (True), refuted (False) or undecided by the seeds
-(None, reported as INCONCLUSIVE), with a reason that states the smallest difference the design
-could detect. Tests feed them fabricated grids, including ones where the claim must fail.
+Each rule returns its own typed judgement: ``holds`` (True), refuted (False) or undecided by the
+seeds (None, reported as INCONCLUSIVE), a ``reason`` that states the smallest difference the
+design could detect, and the per-seed ``Samples`` it judged, which the claims store. Tests feed
+the rules fabricated grids, including ones where the claim must fail.
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ def diverged_count(runs: pd.DataFrame, method: str, batch_size: int,
     return int(sel.diverged.sum())
 
 
-def _mean(x: Sequence[float]) -> float:
+def mean(x: Sequence[float]) -> float:
+    """Mean of per-seed values; NaN for none (an empty cell is reported, not an error)."""
     return sum(x) / len(x) if x else math.nan
 
 
@@ -70,20 +72,88 @@ def _mean(x: Sequence[float]) -> float:
 
 
 @dataclass(frozen=True)
-class Judgement:
-    """A verdict rule's outcome: whether the claim holds (True), is refuted (False) or cannot
-    be decided by this design (None), why, and the numbers it used."""
+class Samples:
+    """Per-seed values of one quantity (accuracies with diverged runs at chance, or per-seed
+    differences), in seed order."""
 
+    values: tuple[float, ...]
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Samples:
+        return cls(tuple(float(v) for v in values))
+
+    @property
+    def mean(self) -> float:
+        return mean(self.values)
+
+    @property
+    def seeds(self) -> list[float]:
+        return list(self.values)
+
+
+@dataclass(frozen=True)
+class StabilityJudgement:
     holds: bool | None
     reason: str
-    numbers: dict[str, float]
+    largest_batch: int
+    best_lambda: float
+    nf: Samples
+    agc: Samples  # at best_lambda
+    bn: Samples
+    nf_diverged: int
+    agc_diverged: int
+
+
+@dataclass(frozen=True)
+class BenefitJudgement:
+    holds: bool | None
+    reason: str
+    smallest_batch: int
+    largest_batch: int
+    benefit_smallest_batch: Samples  # acc(NF+AGC, best λ) − acc(NF), per seed
+    benefit_largest_batch: Samples
+
+
+@dataclass(frozen=True)
+class LambdaJudgement:
+    holds: bool | None
+    reason: str
+    smallest_batch: int
+    largest_batch: int
+    best_lambda_smallest_batch: float
+    best_lambda_largest_batch: float
+    agc_best_smallest_batch: Samples  # NF+AGC at each batch's best λ
+    agc_best_largest_batch: Samples
+
+
+@dataclass(frozen=True)
+class SkipFinalJudgement:
+    holds: bool | None
+    reason: str
+    batch: int
+    lam: float
+    skipped: Samples  # the classifier left unclipped
+    clipped: Samples
+
+
+@dataclass(frozen=True)
+class BNCostJudgement:
+    holds: bool | None
+    reason: str
+    step_ratio: float  # time(BN step) / time(NF step)
+    tiny_batch: int
+    reference_batch: int
+    bn_tiny: Samples
+    bn_ref: Samples
+    nf_tiny: Samples
+    nf_ref: Samples
 
 
 def _word(decided: bool | None, yes: str, no: str, undecided: str = "undecided") -> str:
     return {True: yes, False: no, None: undecided}[decided]
 
 
-def judge_stabilizes_large_batch(runs: pd.DataFrame, cfg: Margins) -> Judgement:
+def judge_stabilizes_large_batch(runs: pd.DataFrame, cfg: Margins) -> StabilityJudgement:
     """At the largest batch:
 
     (i) NF without AGC is unstable: it diverges in at least half the seeds, or BN beats it
@@ -105,19 +175,16 @@ def judge_stabilizes_large_batch(runs: pd.DataFrame, cfg: Margins) -> Judgement:
         unstable = False if below.upper < cfg.clearly_below else None
     close = stats.within_margin(agc, bn, cfg.bn_margin)
     stable = False if agc_div else close.decided
-    learned = _mean(bn) - cfg.chance >= cfg.learned_margin
-    numbers = {"largest_batch": b, "best_lambda": lam, "nf_acc": _mean(nf),
-               "agc_acc": _mean(agc), "bn_acc": _mean(bn), "nf_diverged": nf_div,
-               "agc_diverged": agc_div, "bn_minus_nf_lower": below.lower,
-               "agc_minus_bn_lower": close.lower}
+    learned = mean(bn) - cfg.chance >= cfg.learned_margin
     reason = (f"B={b}: (i) NF without AGC {_word(unstable, 'unstable', 'not unstable')} "
               f"({nf_div}/{len(nf)} diverged; BN−NF {below}, needs significant and "
               f"≥{cfg.clearly_below:g}; detectable ±{below.detectable:.3f}); (ii) NF+AGC(λ={lam:g}) "
               f"{agc_div}/{len(agc)} diverged, vs BN {close} → "
               f"{_word(stable, 'close to BN', 'not within the margin of BN')} (detectable "
-              f"±{close.detectable:.3f}); (iii) BN {_mean(bn):.4f} vs chance {cfg.chance:.4f} "
+              f"±{close.detectable:.3f}); (iii) BN {mean(bn):.4f} vs chance {cfg.chance:.4f} "
               f"→ {'informative' if learned else 'task not learned: uninformative'}")
-    return Judgement(stats.all_of(unstable, stable, learned), reason, numbers)
+    return StabilityJudgement(stats.all_of(unstable, stable, learned), reason, b, lam,
+                              Samples.of(nf), Samples.of(agc), Samples.of(bn), nf_div, agc_div)
 
 
 def seed_benefits(runs: pd.DataFrame, batch_size: int, lam: float) -> list[float]:
@@ -126,7 +193,7 @@ def seed_benefits(runs: pd.DataFrame, batch_size: int, lam: float) -> list[float
     return [a - n for a, n in zip(agc, nf, strict=True)]
 
 
-def judge_small_batch_benefit(runs: pd.DataFrame) -> Judgement:
+def judge_small_batch_benefit(runs: pd.DataFrame) -> BenefitJudgement:
     """AGC's benefit (best lambda, per seed) at the largest batch beats the one at the smallest
     batch (one-sided 95% Welch): the benefit shrinks as the batch gets smaller. Refuted when
     the upper bound of the gap is below 0."""
@@ -135,14 +202,13 @@ def judge_small_batch_benefit(runs: pd.DataFrame) -> Judgement:
     b_small = seed_benefits(runs, small, best[small])
     b_large = seed_benefits(runs, large, best[large])
     test = stats.beats(b_large, b_small)
-    numbers = {"benefit_smallest_batch": _mean(b_small), "benefit_largest_batch": _mean(b_large),
-               "benefit_gap_lower": test.lower}
-    reason = (f"benefit acc(AGC best λ)−acc(NF): {_mean(b_small):+.4f} at B={small}, "
-              f"{_mean(b_large):+.4f} at B={large}; larger−smaller {test} (detectable "
+    reason = (f"benefit acc(AGC best λ)−acc(NF): {mean(b_small):+.4f} at B={small}, "
+              f"{mean(b_large):+.4f} at B={large}; larger−smaller {test} (detectable "
               f"±{test.detectable:.3f}) → "
               + _word(test.decided, "smaller at small batch", "larger at small batch",
                       "not shown smaller at small batch"))
-    return Judgement(test.decided, reason, numbers)
+    return BenefitJudgement(test.decided, reason, small, large, Samples.of(b_small),
+                            Samples.of(b_large))
 
 
 def _ambiguous_best(runs: pd.DataFrame, batch_size: int) -> bool:
@@ -152,7 +218,7 @@ def _ambiguous_best(runs: pd.DataFrame, batch_size: int) -> bool:
     return int((means == means.max()).sum()) > 1
 
 
-def judge_lambda_shrinks(runs: pd.DataFrame, cfg: Margins) -> Judgement:
+def judge_lambda_shrinks(runs: pd.DataFrame, cfg: Margins) -> LambdaJudgement:
     """The best lambda (by mean accuracy) at the largest batch is smaller than at the smallest,
     and at the largest batch it beats the smallest batch's best lambda (one-sided 95% Welch).
     Refuted when a larger lambda is established as better at the largest batch; undecided
@@ -161,7 +227,8 @@ def judge_lambda_shrinks(runs: pd.DataFrame, cfg: Margins) -> Judgement:
     best = best_lambdas(runs)
     small, large = min(best), max(best)
     lam_s, lam_l = best[small], best[large]
-    accs = {b: _mean(accuracies(runs, AGC, b, best[b])) for b in (small, large)}
+    at_best = {b: Samples.of(accuracies(runs, AGC, b, best[b])) for b in (small, large)}
+    accs = {b: a.mean for b, a in at_best.items()}
     learned = all(a - cfg.chance >= cfg.learned_margin for a in accs.values())
     ties = [b for b in (small, large) if _ambiguous_best(runs, b)]
     at_large = accuracies(runs, AGC, large, lam_l)
@@ -182,13 +249,11 @@ def judge_lambda_shrinks(runs: pd.DataFrame, cfg: Margins) -> Judgement:
               + ("" if learned else " (not learned: the argmax is noise)")
               + (f"; tie for best λ at B={ties}" if ties else ""))
     holds = stats.all_of(shrinks, learned, None if ties else True)
-    return Judgement(holds, reason,
-                     {"best_lambda_smallest_batch": lam_s, "best_lambda_largest_batch": lam_l,
-                      "agc_best_acc_smallest_batch": accs[small],
-                      "agc_best_acc_largest_batch": accs[large]})
+    return LambdaJudgement(holds, reason, small, large, lam_s, lam_l, at_best[small],
+                           at_best[large])
 
 
-def judge_skip_final_layer(runs: pd.DataFrame) -> Judgement:
+def judge_skip_final_layer(runs: pd.DataFrame) -> SkipFinalJudgement:
     """At the largest batch and its best lambda, AGC that skips the classifier beats AGC that
     clips it too (one-sided 95% Welch over the same seeds); refuted when clipping is
     established as better."""
@@ -197,16 +262,15 @@ def judge_skip_final_layer(runs: pd.DataFrame) -> Judgement:
     skip = accuracies(runs, AGC, b, lam)
     clip = accuracies(runs, AGC, b, lam, clip_head=True)
     test = stats.beats(skip, clip)
-    return Judgement(test.decided,
-                     f"B={b}, λ={lam:g}: classifier skipped {_mean(skip):.4f} vs clipped "
-                     f"{_mean(clip):.4f}; skipped−clipped {test} (detectable "
-                     f"±{test.detectable:.3f}) → clipping the classifier "
-                     + _word(test.decided, "does worse", "does better", "not shown to do worse"),
-                     {"acc_skip_head": _mean(skip), "acc_clip_head": _mean(clip),
-                      "skip_minus_clip_lower": test.lower})
+    reason = (f"B={b}, λ={lam:g}: classifier skipped {mean(skip):.4f} vs clipped "
+              f"{mean(clip):.4f}; skipped−clipped {test} (detectable ±{test.detectable:.3f}) "
+              "→ clipping the classifier "
+              + _word(test.decided, "does worse", "does better", "not shown to do worse"))
+    return SkipFinalJudgement(test.decided, reason, b, lam, Samples.of(skip), Samples.of(clip))
 
 
-def judge_bn_costs(step_ratio: float, tiny: pd.DataFrame, degrade_margin: float) -> Judgement:
+def judge_bn_costs(step_ratio: float, tiny: pd.DataFrame,
+                   degrade_margin: float) -> BNCostJudgement:
     """(a) BN's training step is slower than NF's: time(BN)/time(NF) > 1; (b) from the larger
     to the tiny batch of ``tiny``, BN degrades (the larger beats the tiny batch, one-sided 95%,
     by a mean of at least ``degrade_margin``) while NF does not (its tiny-batch accuracy is
@@ -223,12 +287,10 @@ def judge_bn_costs(step_ratio: float, tiny: pd.DataFrame, degrade_margin: float)
     faster = step_ratio > 1.0
     holds = stats.all_of(faster, bn_degrades, nf_keeps.decided)
     reason = (f"(a) step time BN/NF = {step_ratio:.3f} → NF {'faster' if faster else 'not faster'}"
-              f"; (b) B={ref}→{small}: BN {_mean(bn_r):.4f}→{_mean(bn_t):.4f} "
+              f"; (b) B={ref}→{small}: BN {mean(bn_r):.4f}→{mean(bn_t):.4f} "
               f"({_word(bn_degrades, 'degrades', f'no drop ≥{degrade_margin:g}', 'undecided')}: "
-              f"{bn_drop}; detectable ±{bn_drop.detectable:.3f}), NF {_mean(nf_r):.4f}→"
-              f"{_mean(nf_t):.4f} ({_word(nf_keeps.decided, 'holds up', 'degrades')}: "
+              f"{bn_drop}; detectable ±{bn_drop.detectable:.3f}), NF {mean(nf_r):.4f}→"
+              f"{mean(nf_t):.4f} ({_word(nf_keeps.decided, 'holds up', 'degrades')}: "
               f"{nf_keeps}; detectable ±{nf_keeps.detectable:.3f})")
-    return Judgement(holds, reason, {
-        "bn_over_nf_step_time": step_ratio, "bn_acc_tiny": _mean(bn_t), "bn_acc_ref": _mean(bn_r),
-        "nf_acc_tiny": _mean(nf_t), "nf_acc_ref": _mean(nf_r),
-        "bn_drop_lower": bn_drop.lower, "nf_tiny_minus_ref_lower": nf_keeps.lower})
+    return BNCostJudgement(holds, reason, step_ratio, small, ref, Samples.of(bn_t),
+                           Samples.of(bn_r), Samples.of(nf_t), Samples.of(nf_r))

@@ -38,9 +38,6 @@ __all__ = [
     "AnyNetConfig",
     "ResBottleneckBlock",
     "SE",
-    "build_from_config",
-    "complexity",
-    "config_of",
     "regnet_stages",
 ]
 
@@ -296,25 +293,10 @@ MODEL_CFGS: dict[str, AnyNetConfig] = {
 }
 
 
-def config_of(name: str, **overrides) -> AnyNetConfig:
-    """The config of registered AnyNet ``name``, with ``overrides`` replacing fields."""
-    if name not in MODEL_CFGS:
-        raise ValueError(f"unknown AnyNet config {name!r}; known: {', '.join(sorted(MODEL_CFGS))}")
-    return dataclasses.replace(MODEL_CFGS[name], **overrides) if overrides else MODEL_CFGS[name]
-
-
-def build_from_config(cfg: AnyNetConfig) -> AnyNet:
-    """An AnyNet for ``cfg`` (on the current default device; use torch.device('meta') to count)."""
-    return AnyNet(cfg)
-
-
-def complexity(cfg: AnyNetConfig) -> Complexity:
-    """Analytic pycls-style complexity of ``cfg`` at ``cfg.resolution``; no model is built."""
-    return AnyNet.complexity(cfg)
-
-
 def _create(name: str, **overrides) -> AnyNet:
-    return build_from_config(config_of(name, **overrides))
+    """Registered model ``name`` with ``overrides`` replacing fields of its config;
+    ``models.config_of``/``models.build_config`` are the public lookups across families."""
+    return AnyNet(dataclasses.replace(MODEL_CFGS[name], **overrides))
 
 
 @register_model

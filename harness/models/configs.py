@@ -8,6 +8,8 @@ style. The model families below know nothing of scaling; scaling imports these.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn as nn
 
@@ -17,24 +19,24 @@ from harness.models.anynet import AnyNetConfig
 from harness.models.effnet import EffNetConfig
 
 Config = AnyNetConfig | EffNetConfig
+# Each family's network class builds from its config and counts it in closed form
+# (``Net.complexity(cfg)``, pycls style).
+_NETWORKS: dict[type, type[anynet.AnyNet] | type[effnet.EffNet]] = {
+    AnyNetConfig: anynet.AnyNet, EffNetConfig: effnet.EffNet}
 
 
 def config_of(name: str, **overrides) -> Config:
     """The config of registered model ``name`` (AnyNet or EffNet family), with ``overrides``."""
     for family in (anynet, effnet):
         if name in family.MODEL_CFGS:
-            return family.config_of(name, **overrides)
+            return dataclasses.replace(family.MODEL_CFGS[name], **overrides)
     known = sorted([*anynet.MODEL_CFGS, *effnet.MODEL_CFGS])
     raise ValueError(f"no config for model {name!r}; known: {', '.join(known)}")
 
 
 def build_config(cfg: Config) -> nn.Module:
     """Build the model for any family's config (on the current default device)."""
-    if isinstance(cfg, AnyNetConfig):
-        return anynet.build_from_config(cfg)
-    if isinstance(cfg, EffNetConfig):
-        return effnet.build_from_config(cfg)
-    raise TypeError(f"no builder for {type(cfg).__name__}")
+    return _network(cfg)(cfg)
 
 
 def measure_config(cfg: Config) -> Complexity:
@@ -46,4 +48,11 @@ def measure_config(cfg: Config) -> Complexity:
 
 def analytic_complexity(cfg: Config) -> Complexity:
     """pycls-style analytic complexity of any family's config (no model built)."""
-    return (anynet if isinstance(cfg, AnyNetConfig) else effnet).complexity(cfg)
+    return _network(cfg).complexity(cfg)
+
+
+def _network(cfg: Config) -> type[anynet.AnyNet] | type[effnet.EffNet]:
+    try:
+        return _NETWORKS[type(cfg)]
+    except KeyError:
+        raise TypeError(f"no model family for a {type(cfg).__name__}") from None

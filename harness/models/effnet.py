@@ -23,9 +23,6 @@ __all__ = [
     "EffNet",
     "EffNetConfig",
     "MBConv",
-    "build_from_config",
-    "complexity",
-    "config_of",
 ]
 
 
@@ -208,30 +205,19 @@ MODEL_CFGS: dict[str, EffNetConfig] = {
 }
 
 
-def config_of(name: str, **overrides) -> EffNetConfig:
-    """The config of registered EfficientNet ``name``, with ``overrides`` replacing fields."""
-    if name not in MODEL_CFGS:
-        raise ValueError(f"unknown EffNet config {name!r}; known: {', '.join(sorted(MODEL_CFGS))}")
-    return dataclasses.replace(MODEL_CFGS[name], **overrides) if overrides else MODEL_CFGS[name]
-
-
-def build_from_config(cfg: EffNetConfig) -> EffNet:
-    """An EffNet for ``cfg`` (on the current default device)."""
-    return EffNet(cfg)
-
-
-def complexity(cfg: EffNetConfig) -> Complexity:
-    """Analytic pycls-style complexity of ``cfg`` at ``cfg.resolution``."""
-    return EffNet.complexity(cfg)
+def _create(name: str, **overrides) -> EffNet:
+    """Registered model ``name`` with ``overrides`` replacing fields of its config;
+    ``models.config_of``/``models.build_config`` are the public lookups across families."""
+    return EffNet(dataclasses.replace(MODEL_CFGS[name], **overrides))
 
 
 @register_model
 def efficientnet_b0(**overrides) -> EffNet:
     """EfficientNet-B0 (224 px)."""
-    return build_from_config(config_of("efficientnet_b0", **overrides))
+    return _create("efficientnet_b0", **overrides)
 
 
 @register_model
 def effnet_tiny(**overrides) -> EffNet:
     """Tiny EfficientNet for CPU smoke runs: 32 px, 10 classes."""
-    return build_from_config(config_of("effnet_tiny", **overrides))
+    return _create("effnet_tiny", **overrides)

@@ -36,7 +36,7 @@ import numpy as np
 
 from harness.complexity import Complexity
 from harness.models.anynet import AnyNetConfig
-from harness.models.configs import Config, analytic_complexity, build_config, config_of, measure_config
+from harness.models.configs import Config, measure_config
 from harness.models.effnet import EffNetConfig
 from harness.models.layers import adjust_block_compatibility
 
@@ -44,13 +44,9 @@ __all__ = [
     "DWR_ALPHA",
     "STRATEGIES",
     "LawReport",
-    "adjust_block_compatibility",
-    "analytic_complexity",
-    "build_config",
     "check_complexity_laws",
     "complexity_exponents",
     "complexity_law_report",
-    "config_of",
     "predicted_complexity_ratio",
     "scale",
     "scaling_exponents",
@@ -174,7 +170,7 @@ def scale(
     resolution round(r·s_r/4)·4. Group widths scale with w unless ``scale_groups=False``
     (the law check assumes they do); EffNet's depthwise convs keep g = 1.
 
-    >>> from harness.models.anynet import config_of
+    >>> from harness.models import config_of
     >>> c = scale(config_of("regnety_4gf"), 4, "dWr")
     >>> c.depths, c.widths, c.group_widths[0], c.resolution
     ((2, 7, 14, 2), (224, 336, 896, 1904), 112, 240)

@@ -20,7 +20,7 @@ import torch
 from harness import models, scaling, stats, timing
 from harness.complexity import Complexity
 from harness.data import DataSpec
-from harness.train import TrainConfig, TrainJob, TrainRecord, run_jobs
+from harness.train import TrainConfig, TrainJob, TrainRecord, autocast_dtype, run_jobs
 
 # ------------------------------------------------------------------ runtime population
 
@@ -33,14 +33,14 @@ class PopulationConfig:
     batch_size: int
     min_run_time: float  # seconds of timing per network and phase
     cpu_threads: int = 1
-    amp: bool = False  # bf16 autocast (CUDA only)
+    amp: str | None = None  # "bf16" | "fp16" | None, as TrainConfig.amp; CUDA only
     channels_last: bool = False  # CUDA only
     input_resolution: int | None = None  # dry run: time on tiny inputs instead of each r
 
     def dry_run(self) -> PopulationConfig:
         """Every network of the population, timed once at batch 2 on 32 px inputs."""
         return dataclasses.replace(self, batch_size=2, min_run_time=0.0, input_resolution=32,
-                                   amp=False, channels_last=False)
+                                   amp=None, channels_last=False)
 
 
 def population_configs(cfg: PopulationConfig) -> list[tuple[str, str, float, models.Config]]:
@@ -66,7 +66,7 @@ def runtime_population(cfg: PopulationConfig, device: str) -> pd.DataFrame:
     rows = []
     members = population_configs(cfg)
     bar = progress_bar(len(members), "timing population")
-    amp = torch.bfloat16 if (cfg.amp and device == "cuda") else None
+    amp = autocast_dtype(cfg.amp, device)
     for base, strategy, s, net_cfg in members:
         cx = models.measure_config(net_cfg)
         torch.manual_seed(0)

@@ -1,44 +1,75 @@
 """The trained scaling claims' verdict rules: pure functions of per-seed accuracies and times.
 
-Each returns (holds, reason): True (holds), False (refuted) or None (the seeds cannot tell,
-reported as INCONCLUSIVE); the tests feed them numbers that contradict the paper.
+Each returns a typed judgement: ``holds`` is True (holds), False (refuted) or None (the seeds
+cannot tell, reported as INCONCLUSIVE), with a ``reason`` that states the smallest difference
+the design could detect; the tests feed the rules numbers that contradict the paper.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
 from harness import stats
 
+Accuracies = Mapping[str, Sequence[float]]  # per strategy (or base), per seed
 
-def dWr_verdict(acc: dict, times: dict, epoch: dict, margin: float, judge_speed: bool):
-    """dWr's accuracy within ``margin`` of dwr's (one-sided, over seeds); on GPUs also faster
-    than dwr in inference and per epoch. dWr-vs-w and w-vs-dwr are reported alongside.
+
+@dataclass(frozen=True)
+class DWrJudgement:
+    holds: bool | None
+    reason: str
+    comparable: stats.OneSided  # acc(dWr) − acc(dwr) against −margin
+    dWr_beats_w: stats.OneSided  # acc(dWr) − acc(w) against 0 (reported, not judged)
+    inference_ratio: float  # time(dWr) / time(dwr), one forward pass
+    epoch_ratio: float  # seconds per epoch, dWr / dwr
+
+
+def dWr_verdict(acc: Accuracies, times: Mapping[str, float], epoch: Mapping[str, float],
+                margin: float, judge_speed: bool) -> DWrJudgement:
+    """dWr's accuracy within ``margin`` of dwr's (one-sided 95% Welch over seeds); on GPUs also
+    faster than dwr in inference and per epoch. dWr-vs-w and w-vs-dwr are reported alongside.
 
     True: holds; False: refuted (dWr clearly worse by more than the margin, or slower on a
     GPU); None: the seeds cannot tell either way."""
     comparable = stats.within_margin(acc["dWr"], acc["dwr"], margin)
     over_w = stats.beats(acc["dWr"], acc["w"])
-    faster = times["dWr"] < times["dwr"] and epoch["dWr"] < epoch["dwr"]
+    inference, per_epoch = times["dWr"] / times["dwr"], epoch["dWr"] / epoch["dwr"]
     holds = comparable.decided
-    if judge_speed and not faster:
+    if judge_speed and not (inference < 1 and per_epoch < 1):
         holds = False
-    return holds, (
-        f"acc dWr−dwr: {comparable} (margin {margin}; "
-        f"{ {True: 'within', False: 'clearly outside', None: 'undecided'}[comparable.decided]}); "
-        f"dWr beats w: {over_w.holds} ({over_w}); "
-        f"runtime dWr/dwr: inference {times['dWr'] / times['dwr']:.2f}, epoch "
-        f"{epoch['dWr'] / epoch['dwr']:.2f}; w/dwr inference {times['w'] / times['dwr']:.2f}"
-        + ("" if judge_speed else " (speed is GPU-scoped: reported, not judged, on the CPU)"))
+    word = {True: "within", False: "clearly outside", None: "undecided"}[comparable.decided]
+    reason = (f"acc dWr−dwr: {comparable} (margin {margin}; {word}; the design detects "
+              f"±{comparable.detectable:.3f}); dWr beats w: {over_w.holds} ({over_w}); "
+              f"runtime dWr/dwr: inference {inference:.2f}, epoch {per_epoch:.2f}; "
+              f"w/dwr inference {times['w'] / times['dwr']:.2f}"
+              + ("" if judge_speed else " (speed is GPU-scoped: reported, not judged, on the CPU)"))
+    return DWrJudgement(holds, reason, comparable, over_w, inference, per_epoch)
 
 
-def order_verdict(before: dict, after: dict):
+@dataclass(frozen=True)
+class OrderJudgement:
+    holds: bool | None
+    reason: str
+    better: str  # the base with the higher mean accuracy before scaling
+    worse: str
+    before: stats.OneSided  # acc(better) − acc(worse), the bases
+    after: stats.OneSided  # the same two after scaling
+
+
+def order_verdict(before: Accuracies, after: Accuracies) -> OrderJudgement:
     """The bases' order must be established (one-sided, over seeds) and hold after scaling.
 
     None (undecided) when the bases have no established order, or when after scaling neither
     the order nor its reversal is established; False only when it is clearly reversed."""
     (a, b) = sorted(before, key=lambda m: -stats.summarize(before[m]).mean)
     base_order = stats.beats(before[a], before[b])
-    if not base_order.holds:
-        return None, f"the bases' order is not established at this budget ({base_order})"
     scaled_order = stats.beats(after[a], after[b])
+    if not base_order.holds:
+        return OrderJudgement(None, f"the bases' order is not established at this budget "
+                                    f"({base_order}; detectable ±{base_order.detectable:.3f})",
+                              a, b, base_order, scaled_order)
     holds = True if scaled_order.holds else (False if scaled_order.upper < 0 else None)
-    return holds, f"bases: {a} > {b} ({base_order}); after scaling: {scaled_order}"
+    return OrderJudgement(holds, f"bases: {a} > {b} ({base_order}); after scaling: "
+                                 f"{scaled_order} (detectable ±{scaled_order.detectable:.3f})",
+                          a, b, base_order, scaled_order)

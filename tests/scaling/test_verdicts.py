@@ -15,49 +15,49 @@ import harness.reporting  # noqa: F401
 from harness.scaling import strategies
 from harness.scaling import verdicts as claims
 
-CLAIMS = Path(__file__).resolve().parent.parent / "claims" / "test_scaling.py"
+CLAIMS = Path(__file__).resolve().parents[2] / "claims" / "test_scaling.py"
 GOOD_ACC = {"base": [0.40, 0.41, 0.40], "w": [0.50, 0.51, 0.50], "dwr": [0.55, 0.551, 0.552],
             "dWr": [0.552, 0.553, 0.551]}
 FAST = {"base": 1.0, "w": 1.5, "dwr": 3.0, "dWr": 2.0}
 
 
 def test_dWr_verdict_holds_on_the_papers_pattern():
-    holds, _ = claims.dWr_verdict(GOOD_ACC, FAST, FAST, margin=0.02, judge_speed=True)
-    assert holds
+    j = claims.dWr_verdict(GOOD_ACC, FAST, FAST, margin=0.02, judge_speed=True)
+    assert j.holds and j.inference_ratio == pytest.approx(2 / 3) and j.comparable.holds
 
 
 def test_dWr_verdict_fails_when_dWr_is_clearly_less_accurate():
     worse = {**GOOD_ACC, "dWr": [0.45, 0.455]}
-    holds, reason = claims.dWr_verdict(worse, FAST, FAST, margin=0.02, judge_speed=False)
-    assert holds is False and "acc dWr−dwr" in reason and "clearly outside" in reason
+    j = claims.dWr_verdict(worse, FAST, FAST, margin=0.02, judge_speed=False)
+    assert j.holds is False and "acc dWr−dwr" in j.reason and "clearly outside" in j.reason
 
 
 def test_dWr_verdict_is_undecided_when_the_seeds_cannot_tell():
     noisy = {**GOOD_ACC, "dWr": [0.45, 0.60], "dwr": [0.50, 0.62]}
-    holds, reason = claims.dWr_verdict(noisy, FAST, FAST, margin=0.02, judge_speed=False)
-    assert holds is None and "undecided" in reason
+    j = claims.dWr_verdict(noisy, FAST, FAST, margin=0.02, judge_speed=False)
+    assert j.holds is None and "undecided" in j.reason and "detects ±" in j.reason
     # ...but on a GPU a slower dWr refutes it whatever the accuracies say
-    assert claims.dWr_verdict(noisy, {**FAST, "dWr": 4.0}, FAST, 0.02, judge_speed=True)[0] is False
+    assert claims.dWr_verdict(noisy, {**FAST, "dWr": 4.0}, FAST, 0.02, judge_speed=True).holds is False
 
 
 def test_dWr_verdict_fails_on_gpu_when_dWr_is_slower():
     slow = {**FAST, "dWr": 4.0}
-    assert not claims.dWr_verdict(GOOD_ACC, slow, FAST, 0.02, judge_speed=True)[0]
-    assert claims.dWr_verdict(GOOD_ACC, slow, FAST, 0.02, judge_speed=False)[0]  # CPU: not judged
+    assert not claims.dWr_verdict(GOOD_ACC, slow, FAST, 0.02, judge_speed=True).holds
+    assert claims.dWr_verdict(GOOD_ACC, slow, FAST, 0.02, judge_speed=False).holds  # not judged
 
 
 def test_order_verdict():
     assert claims.order_verdict({"a": [0.6, 0.61], "b": [0.5, 0.51]},
-                                {"a": [0.7, 0.71], "b": [0.6, 0.61]})[0]
+                                {"a": [0.7, 0.71], "b": [0.6, 0.61]}).holds
     flipped = claims.order_verdict({"a": [0.6, 0.61], "b": [0.5, 0.51]},
                                    {"a": [0.6, 0.61], "b": [0.7, 0.71]})
-    assert flipped[0] is False
+    assert flipped.holds is False and (flipped.better, flipped.worse) == ("a", "b")
     noisy_after = claims.order_verdict({"a": [0.6, 0.61], "b": [0.5, 0.51]},
                                        {"a": [0.7, 0.5], "b": [0.6, 0.61]})
-    assert noisy_after[0] is None
+    assert noisy_after.holds is None
     unclear = claims.order_verdict({"a": [0.6, 0.4], "b": [0.5, 0.52]},
                                    {"a": [0.7, 0.71], "b": [0.6, 0.61]})
-    assert unclear[0] is None and "not established" in unclear[1]  # undecided, never a pass
+    assert unclear.holds is None and "not established" in unclear.reason  # undecided, never a pass
 
 
 def broken_exponents(strategy, alpha=None):

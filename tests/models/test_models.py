@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from harness.models import anynet, build, effnet, list_models
+from harness.models import anynet, build, build_config, config_of, list_models
 
-ZOO = json.loads((Path(__file__).parent / "data" / "pycls_model_zoo.json").read_text())
+ZOO = json.loads((Path(__file__).parents[1] / "fixtures" / "pycls_model_zoo.json").read_text())
 SMOKE = ["anynet_tiny_x", "anynet_tiny_y", "effnet_tiny"]
 EXPECTED = [*ZOO["models"], *SMOKE]
 
@@ -67,8 +67,10 @@ def test_overrides_replace_config_fields():
 def test_unknown_model_name_is_a_clear_error():
     with pytest.raises(ValueError, match=r"unknown model 'regnetz_500mf'.*regnety_4gf"):
         build("regnetz_500mf")
-    with pytest.raises(ValueError, match="unknown AnyNet config"):
-        anynet.config_of("efficientnet_b0")
+    with pytest.raises(ValueError, match=r"no config for model 'regnetz_500mf'.*regnety_4gf"):
+        config_of("regnetz_500mf")
+    with pytest.raises(TypeError, match="no model family for a dict"):
+        build_config({"depths": (1, 2)})
 
 
 @pytest.mark.parametrize(
@@ -83,19 +85,19 @@ def test_unknown_model_name_is_a_clear_error():
 )
 def test_invalid_anynet_configs_are_rejected(bad, match):
     with pytest.raises(ValueError, match=match):
-        anynet.config_of("anynet_tiny_x", **bad)
+        config_of("anynet_tiny_x", **bad)
 
 
 def test_invalid_effnet_config_is_rejected():
     with pytest.raises(ValueError, match="odd"):
-        effnet.config_of("effnet_tiny", kernels=(3, 4, 5))
+        config_of("effnet_tiny", kernels=(3, 4, 5))
 
 
 @pytest.mark.parametrize("name", [n for n, m in ZOO["models"].items() if "regnet" in m])
 def test_regnet_stage_structure_matches_pycls_generator(name):
     row = ZOO["models"][name]
     depths, widths, groups = anynet.regnet_stages(**row["regnet"])
-    cfg = anynet.config_of(name)
+    cfg = config_of(name)
     assert list(cfg.depths) == depths == row["depths"]
     assert list(cfg.widths) == widths == row["widths"]
     assert set(cfg.group_widths) == set(groups) == {row["group_width"]}
@@ -135,7 +137,7 @@ def test_init_is_pycls_and_zero_init_final_bn_is_optional():
     assert fc.bias.eq(0).all() and fc.weight.std().item() == pytest.approx(0.01, rel=0.2)
     conv = build("regnetx_200mf").s4.b1.a  # 1x1, 152 -> 368: fan_out = 368
     assert conv.weight.std().item() == pytest.approx((2 / 368) ** 0.5, rel=0.05)
-    assert anynet.config_of("resnet50").zero_init_final_bn  # as pycls's R-50 config
+    assert config_of("resnet50").zero_init_final_bn  # as pycls's R-50 config
 
 
 def test_effnet_blocks():
@@ -152,16 +154,16 @@ def test_effnet_blocks():
     assert blk(x).shape == x.shape  # drop-connect keeps shapes
     head = model.head
     assert isinstance(head[5], nn.Dropout) and head[-1].out_features == 10
-    assert effnet.config_of("efficientnet_b0").dropout == pytest.approx(0.2)
+    assert config_of("efficientnet_b0").dropout == pytest.approx(0.2)
 
 
 def test_cifar_stem_keeps_full_resolution_and_counts_match():
     from harness.complexity import measure
-    from harness.models.anynet import build_from_config, complexity, config_of
+    from harness.models import analytic_complexity, build_config
 
     cfg = config_of("anynet_tiny_y", stem_type="cifar")
-    model = build_from_config(cfg)
+    model = build_config(cfg)
     assert model.stem[0].stride == (1, 1)
-    assert measure(model, cfg.resolution) == complexity(cfg)
-    simple = complexity(config_of("anynet_tiny_y"))
-    assert complexity(cfg).acts > 3 * simple.acts  # 4x the spatial size through every stage
+    assert measure(model, cfg.resolution) == analytic_complexity(cfg)
+    simple = analytic_complexity(config_of("anynet_tiny_y"))
+    assert analytic_complexity(cfg).acts > 3 * simple.acts  # 4x the spatial size through every stage

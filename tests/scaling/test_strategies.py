@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import harness.scaling.strategies as sc
 from harness.complexity import LayerCount, layer_counts
-from harness.models import build_config, config_of, effnet, measure_config
+from harness.models import build_config, config_of, measure_config
 from harness.scaling import (
     STRATEGIES,
     check_complexity_laws,
@@ -26,7 +26,7 @@ from harness.scaling import (
     scaling_factors,
 )
 
-ZOO = json.loads((Path(__file__).parent / "data" / "pycls_model_zoo.json").read_text())
+ZOO = json.loads((Path(__file__).parents[1] / "fixtures" / "pycls_model_zoo.json").read_text())
 # Small bases keep each example well under a second; the 224 px ones are counted on meta.
 BASES = [
     "anynet_tiny_x",
@@ -128,7 +128,7 @@ def test_scale_returns_a_new_frozen_config_of_the_same_type():
 def test_effnet_depthwise_convs_keep_group_width_one():
     cfg = scale(config_of("effnet_tiny"), 4, "dWr")
     with torch.device("meta"):
-        model = effnet.build_from_config(cfg)
+        model = build_config(cfg)
     dw = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
     assert dw and all(m.groups == m.in_channels == m.out_channels for m in dw)
 

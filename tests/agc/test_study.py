@@ -1,8 +1,6 @@
-"""The AGC study: the training hook, the rule suite, the grid runner and the verdict rules.
+"""harness.agc.study: the training hook, the rule suite, the grid runner, tables and timing.
 
-Training here is tiny (8 px, 64 images, a step or two); the verdict rules are fed fabricated
-grids, including ones where the claim must fail.
-"""
+Training here is tiny (8 px, 64 images, a step or two)."""
 
 from __future__ import annotations
 
@@ -15,13 +13,13 @@ import torch
 import torch.nn as nn
 
 from harness import models
-from harness.agc import check_model_agc, classifier_of, study, unitwise_norm, verdicts
+from harness.agc import check_model_agc, classifier_of, study, unitwise_norm
 from harness.agc.known_bad import inverted_trigger_agc
-from harness.agc.study import GridConfig, RuleConfig
+from harness.agc.study import RuleConfig
 from harness.agc.verdicts import AGC, BN, NF
-from harness.claim import Claim, Evidence, Verdict
 from harness.data import DataSpec, load_dataset, synthetic_dataset
 from harness.train import StepState, TrainConfig, cache_key, train
+from tests.agc.grids import GRID, LARGE, PAPER_LIKE, fake_runs
 
 TINY = dict(stem_width=4, widths=(4, 8, 8), resolution=8)
 
@@ -47,11 +45,11 @@ def apply(hook, model: nn.Module) -> None:
 def test_hook_clips_every_unit_but_leaves_the_classifier_alone():
     lam = 0.01
     model = model_with_grads()
-    assert check_model_agc(study._hook_step(study.agc_hook), model, lam) == []
+    assert check_model_agc(study._hook_step(study.AGCHook), model, lam) == []
     fc = classifier_of(model)
     before = fc.weight.grad.clone()
     model = model_with_grads()
-    apply(study.agc_hook(model, lam), model)
+    apply(study.AGCHook(lam), model)
     assert torch.equal(classifier_of(model).weight.grad, before)
 
 
@@ -61,19 +59,21 @@ def test_hook_can_clip_the_classifier_too():
     fc = classifier_of(model)
     ratio = unitwise_norm(fc.weight.grad) / unitwise_norm(fc.weight.detach()).clamp_min(1e-3)
     assert (ratio > lam).any()  # otherwise this test would show nothing
-    apply(study.agc_hook(model, lam, exclude=()), model)
+    apply(study.AGCHook(lam, clip_head=True), model)
     ratio = unitwise_norm(fc.weight.grad) / unitwise_norm(fc.weight.detach()).clamp_min(1e-3)
     assert (ratio <= lam * (1 + 1e-5)).all()
     # ...which the model check, excluding the classifier by default, reports.
     assert any("classifier" in v
                for v in check_model_agc(study._hook_step(
-                   lambda m, c, e: study.agc_hook(m, c, e, exclude=())), model_with_grads(), lam))
+                   lambda c, e: study.AGCHook(c, e, clip_head=True)), model_with_grads(), lam))
 
 
 def test_hook_is_bound_to_its_model():
     a, b = model_with_grads(0), model_with_grads(1)
+    hook = study.AGCHook(0.01)
+    apply(hook, a)
     with pytest.raises(ValueError, match="another model"):
-        apply(study.agc_hook(a, 0.01), b)
+        apply(hook, b)
 
 
 def test_hook_inside_the_training_loop_sees_and_clips_every_step():
@@ -90,7 +90,7 @@ def test_hook_inside_the_training_loop_sees_and_clips_every_step():
         seen.append(state.step)
 
     cfg = TrainConfig(epochs=1, batch_size=16, lr=0.5, warmup_epochs=0, check_every=2)
-    train(lambda: model, data.train, data.test, cfg, before_step=[study.agc_hook(model, lam),
+    train(lambda: model, data.train, data.test, cfg, before_step=[study.AGCHook(lam),
                                                                   check], progress=False)
     assert seen == [0, 1, 2, 3]
 
@@ -111,9 +111,9 @@ def test_rule_suite_passes_the_harness_and_catches_every_known_bad():
 
 
 @pytest.mark.parametrize("hook_factory", [
-    lambda model, lam, eps: (lambda state: None),  # forgets to clip
-    lambda model, lam, eps: study.agc_hook(model, lam, eps, exclude=()),  # clips the head
-    lambda model, lam, eps: study.agc_hook(model, 2 * lam, eps),  # the wrong threshold
+    lambda lam, eps: (lambda state: None),  # forgets to clip
+    lambda lam, eps: study.AGCHook(lam, eps, clip_head=True),  # clips the head
+    lambda lam, eps: study.AGCHook(2 * lam, eps),  # the wrong threshold
 ], ids=["no_clip", "clips_classifier", "wrong_lambda"])
 def test_a_broken_hook_fails_the_rule(hook_factory):
     report = study.rule_study(RULE, hook_factory=hook_factory, known_bad={})
@@ -126,14 +126,6 @@ def test_a_broken_clip_function_fails_the_rule():
 
 
 # ----------------------------------------------------------------------------- the grid
-
-GRID = GridConfig(
-    nf_model="nf_resnet_tiny", bn_model="bn_resnet_tiny",
-    model_overrides=(("stem_width", 4), ("widths", (4, 8, 8))),
-    data=DataSpec("synthetic", train_size=64, test_size=32, seed=2), resolution=8,
-    batch_sizes=(8, 16), lambdas=(0.01, 0.1), seeds=(0, 1),
-    train=TrainConfig(epochs=1, max_steps=2, warmup_epochs=0, check_every=1))
-
 
 def test_grid_cells_cover_methods_batches_lambdas_and_seeds():
     cells = study.grid_cells(GRID)
@@ -221,122 +213,7 @@ def test_dry_run_keeps_every_cell_distinct_and_tiny():
     assert len(study.grid_cells(dry)) == len(study.grid_cells(full))
 
 
-# ------------------------------------------------------------------------ verdict rules
-
-SMALL, LARGE = 64, 1024
-D = None  # a diverged run
-
-
-def fake_runs(grid: dict[tuple, list[float | None]], chance: float = 0.1) -> pd.DataFrame:
-    """Rows like ``run_cells``'s from {(method, batch, lam[, clip_head]): [acc per seed]}."""
-    rows = []
-    for key, accs in grid.items():
-        method, b, lam, *head = key
-        for seed, a in enumerate(accs):
-            rows.append({"method": method, "batch_size": b,
-                         "lam": math.nan if lam is None else lam, "clip_head": bool(head),
-                         "seed": seed, "acc": chance if a is None else a, "diverged": a is None,
-                         "lr": 0.1 * b / 256, "final_train_loss": math.nan})
-    return pd.DataFrame(rows)
-
-
-# What the paper reports, in miniature: NF collapses at large batch, AGC with a small λ
-# rescues it near BN, large λ is best at small batch, clipping the head hurts.
-PAPER_LIKE = {
-    (NF, SMALL, None): [0.80, 0.81], (AGC, SMALL, 0.01): [0.79, 0.80],
-    (AGC, SMALL, 0.16): [0.805, 0.815], (BN, SMALL, None): [0.80, 0.81],
-    (NF, LARGE, None): [D, D], (AGC, LARGE, 0.01): [0.78, 0.785],
-    (AGC, LARGE, 0.16): [0.60, 0.62], (BN, LARGE, None): [0.79, 0.795],
-    (AGC, LARGE, 0.01, True): [0.70, 0.71],
-}
-CFG = dataclasses.replace(GRID, batch_sizes=(SMALL, LARGE), lambdas=(0.01, 0.16),
-                          clearly_below=0.05, bn_margin=0.03, learned_margin=0.05)
-STABILIZES = Claim("agc.stabilizes_large_batch", "AGC stabilizes large batch", "test")
-
-
-def verdict(judgement) -> Verdict:
-    ev = Evidence(STABILIZES, "cpu")
-    return ev.decide(judgement.holds, judgement.reason)
-
-
-def test_paper_like_grid_reproduces_every_grid_claim():
-    runs = fake_runs(PAPER_LIKE)
-    assert verdicts.best_lambdas(runs) == {SMALL: 0.16, LARGE: 0.01}
-    j = verdicts.judge_stabilizes_large_batch(runs, CFG)
-    assert verdict(j) is Verdict.REPRODUCED, j.reason
-    assert j.numbers["nf_diverged"] == 2 and j.numbers["nf_acc"] == pytest.approx(0.1)
-    assert verdicts.judge_small_batch_benefit(runs).holds
-    assert verdicts.judge_lambda_shrinks(runs, CFG).holds
-    assert verdicts.judge_skip_final_layer(runs).holds
-
-
-def test_stabilizes_fails_when_agc_diverges_too():
-    runs = fake_runs({**PAPER_LIKE, (AGC, LARGE, 0.01): [D, D], (AGC, LARGE, 0.16): [D, 0.5]})
-    j = verdicts.judge_stabilizes_large_batch(runs, CFG)
-    assert verdict(j) is Verdict.NOT_REPRODUCED
-    assert j.numbers["agc_diverged"] >= 1
-
-
-def test_stabilizes_fails_when_nf_is_fine_without_agc():
-    runs = fake_runs({**PAPER_LIKE, (NF, LARGE, None): [0.785, 0.79]})
-    assert verdict(verdicts.judge_stabilizes_large_batch(runs, CFG)) is Verdict.NOT_REPRODUCED
-
-
-def test_stabilizes_fails_when_agc_is_far_below_bn():
-    runs = fake_runs({**PAPER_LIKE, (AGC, LARGE, 0.01): [0.70, 0.71]})
-    assert verdict(verdicts.judge_stabilizes_large_batch(runs, CFG)) is Verdict.NOT_REPRODUCED
-
-
-def test_stabilizes_says_nothing_when_nothing_was_learned():
-    # Everything at chance and NF diverged: "AGC within a margin of BN" is then vacuous.
-    flat = {k: [0.1, 0.1] for k in PAPER_LIKE}
-    runs = fake_runs({**flat, (NF, LARGE, None): [D, D]})
-    j = verdicts.judge_stabilizes_large_batch(runs, CFG)
-    assert j.holds is False and "not learned" in j.reason
-
-
-def test_benefit_rule_fails_when_the_benefit_is_larger_at_small_batch():
-    runs = fake_runs({**PAPER_LIKE, (NF, SMALL, None): [D, D], (NF, LARGE, None): [0.77, 0.78]})
-    j = verdicts.judge_small_batch_benefit(runs)
-    assert j.holds is False and j.numbers["benefit_smallest_batch"] > j.numbers["benefit_largest_batch"]
-
-
-def test_lambda_rule_fails_when_the_best_lambda_grows_or_is_tied():
-    grows = fake_runs({**PAPER_LIKE, (AGC, SMALL, 0.01): [0.82, 0.83],
-                       (AGC, LARGE, 0.16): [0.79, 0.80]})
-    assert verdicts.best_lambdas(grows) == {SMALL: 0.01, LARGE: 0.16}
-    assert verdicts.judge_lambda_shrinks(grows, CFG).holds is None  # 0.795 vs 0.7825: not established
-    clearly = fake_runs({**PAPER_LIKE, (AGC, SMALL, 0.01): [0.82, 0.83],
-                         (AGC, LARGE, 0.16): [0.90, 0.905]})
-    j = verdicts.judge_lambda_shrinks(clearly, CFG)
-    assert j.holds is False and "detectable" in j.reason
-    tied = fake_runs({**PAPER_LIKE, (AGC, LARGE, 0.16): [0.78, 0.785]})
-    j = verdicts.judge_lambda_shrinks(tied, CFG)
-    assert j.holds is None and "tie" in j.reason
-
-
-def test_skip_final_rule_fails_when_clipping_the_head_is_as_good():
-    runs = fake_runs({**PAPER_LIKE, (AGC, LARGE, 0.01, True): [0.781, 0.786]})
-    assert verdicts.judge_skip_final_layer(runs).holds is None  # as good: undecided
-    better = fake_runs({**PAPER_LIKE, (AGC, LARGE, 0.01, True): [0.85, 0.855]})
-    assert verdicts.judge_skip_final_layer(better).holds is False  # clipping clearly better
-
-
-def test_bn_costs_rule():
-    tiny = fake_runs({(NF, 4, None): [0.70, 0.71], (NF, 64, None): [0.705, 0.715],
-                      (BN, 4, None): [0.50, 0.52], (BN, 64, None): [0.72, 0.73]})
-    assert verdicts.judge_bn_costs(1.3, tiny, 0.03).holds
-    assert verdicts.judge_bn_costs(0.95, tiny, 0.03).holds is False  # NF not faster
-    bn_fine = fake_runs({(NF, 4, None): [0.70, 0.71], (NF, 64, None): [0.705, 0.715],
-                         (BN, 4, None): [0.72, 0.725], (BN, 64, None): [0.72, 0.73]})
-    assert not verdicts.judge_bn_costs(1.3, bn_fine, 0.03).holds
-
-
-def test_undecided_comparisons_are_inconclusive_with_the_detectable_difference():
-    noisy = fake_runs({**PAPER_LIKE, (AGC, LARGE, 0.01): [0.70, 0.86]})  # wide seeds
-    j = verdicts.judge_stabilizes_large_batch(noisy, CFG)
-    assert j.holds is None and "detectable ±" in j.reason
-    assert verdict(j) is Verdict.INCONCLUSIVE
+# ----------------------------------------------------------------------------- tables, timing
 
 
 def test_tables_and_plot_from_a_grid():
