@@ -23,18 +23,34 @@ from harness.environment import KERNEL_SETTINGS, PORTABILITY_SETTING  # noqa: E4
 nox.options.sessions = ["tests", "claims"]
 nox.options.reuse_venv = "yes"  # the torch install is the slow part; keep it between runs
 
-# Which torch to install. On a machine without an NVIDIA driver the CPU wheel is enough (and is
-# what CI uses); with one, any CUDA build. Override with HARNESS_TORCH="torch==X.Y.Z".
-TORCH = os.environ.get("HARNESS_TORCH") or (
-    "torch" if shutil.which("nvidia-smi") else "torch==2.13.0"
-)
+# Which torch to install. Without an NVIDIA driver the CPU wheel is enough (and is what CI
+# uses). With one (nvidia-smi on PATH) a CUDA build in the tested range: pip's default Linux
+# wheels carry CUDA. Override with HARNESS_TORCH, e.g. "torch==2.13.0 --index-url
+# https://download.pytorch.org/whl/cu126" for a wheel that matches an older driver.
+GPU_BOX = shutil.which("nvidia-smi") is not None
+CPU_TORCH = "torch==2.13.0"
+CUDA_TORCH = "torch>=2.13,<2.15"
+TORCH = os.environ.get("HARNESS_TORCH") or (CUDA_TORCH if GPU_BOX else CPU_TORCH)
+# On a GPU box a CUDA-less torch (a CPU wheel in a reused venv, a wheel the driver is too old
+# for) must stop the run, not quietly fall back to the smoke profile on the CPU.
+CUDA_CHECK = """
+import sys, torch
+if not torch.cuda.is_available():
+    sys.exit(
+        f"nvidia-smi is on PATH, so `nox -s claims` runs --profile full --device cuda, but this "
+        f"venv's torch {torch.__version__} (CUDA build: {torch.version.cuda}) sees no GPU.\\n"
+        "Fix: reinstall a CUDA build: `rm -rf .nox/claims && nox -s claims`; if the driver is "
+        "older than the wheel's CUDA, pick a matching wheel: HARNESS_TORCH=\\"torch==2.13.0 "
+        "--index-url https://download.pytorch.org/whl/cu126\\" nox -s claims.\\n"
+        "To run on the CPU on purpose: nox -s claims -- --profile smoke --device cpu")
+"""
 # timm is only an independent cross-check of AGC; it is installed without torchvision, whose
 # wheel would pull a several-GB CUDA torch. The test loads timm's agc.py file directly.
 TIMM = "timm==1.0.31"
 
 
 def install(session: nox.Session, extras: str = "test") -> None:
-    session.install(TORCH)
+    session.install(*TORCH.split())
     session.install("-e", f".[{extras}]")
     session.install("--no-deps", TIMM)
 
@@ -48,9 +64,20 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def claims(session: nox.Session) -> None:
-    """Run the claim checks and print the verdict table (profile: auto)."""
+    """Run the claim checks and print the verdict table. Profile: ``full`` on CUDA where
+    nvidia-smi exists (a torch without CUDA there is an error), else ``smoke`` on the CPU."""
     install(session)
-    session.run("pytest", "claims", "-rfEs", *session.posargs)
+    args = claims_arguments(session.posargs, GPU_BOX)
+    if "cuda" in args:
+        session.run("python", "-c", CUDA_CHECK)
+    session.run("pytest", "claims", "-rfEs", *args)
+
+
+def claims_arguments(posargs: list[str], gpu_box: bool) -> list[str]:
+    """On a GPU box, ``--profile full --device cuda`` unless the user chose either."""
+    chosen = any(a.split("=")[0] in ("--profile", "--device") for a in posargs)
+    return list(posargs) if chosen or not gpu_box else ["--profile", "full", "--device", "cuda",
+                                                         *posargs]
 
 
 @nox.session

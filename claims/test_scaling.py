@@ -272,10 +272,11 @@ RATIO_TOL = Measured(
     what="ratio of medians timed in one run (GPU); floor 10% relative for clocks and load",
     domain=RATIO, floor_rel=0.1)
 CPU_TIMING = (
-    "speed is GPU-scoped; on the 2-core CPU these ratios swing with load and kernel path "
-    "(smoke, 3 kernel paths with a training job beside them: dWr/dwr inference 0.65-1.28 for "
-    "what is the same network as w here, w/dwr 0.57-1.20, epoch 0.45-0.72), more than any "
-    "band that still excludes a real change; the benchmarks gate speed")
+    "speed is GPU-scoped; on the 2-core CPU these ratios swing with load and kernel path: 3 "
+    "kernel-path runs of this design gave dWr/dwr inference 0.62-0.74, w/dwr 0.58-0.71, epoch "
+    "0.47-0.70 (the earlier design, with training beside the timing: 0.65-1.28, 0.57-1.20, "
+    "0.45-0.72), more than any band that still excludes a real change; the benchmarks gate "
+    "speed")
 
 
 FLOPS_TOL = Tolerance(

@@ -296,12 +296,12 @@ def _violations(
     return out
 
 
-def _unit_violations(
-    name: str, w: Tensor, g: Tensor, after: Tensor, lam: float, eps: float, rtol: float | None
-) -> list[str]:
-    """Violations of the per-unit invariants for one tensor (see ``check_agc_invariants``)."""
-    if rtol is None:
-        rtol = 64 * torch.finfo(g.dtype).eps
+def unit_checks(
+    w: Tensor, g: Tensor, after: Tensor, lam: float, eps: float, rtol: float
+) -> dict[str, Tensor]:
+    """Per unit, whether each invariant holds (a bool tensor per check on the inputs' device),
+    with the numbers a report needs. Everything is built from the inputs, never on the host,
+    so the checks run where the gradients live (a test runs them on the meta device)."""
     u = _units(w)
     g_rows, a_rows = g.reshape(u, -1), after.reshape(u, -1)
     w64, g64, a64 = (t.reshape(u, -1).double() for t in (w, g, after))
@@ -310,13 +310,14 @@ def _unit_violations(
     a_norm = torch.linalg.vector_norm(a64, dim=1)
     ratio, ratio_after = g_norm / w_star, a_norm / w_star
     target = lam * w_star  # the norm of a clipped unit
-    unchanged = torch.tensor([torch.equal(a, b) for a, b in zip(a_rows, g_rows, strict=True)])
+    # Per-unit equality as torch.equal (NaN is never equal), computed on the device instead
+    # of one host round trip per unit.
+    unchanged = (a_rows == g_rows).all(1)
     cosine = (a64 * g64).sum(1) / (a_norm * g_norm).clamp_min(torch.finfo(torch.float64).tiny)
     clipped_ok = ((a_norm - target).abs() <= rtol * target) & ((target == 0) | (cosine >= 1 - rtol))
     under = ratio <= lam * (1 - rtol)
     over = ratio > lam * (1 + rtol)
-
-    checks = {
+    return {
         "finite": torch.isfinite(a64).all(1) | ~torch.isfinite(g64).all(1),
         "bound": ratio_after <= lam * (1 + rtol),
         "untouched": ~under | unchanged,
@@ -324,17 +325,31 @@ def _unit_violations(
         "direction": ~over | (target == 0) | (cosine >= 1 - rtol),
         # At the threshold rounding may go either way, but the unit must be one or the other.
         "threshold": under | over | unchanged | clipped_ok,
+        # not checks: what a violation report shows
+        "_w_star": w_star, "_ratio": ratio, "_ratio_after": ratio_after, "_cosine": cosine,
     }
+
+
+def _unit_violations(
+    name: str, w: Tensor, g: Tensor, after: Tensor, lam: float, eps: float, rtol: float | None
+) -> list[str]:
+    """Violations of the per-unit invariants for one tensor (see ``check_agc_invariants``)."""
+    if rtol is None:
+        rtol = 64 * torch.finfo(g.dtype).eps
+    checks = unit_checks(w, g, after, lam, eps, rtol)
+    u = _units(w)
     out = []
     for check, ok in checks.items():
+        if check.startswith("_"):
+            continue
         bad = (~ok).nonzero().flatten().tolist()
         if bad:
             j = bad[0]
             out.append(
                 f"{name}: {check} violated in {len(bad)}/{u} units; e.g. unit {j}: "
-                f"|W|*={w_star[j].item():.4g} (eps {eps:g}), ratio before "
-                f"{ratio[j].item():.4g}, after {ratio_after[j].item():.4g}, lam {lam:g}, "
-                f"cos {cosine[j].item():.6f}"
+                f"|W|*={checks['_w_star'][j].item():.4g} (eps {eps:g}), ratio before "
+                f"{checks['_ratio'][j].item():.4g}, after {checks['_ratio_after'][j].item():.4g}, "
+                f"lam {lam:g}, cos {checks['_cosine'][j].item():.6f}"
             )
     return out
 

@@ -413,3 +413,28 @@ def test_matches_timm_adaptive_clip_grad(dtype, lam):
         n_changed += not torch.equal(a, orig)
     # The comparison covers both branches: some tensors were clipped, some were not.
     assert 0 < n_changed < len(params) - 2
+
+
+def test_the_rule_and_its_checks_follow_the_inputs_device():
+    # On the meta device, a tensor made on the host that meets an input raises: the same
+    # mistake that mixes CPU and CUDA tensors on a GPU, caught without one.
+    from harness.agc.rule import unit_checks
+
+    weights, grads = random_agc_case(0)
+    for w, g in zip(weights, grads, strict=True):
+        w, g = w.to("meta"), g.to("meta")
+        checks = unit_checks(w, g, g.clone(), 0.01, 1e-3, 1e-5)
+        assert {t.device.type for t in checks.values()} == {"meta"}
+    params = [nn.Parameter(w.to("meta")) for w in weights]
+    for p, g in zip(params, grads, strict=True):
+        p.grad = g.to("meta")
+    clip_grads_(params, 0.01)
+    assert {p.grad.device.type for p in params} == {"meta"}
+
+
+def test_a_host_made_tensor_meeting_a_device_one_is_caught_on_meta():
+    # The bug the device-side checks replaced: a per-unit list built on the host.
+    g = torch.randn(4, 3).to("meta")
+    under = torch.linalg.vector_norm(g, dim=1) > 0
+    with pytest.raises(RuntimeError, match="device"):
+        _ = torch.tensor([True, False, True, True]) & under
