@@ -123,17 +123,24 @@ SMOKE_GRID = GridConfig(
 )
 
 FULL_GRID = GridConfig(
-    # Time estimate (no GPU was available to measure it): ResNet-18 at 32 px, bf16,
-    # channels_last, no compile trains at roughly 15k img/s on one H100, so one epoch of
-    # CIFAR-10 is ~3.5 s; 63 grid + 3 ablation cells × 2 epochs ≈ 7.5 min, plus ~1.5 min for
-    # the tiny-batch cells and timing: ~9-10 min for the family.
+    # CIFAR-10 with half-width ResNet-18 twins (32-64-128-256 channels, a quarter of the
+    # flops). Sizing rule (GridConfig.epochs_at): 4 epochs at every batch, but never fewer than
+    # 200 optimizer steps, so B=4096 trains 16.7 epochs (200 steps of 12 per epoch) instead of
+    # the 48 steps 4 epochs would give: the largest batch must show instability, not
+    # under-training. lr is 0.1 × B/256 as in the paper; the warm-up is 5/90 of each cell's
+    # training (the recipe's 5 of 90 epochs). Time model (no GPU measured yet): 24.9 epochs
+    # per (method, seed) over
+    # the three batches, 5 methods × 3 seeds plus 3 ablation cells ≈ 21M images; at ~40k img/s
+    # (half-width ResNet-18, 32 px, bf16, channels_last, one H100) ≈ 9 min.
     nf_model="nf_resnet18_cifar", bn_model="bn_resnet18_cifar",
+    model_overrides=(("stem_width", 32), ("widths", (32, 64, 128, 256))),
     data=DataSpec("cifar10"),
     resolution=32,
     batch_sizes=(256, 1024, 4096),
-    lambdas=(0.01, 0.02, 0.04, 0.08, 0.16),
+    lambdas=(0.01, 0.04, 0.16),
     seeds=(0, 1, 2),
-    train=TrainConfig(epochs=2, warmup_epochs=2 * 5 / 90, augment=True, amp="bf16",
+    min_steps=200,
+    train=TrainConfig(epochs=4, warmup_epochs=4 * 5 / 90, augment=True, amp="bf16",
                       channels_last=True, check_every=10),
     clearly_below=0.05, bn_margin=0.02, learned_margin=0.05,
 )
@@ -321,9 +328,11 @@ BN_COST_CONFIGS = {
                                      batch_sizes=(8, 128), lambdas=(),
                                      train=dataclasses.replace(FULL_GRID.train, epochs=3,
                                                                warmup_epochs=3 * 5 / 90)),
+        # Eager and compiled: eager NF pays launch costs for its unfused weight
+        # standardisation; the verdict uses the compiled pair, as deployed.
         timing=StepTimingConfig("nf_resnet18_cifar", "bn_resnet18_cifar", batch_size=256,
                                 resolution=32, rounds=5, min_run_time=1.0, amp="bf16",
-                                channels_last=True),
+                                channels_last=True, compile=True),
         degrade_margin=0.02,
     ),
 }
@@ -339,12 +348,19 @@ def test_bn_costs(evidence, profile, load_data, workers):
     evidence.record_config(cfg, seeds=cfg.accuracy.seeds)
     times = time_bn_vs_nf(cfg.timing, profile.device)
     evidence.table("step_times.csv", times)
-    ratio = float(times.bn_over_nf.median())
+    eager = float(times.bn_over_nf.median())
+    compiled = float(times.compiled_bn_over_nf.median()) if "compiled_bn_over_nf" in times \
+        else None
+    ratio = eager if compiled is None else compiled  # the verdict reads the deployed pair
     tiny = grid_runs(cfg.accuracy, tiny_batch_cells(cfg.accuracy), profile, load_data, workers)
     evidence.table("tiny_batch.csv", grid_summary(tiny))
     j = judge_bn_costs(ratio, tiny, cfg.degrade_margin)
     evidence.baseline(j.bn_ref.seeds, cfg.accuracy.chance, f"the BN twin at B={j.reference_batch}")
-    evidence.metric("bn_over_nf_step_time", ratio, RATIO_TOL, key=True, paper="> 1")
+    evidence.metric("bn_over_nf_step_time", eager, RATIO_TOL, key=compiled is None,
+                    paper="> 1")
+    if compiled is not None:
+        evidence.metric("bn_over_nf_step_time_compiled", compiled, RATIO_TOL, key=True,
+                        paper="> 1")
     for name, acc in (("bn_acc_tiny", j.bn_tiny), ("bn_acc_ref", j.bn_ref),
                       ("nf_acc_tiny", j.nf_tiny), ("nf_acc_ref", j.nf_ref)):
         evidence.metric(name, acc.mean, _acc_tol(name), key=name.endswith("tiny"),

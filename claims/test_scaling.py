@@ -21,10 +21,12 @@ from harness.bands import Measured
 from harness.claim import ACCURACY, CORRELATION, EXACT, RATIO, SHARE, Claim, Tolerance
 from harness.data import DataSpec
 from harness.scaling.study import (
+    DISPATCH_BOUND_BELOW,
     LawCheckConfig,
     PopulationConfig,
     ScaledTrainingConfig,
     accuracy_table,
+    batch_doubling,
     correlation_table,
     dwr_most_acts_among_r_compounds,
     equal_flops_groups,
@@ -107,8 +109,25 @@ POPULATION = {
     "full": PopulationConfig(
         bases=("regnetx_200mf", "regnety_200mf", "efficientnet_b0"),
         strategies=scaling.STRATEGIES, scales=(2.0, 4.0, 8.0),
-        batch_size=64, min_run_time=0.5, amp="bf16", channels_last=True),
+        # B=256: large enough for the 200MF bases to keep an H100 busy; the t(2B)/t(B) check
+        # below says whether it was (a dispatch-bound population is flagged, not trusted).
+        batch_size=256, min_run_time=0.5, amp="bf16", channels_last=True),
 }
+
+DOUBLING_WHY = ("smallest t(2B)/t(B) over the bases, both phases: 2 when the device's work "
+                "sets the time, towards 1 when kernel launches do")
+
+
+def record_batch_doubling(evidence, pop, device: str) -> bool:
+    """Record the population's batch-doubling check; True when it was dispatch-bound."""
+    doubling = batch_doubling(pop)
+    if device == "cuda":
+        evidence.metric("min_batch_doubling", doubling, Measured(
+            what=DOUBLING_WHY + " (GPU timing)", domain=(0, math.inf), floor=0.2))
+    else:
+        evidence.observe("min_batch_doubling", doubling, DOUBLING_WHY + "; on the CPU the "
+                         "time always follows the work, and load moves it")
+    return doubling < DISPATCH_BOUND_BELOW
 
 # Run-to-run spread of each CPU-timed r over 7 smoke runs (session 2's reference, the 3
 # kernel-path runs with a training job beside them, two regenerations, one clean-clone CI run):
@@ -134,6 +153,9 @@ def r_tol(name: str, device: str) -> Measured:
              f"2-core CPU reshapes small-net timings",
         domain=CORRELATION, floor=floor)
 
+
+DISPATCH_NOTE = (f"t(2B)/t(B) < {DISPATCH_BOUND_BELOW} for some base, so runtime followed "
+                 "kernel launches, not the network: raise the batch")
 
 BEST_TOL = Tolerance(
     why="1 when r(acts) exceeds r(flops) and r(params) in both phases (GPU timing)",
@@ -169,7 +191,10 @@ def test_acts_predict_runtime(evidence, profile):
         evidence.metric("acts_is_best_predictor", int(best), BEST_TOL, key=True)
     else:
         evidence.observe("acts_is_best_predictor", int(best), CPU_BEST)
-    evidence.decide(holds, "; ".join(shown) + " (needs r(acts) ≥ 0.9 and above both others)")
+    reason = "; ".join(shown) + " (needs r(acts) ≥ 0.9 and above both others)"
+    if record_batch_doubling(evidence, pop, profile.device):
+        holds, reason = None, f"{reason}; but the timing was dispatch-bound: {DISPATCH_NOTE}"
+    evidence.decide(holds, reason)
 
 
 # ---------------------------------------------------------- width scaling is fastest
@@ -210,6 +235,9 @@ def test_w_fastest(evidence, profile):
                                           "load beside them: a band would cover [0, 1]")
     evidence.metric("dwr_most_acts_share", dwr_most / n, EXACT)
     holds = fewest_acts == n and fastest == n and fastest_train == n
+    if record_batch_doubling(evidence, pop, profile.device):
+        holds = None  # runtimes that follow kernel launches cannot rank networks
+        evidence.note(f"the timing was dispatch-bound: {DISPATCH_NOTE}")
     evidence.decide(holds, f"w has the fewest acts in {fewest_acts}/{n} equal-flops groups and "
                            f"the lowest runtime in {fastest}/{n} (inference), {fastest_train}/{n} "
                            f"(train step); secondary: dwr has the most acts among dr/wr/dwr in "
@@ -328,7 +356,8 @@ def test_dWr_matches_dwr_faster(evidence, profile, load_data, use_cache, workers
         evidence.metric(f"acc_{st}", stats.summarize(values).mean, ACC_TOL,
                         key=st in ("dWr", "dwr"), samples=values)
     times = inference_times({st: n for (_, st), n in nets.items()}, cfg.timing_batch,
-                            profile.device, cfg.timing_min_run_time)
+                            profile.device, cfg.timing_min_run_time, cfg.train.amp,
+                            cfg.train.channels_last)
     epoch = table.groupby("strategy").seconds_per_epoch.median()
     ratios = {"inference_ratio_dWr_over_dwr": times["dWr"] / times["dwr"],
               "inference_ratio_w_over_dwr": times["w"] / times["dwr"],

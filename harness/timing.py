@@ -9,7 +9,9 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -47,12 +49,12 @@ def timing_settings(device: str, cpu_threads: int):
         torch.backends.cudnn.benchmark = prev_bench
 
 
-def _measure(fn, device: str, cpu_threads: int, min_run_time: float, warmup: int,
-             label: str) -> Timing:
+def _measure(fn, setup: TimingSetup, label: str) -> Timing:
     from torch.utils import benchmark
 
+    device, cpu_threads = setup.device, setup.cpu_threads
     with timing_settings(device, cpu_threads):
-        for _ in range(warmup):
+        for _ in range(setup.warmup):
             fn()
         if device == "cuda":
             torch.cuda.synchronize()
@@ -60,7 +62,7 @@ def _measure(fn, device: str, cpu_threads: int, min_run_time: float, warmup: int
             stmt="fn()", globals={"fn": fn}, num_threads=cpu_threads if device == "cpu" else 1,
             label=label,
         )
-        m = timer.blocked_autorange(min_run_time=min_run_time)
+        m = timer.blocked_autorange(min_run_time=setup.min_run_time)
     return warn_if_noisy(Timing(median=m.median, iqr=m.iqr, runs=len(m.times)), label)
 
 
@@ -74,62 +76,72 @@ def warn_if_noisy(t: Timing, label: str) -> Timing:
     return t
 
 
-def time_inference(
-    model: nn.Module,
-    batch_size: int,
-    resolution: int,
-    *,
-    device: str = "cpu",
-    channels_last: bool = False,
-    amp_dtype: torch.dtype | None = None,
-    cpu_threads: int = 1,
-    min_run_time: float = 0.2,
-    warmup: int = 2,
-) -> Timing:
+@dataclass(frozen=True)
+class TimingSetup:
+    """How a network is timed: where, in which precision and layout, for how long.
+
+    ``amp_dtype``: inference casts a copy of the model (and the input) to it once, as one
+    deploys; a training step runs under autocast, as the loop trains. ``compile``:
+    ``torch.compile`` the model first (the warm-up absorbs compilation)."""
+
+    device: str = "cpu"
+    amp_dtype: torch.dtype | None = None
+    channels_last: bool = False
+    compile: bool = False
+    cpu_threads: int = 1
+    min_run_time: float = 0.2
+    warmup: int = 2
+
+
+def time_inference(model: nn.Module, batch_size: int, resolution: int,
+                   setup: TimingSetup = TimingSetup()) -> Timing:
     """Seconds per forward pass in eval mode under ``no_grad``."""
-    model, x = _on_device(model.eval(), batch_size, resolution, device, channels_last)
+    if setup.amp_dtype is not None:
+        model = copy.deepcopy(model).to(setup.amp_dtype)  # cast once, not per call
+    model, x = _on_device(model.eval(), batch_size, resolution, setup)
+    forward_fn = torch.compile(model) if setup.compile else model
 
     def forward() -> None:
-        with torch.no_grad(), _autocast(device, amp_dtype):
-            model(x)
+        with torch.no_grad():
+            forward_fn(x)
 
-    return _measure(forward, device, cpu_threads, min_run_time, warmup, "inference")
+    return _measure(forward, setup, "inference")
 
 
-def time_train_step(
-    model: nn.Module,
-    batch_size: int,
-    resolution: int,
-    *,
-    num_classes: int,
-    device: str = "cpu",
-    channels_last: bool = False,
-    amp_dtype: torch.dtype | None = None,
-    cpu_threads: int = 1,
-    min_run_time: float = 0.2,
-    warmup: int = 2,
-) -> Timing:
+def time_train_step(model: nn.Module, batch_size: int, resolution: int, num_classes: int,
+                    setup: TimingSetup = TimingSetup()) -> Timing:
     """Seconds per training step: forward, cross-entropy, backward and an SGD step."""
-    model, x = _on_device(model.train(), batch_size, resolution, device, channels_last)
-    y = torch.randint(0, num_classes, (batch_size,), device=device)
+    model, x = _on_device(model.train(), batch_size, resolution, setup)
+    forward_fn = torch.compile(model) if setup.compile else model
+    y = torch.randint(0, num_classes, (batch_size,), device=setup.device)
     opt = torch.optim.SGD(model.parameters(), lr=1e-6, momentum=0.9)
 
     def step() -> None:
-        with _autocast(device, amp_dtype):
-            loss = nn.functional.cross_entropy(model(x), y)
+        with _autocast(setup.device, setup.amp_dtype):
+            loss = nn.functional.cross_entropy(forward_fn(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
-    return _measure(step, device, cpu_threads, min_run_time, warmup, "train step")
+    return _measure(step, setup, "train step")
 
 
-def _on_device(model: nn.Module, batch_size: int, resolution: int, device: str,
-               channels_last: bool) -> tuple[nn.Module, torch.Tensor]:
-    """The model and a random input batch on ``device``, optionally channels_last."""
-    model = model.to(device)
-    x = torch.randn(batch_size, 3, resolution, resolution, device=device)
-    if channels_last:
+def batch_doubling_ratio(time_at: Callable[[int], Timing], batch_size: int) -> float:
+    """t(2B) / t(B): 2 when the device, not the host, bounds the time (twice the work takes
+    twice as long); towards 1 when launching kernels does (a dispatch-bound timing says
+    little about the network). ``time_at(b)`` times one call at batch ``b``."""
+    return time_at(2 * batch_size).median / time_at(batch_size).median
+
+
+def _on_device(model: nn.Module, batch_size: int, resolution: int,
+               setup: TimingSetup) -> tuple[nn.Module, torch.Tensor]:
+    """The model and a random input batch on the device, in the model's dtype, optionally
+    channels_last."""
+    model = model.to(setup.device)
+    first = next(model.parameters(), None)
+    dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
+    x = torch.randn(batch_size, 3, resolution, resolution, device=setup.device, dtype=dtype)
+    if setup.channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     return model, x

@@ -263,19 +263,26 @@ def grad_scaler(device: str, amp_dtype: torch.dtype | None) -> torch.amp.GradSca
 @torch.no_grad()
 def evaluate(model: nn.Module, test_set: tuple[torch.Tensor, torch.Tensor], device: str,
              cfg: TrainConfig) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) on the test set, in eval mode."""
+    """(accuracy, mean cross-entropy) on the test set, in eval mode, in the precision and
+    layout the model trained in (CUDA)."""
     was_training = model.training
     model.eval()
+    amp_dtype = autocast_dtype(cfg.amp, device)
+    channels_last = device == "cuda" and cfg.channels_last
     x_all, y_all = test_set
-    correct, loss_sum = 0, 0.0
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     for i in range(0, len(x_all), cfg.eval_batch_size):
         x = x_all[i:i + cfg.eval_batch_size].to(device)
         y = y_all[i:i + cfg.eval_batch_size].to(device)
-        logits = model(x).float()
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device_type=device, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(x).float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+        correct += (logits.argmax(1) == y).sum()
     model.train(was_training)
-    return correct / len(x_all), loss_sum / len(x_all)
+    return correct.item() / len(x_all), loss_sum.item() / len(x_all)  # one sync at the end
 
 
 def _sync(device: str) -> None:

@@ -118,3 +118,21 @@ def test_batches_on_cuda_with_cpu_generator() -> None:
                        drop_last=False, augment=True))
     assert all(b[0].is_cuda and b[1].is_cuda for b in got)
     assert sorted(torch.cat([b[1] for b in got]).tolist()) == list(range(33))
+
+
+def test_an_epoch_draws_its_randomness_once_before_the_first_batch() -> None:
+    # The permutation, then every sample's flip and crop, each drawn in one call and moved to
+    # the data's device in one copy (no per-batch host-to-device copy on a GPU).
+    from harness.batches import crop_flip, draw_augmentation
+
+    x, y = _indexed(40, res=6)
+    got = list(batches(x, y, 16, shuffle=True, generator=torch.Generator().manual_seed(3),
+                       drop_last=True, augment=True))
+    gen = torch.Generator().manual_seed(3)
+    order = torch.randperm(40, generator=gen)
+    flip, off = draw_augmentation(40, gen)
+    for i, (xb, yb) in enumerate(got):
+        sl = slice(16 * i, 16 * (i + 1))
+        assert torch.equal(yb, y[order[sl]])
+        assert torch.equal(xb, crop_flip(x[order[sl]], flip[sl], off[:, sl]))
+    assert len(got) == 2

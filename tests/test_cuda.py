@@ -94,10 +94,14 @@ def test_rule_study_on_cuda():
 
 def test_cuda_timing_and_device_class():
     model = models.build("anynet_tiny_x", resolution=16)
-    t = timing.time_inference(model, 8, 16, device="cuda", channels_last=True,
-                              amp_dtype=torch.bfloat16, min_run_time=0.05)
-    assert t.median > 0
-    step = timing.time_train_step(model, 8, 16, num_classes=10, device="cuda",
-                                  amp_dtype=torch.bfloat16, min_run_time=0.05)
-    assert step.median > 0
+    setup = timing.TimingSetup(device="cuda", amp_dtype=torch.bfloat16, channels_last=True,
+                               min_run_time=0.05)
+    assert timing.time_inference(model, 8, 16, setup).median > 0
+    assert timing.time_train_step(model, 8, 16, 10, setup).median > 0
+    compiled = timing.TimingSetup(device="cuda", amp_dtype=torch.bfloat16, compile=True,
+                                  min_run_time=0.05, warmup=3)
+    assert timing.time_train_step(model, 8, 16, 10, compiled).median > 0
+    ratio = timing.batch_doubling_ratio(
+        lambda b: timing.time_inference(model, b, 16, setup), 64)
+    assert 0.5 < ratio < 4
     assert device_class("cuda").startswith("cuda-") and device_class("cpu") == "cpu"

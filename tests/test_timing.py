@@ -13,8 +13,9 @@ def tiny() -> nn.Module:
 
 
 def test_inference_and_train_step_report_median_and_iqr():
-    inf = timing.time_inference(tiny(), 4, 16, min_run_time=0.05)
-    step = timing.time_train_step(tiny(), 4, 16, num_classes=10, min_run_time=0.05)
+    quick = timing.TimingSetup(min_run_time=0.05)
+    inf = timing.time_inference(tiny(), 4, 16, quick)
+    step = timing.time_train_step(tiny(), 4, 16, 10, quick)
     for t in (inf, step):
         assert t.median > 0 and t.iqr >= 0 and t.runs >= 1
 
@@ -22,7 +23,7 @@ def test_inference_and_train_step_report_median_and_iqr():
 def test_train_step_really_updates_weights():
     model = tiny()
     before = [p.detach().clone() for p in model.parameters()]
-    timing.time_train_step(model, 4, 16, num_classes=10, min_run_time=0.01)
+    timing.time_train_step(model, 4, 16, 10, timing.TimingSetup(min_run_time=0.01))
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
@@ -35,7 +36,7 @@ def test_thread_count_is_fixed_and_restored():
             seen.append(torch.get_num_threads())
             return x.mean((2, 3))
 
-    timing.time_inference(Probe(), 2, 8, cpu_threads=1, min_run_time=0.01)
+    timing.time_inference(Probe(), 2, 8, timing.TimingSetup(cpu_threads=1, min_run_time=0.01))
     assert set(seen) == {1} and torch.get_num_threads() == prev
 
 
@@ -51,4 +52,28 @@ def test_noisy_measurement_warns():
 
 def test_unknown_device_fails_cleanly():
     with pytest.raises((RuntimeError, ValueError)):
-        timing.time_inference(tiny(), 2, 8, device="nonsense", min_run_time=0.01)
+        timing.time_inference(tiny(), 2, 8, timing.TimingSetup(device="nonsense",
+                                                               min_run_time=0.01))
+
+
+def test_inference_in_a_low_precision_casts_a_copy_once():
+    # The timed copy runs in bfloat16 (no autocast per call); the caller's model is untouched.
+    model = tiny()
+    seen = []
+    model[0].register_forward_hook(lambda m, i, o: seen.append((m.weight.dtype, i[0].dtype)))
+    timing.time_inference(model, 2, 8, timing.TimingSetup(amp_dtype=torch.bfloat16,
+                                                          min_run_time=0.01))
+    assert next(model.parameters()).dtype == torch.float32
+    # deepcopy copies the hook too: the copy saw bf16 weights and inputs
+    assert seen and set(seen) == {(torch.bfloat16, torch.bfloat16)}
+
+
+def test_batch_doubling_ratio_tells_work_bound_from_dispatch_bound():
+    def work_bound(b: int) -> timing.Timing:
+        return timing.Timing(median=0.001 * b, iqr=0.0, runs=3)
+
+    def dispatch_bound(b: int) -> timing.Timing:
+        return timing.Timing(median=0.05 + 1e-6 * b, iqr=0.0, runs=3)
+
+    assert timing.batch_doubling_ratio(work_bound, 64) == pytest.approx(2.0)
+    assert timing.batch_doubling_ratio(dispatch_bound, 64) == pytest.approx(1.0, abs=0.01)

@@ -179,10 +179,12 @@ def rule_study(
 class GridConfig:
     """The batch size x method x lambda study of the grid claims (``agc.*`` but ``agc.rule``).
 
-    Every batch size trains for the same number of epochs with the learning rate scaled
-    linearly, ``lr = base_lr * B / base_batch`` (NFNets: 0.1 * B / 256). Methods: NF without
-    AGC, NF with AGC at each lambda, and the BatchNorm twin. Margins are fixed in the claim
-    configs before any result was seen.
+    The learning rate scales linearly, ``lr = base_lr * B / base_batch`` (NFNets: 0.1 * B /
+    256). Every batch size trains ``train.epochs``, but never fewer than ``min_steps``
+    optimizer steps: a large batch gets more epochs (``epochs_at``) rather than too few steps
+    to tell instability from under-training; its warm-up keeps the recipe's share of
+    training. Methods: NF without AGC, NF with AGC at each lambda, and the BatchNorm twin.
+    Margins are fixed in the claim configs before any result was seen.
     """
 
     nf_model: str  # registered NF-ResNet and its BN twin
@@ -195,6 +197,7 @@ class GridConfig:
     train: TrainConfig  # epochs, schedule, AMP...; batch_size, lr and seed are set per cell
     base_lr: float = 0.1
     base_batch: int = 256
+    min_steps: int = 0  # every cell takes at least this many optimizer steps (see epochs_at)
     cpu_threads: int = 1  # fixed, so CPU runs are bit-reproducible and comparable
     eps: float = DEFAULT_EPS
     model_overrides: tuple[tuple[str, Any], ...] = ()  # (field, value) pairs for both twins
@@ -207,10 +210,15 @@ class GridConfig:
     def lr(self, batch_size: int) -> float:
         return self.base_lr * batch_size / self.base_batch
 
+    def epochs_at(self, batch_size: int) -> float:
+        """``train.epochs``, or as many as ``min_steps`` full batches of ``batch_size`` take."""
+        steps_per_epoch = max(1, self.data.train_count // batch_size)  # the loop drops the last
+        return max(self.train.epochs, self.min_steps / steps_per_epoch)
+
     def dry_run(self) -> GridConfig:
         """Every cell, one step each, on 64 generated 8 px images (batches 2, 4, 6, ...)."""
         return dataclasses.replace(
-            self, data=self.data.dry_run(), resolution=8,
+            self, data=self.data.dry_run(), resolution=8, min_steps=0,
             batch_sizes=tuple(2 * (i + 1) for i in range(len(self.batch_sizes))),
             train=dataclasses.replace(self.train, max_steps=1, amp=None, channels_last=False,
                                       compile=False, eval_batch_size=32))
@@ -262,8 +270,15 @@ def tiny_batch_cells(cfg: GridConfig) -> list[Cell]:
 
 
 def cell_config(cfg: GridConfig, cell: Cell) -> TrainConfig:
-    return dataclasses.replace(cfg.train, batch_size=cell.batch_size, lr=cfg.lr(cell.batch_size),
-                               seed=cell.seed, cpu_threads=cfg.cpu_threads)
+    recipe = dataclasses.replace(cfg.train, batch_size=cell.batch_size,
+                                 lr=cfg.lr(cell.batch_size), seed=cell.seed,
+                                 cpu_threads=cfg.cpu_threads)
+    epochs = cfg.epochs_at(cell.batch_size)
+    if epochs == cfg.train.epochs:
+        return recipe
+    stretch = epochs / cfg.train.epochs  # the warm-up keeps its share of training
+    return dataclasses.replace(recipe, epochs=epochs,
+                               warmup_epochs=cfg.train.warmup_epochs * stretch)
 
 
 def _model_overrides(cfg: GridConfig) -> dict[str, Any]:
@@ -397,30 +412,41 @@ class StepTimingConfig:
     cpu_threads: int = 1
     amp: str | None = None  # "bf16" | "fp16" | None, as TrainConfig.amp; CUDA only
     channels_last: bool = False  # CUDA only
+    compile: bool = False  # also time both twins under torch.compile (CUDA only)
     model_overrides: tuple[tuple[str, Any], ...] = ()
 
     def dry_run(self) -> StepTimingConfig:
         return dataclasses.replace(self, batch_size=2, resolution=8, rounds=1, min_run_time=0.0,
-                                   amp=None, channels_last=False)
+                                   amp=None, channels_last=False, compile=False)
 
 
 def time_bn_vs_nf(cfg: StepTimingConfig, device: str) -> pd.DataFrame:
-    """One row per round: NF and BN seconds per training step and their ratio BN/NF."""
+    """One row per round: NF and BN seconds per training step and their ratio BN/NF, eager,
+    and with ``compiled_`` columns when the pair is also timed compiled."""
     built = {}
     for name in (cfg.nf_model, cfg.bn_model):
         torch.manual_seed(0)
         built[name] = models.build(name, **{**dict(cfg.model_overrides),
                                             "resolution": cfg.resolution})
-    amp = autocast_dtype(cfg.amp, device)
-    common = dict(num_classes=built[cfg.nf_model].fc.out_features, device=device,
-                  cpu_threads=cfg.cpu_threads, min_run_time=cfg.min_run_time, amp_dtype=amp,
-                  channels_last=cfg.channels_last and device == "cuda")
+    eager = timing.TimingSetup(device=device, amp_dtype=autocast_dtype(cfg.amp, device),
+                               channels_last=cfg.channels_last and device == "cuda",
+                               cpu_threads=cfg.cpu_threads, min_run_time=cfg.min_run_time)
+    # Compiled too where asked (CUDA): eager NF pays for its extra unfused ops (weight
+    # standardisation, gains) in kernel launches, which compilation fuses away as deployed.
+    setups = {"": eager}
+    if cfg.compile and device == "cuda":
+        setups["compiled_"] = dataclasses.replace(eager, compile=True, warmup=3)
+    num_classes = built[cfg.nf_model].fc.out_features
     rows = []
     for r in range(cfg.rounds):
-        nf = timing.time_train_step(built[cfg.nf_model], cfg.batch_size, cfg.resolution, **common)
-        bn = timing.time_train_step(built[cfg.bn_model], cfg.batch_size, cfg.resolution, **common)
-        rows.append({"round": r, "nf_step_s": nf.median, "bn_step_s": bn.median,
-                     "bn_over_nf": bn.median / nf.median})
+        row: dict[str, float] = {"round": r}
+        for tag, setup in setups.items():
+            nf, bn = (timing.time_train_step(built[name], cfg.batch_size, cfg.resolution,
+                                             num_classes, setup).median
+                      for name in (cfg.nf_model, cfg.bn_model))
+            row.update({f"{tag}nf_step_s": nf, f"{tag}bn_step_s": bn,
+                        f"{tag}bn_over_nf": bn / nf})
+        rows.append(row)
     return pd.DataFrame(rows)
 
 

@@ -37,6 +37,10 @@ from harness.data.synthetic import (  # noqa: F401
 # --------------------------------------------------------------------------------------------
 
 
+SYNTHETIC_TRAIN_SIZE, SYNTHETIC_TEST_SIZE = 5000, 2000  # generated when a spec names no size
+CIFAR_TRAIN_SIZE = 50_000  # CIFAR-10 and CIFAR-100 alike
+
+
 @dataclass(frozen=True)
 class DataSpec:
     """A dataset as a claim config names it; ``load_dataset`` turns it into tensors."""
@@ -47,6 +51,13 @@ class DataSpec:
     seed: int = 0  # synthetic only
     num_classes: int = 10  # synthetic only; CIFAR has its own
     difficulty: str = "hard"  # synthetic only: "hard" or "medium" (see synthetic_dataset)
+
+    @property
+    def train_count(self) -> int:
+        """How many training images ``load_dataset`` gives for this spec."""
+        if self.name == "synthetic":
+            return self.train_size or SYNTHETIC_TRAIN_SIZE
+        return min(self.train_size or CIFAR_TRAIN_SIZE, CIFAR_TRAIN_SIZE)
 
     def dry_run(self) -> DataSpec:
         """Tiny generated data: a dry run exercises the pipeline, not the dataset."""
@@ -61,8 +72,8 @@ def load_dataset(spec: DataSpec, resolution: int, data_root: str | Path | None) 
     resolution is not 32, as resolution scaling needs; generated data is rendered at it."""
     if spec.name == "synthetic":
         return synthetic_dataset(num_classes=spec.num_classes, resolution=resolution,
-                                 train_size=spec.train_size or 5000,
-                                 test_size=spec.test_size or 2000, seed=spec.seed,
+                                 train_size=spec.train_size or SYNTHETIC_TRAIN_SIZE,
+                                 test_size=spec.test_size or SYNTHETIC_TEST_SIZE, seed=spec.seed,
                                  difficulty=spec.difficulty)
     if spec.name not in ("cifar10", "cifar100"):
         raise ValueError(f"unknown dataset {spec.name!r}; use synthetic, cifar10 or cifar100")

@@ -66,27 +66,53 @@ def runtime_population(cfg: PopulationConfig, device: str) -> pd.DataFrame:
     rows = []
     members = population_configs(cfg)
     bar = progress_bar(len(members), "timing population")
-    amp = autocast_dtype(cfg.amp, device)
+    setup = timing.TimingSetup(device=device, amp_dtype=autocast_dtype(cfg.amp, device),
+                               channels_last=cfg.channels_last and device == "cuda",
+                               cpu_threads=cfg.cpu_threads, min_run_time=cfg.min_run_time)
     for base, strategy, s, net_cfg in members:
         cx = models.measure_config(net_cfg)
-        torch.manual_seed(0)
-        model = models.build_config(net_cfg)
-        res = cfg.input_resolution or net_cfg.resolution
-        common = dict(device=device, cpu_threads=cfg.cpu_threads, min_run_time=cfg.min_run_time,
-                      amp_dtype=amp, channels_last=cfg.channels_last and device == "cuda")
-        inf = timing.time_inference(model, cfg.batch_size, res, **common)
-        step = timing.time_train_step(model, cfg.batch_size, res,
-                                      num_classes=net_cfg.num_classes, **common)
+        times = _time_member(net_cfg, cfg.input_resolution or net_cfg.resolution, cfg.batch_size,
+                             setup, doubling=strategy == "base")
         rows.append(dict(base=base, strategy=strategy, s=s, resolution=net_cfg.resolution,
-                         flops=cx.flops, params=cx.params, acts=cx.acts,
-                         inference_s=inf.median, inference_iqr=inf.iqr,
-                         train_step_s=step.median, train_step_iqr=step.iqr))
-        del model
+                         flops=cx.flops, params=cx.params, acts=cx.acts, **times))
         if device == "cuda":
             torch.cuda.empty_cache()
         bar.update()
     bar.close()
     return pd.DataFrame(rows)
+
+
+def _time_member(net_cfg: models.Config, res: int, batch: int, setup: timing.TimingSetup,
+                 doubling: bool) -> dict[str, float]:
+    """Inference and train-step medians (and IQRs) of one network; with ``doubling``, also
+    t(2B)/t(B) per phase. The bases are each family's smallest members, the likeliest to be
+    dispatch-bound, so they carry the check."""
+    torch.manual_seed(0)
+    model = models.build_config(net_cfg)
+
+    def infer(b: int) -> timing.Timing:
+        return timing.time_inference(model, b, res, setup)
+
+    def train_step(b: int) -> timing.Timing:
+        return timing.time_train_step(model, b, res, net_cfg.num_classes, setup)
+
+    inf, step = infer(batch), train_step(batch)
+    out = dict(inference_s=inf.median, inference_iqr=inf.iqr, train_step_s=step.median,
+               train_step_iqr=step.iqr)
+    if doubling:
+        out.update(inference_doubling=timing.batch_doubling_ratio(infer, batch),
+                   train_step_doubling=timing.batch_doubling_ratio(train_step, batch))
+    return out
+
+
+DISPATCH_BOUND_BELOW = 1.6  # t(2B)/t(B) under this: the host, not the device, sets the pace
+
+
+def batch_doubling(pop: pd.DataFrame) -> float:
+    """The smallest t(2B)/t(B) over the population's bases and both phases (2: time follows
+    the work; near 1: dispatch-bound, and runtime says little about the network)."""
+    cols = [c for c in ("inference_doubling", "train_step_doubling") if c in pop]
+    return float(pop[cols].min().min())
 
 
 def correlation_table(pop: pd.DataFrame) -> pd.DataFrame:
@@ -283,12 +309,16 @@ def accuracy_table(records: dict[tuple[str, str, int], TrainRecord]) -> pd.DataF
 
 
 def inference_times(nets: dict[str, models.Config], batch: int, device: str,
-                    min_run_time: float) -> dict[str, float]:
-    """Median seconds per batch for each network, measured back to back in one run."""
+                    min_run_time: float, amp: str | None = None,
+                    channels_last: bool = False) -> dict[str, float]:
+    """Median seconds per batch for each network, measured back to back in one run, in the
+    precision and layout the networks train in (``amp``, ``channels_last``: CUDA only)."""
+    setup = timing.TimingSetup(device=device, amp_dtype=autocast_dtype(amp, device),
+                               channels_last=channels_last and device == "cuda",
+                               min_run_time=min_run_time)
     out = {}
     for name, net in nets.items():
         torch.manual_seed(0)
-        t = timing.time_inference(models.build_config(net), batch, net.resolution,
-                                  device=device, min_run_time=min_run_time)
-        out[name] = t.median
+        out[name] = timing.time_inference(models.build_config(net), batch, net.resolution,
+                                          setup).median
     return out

@@ -233,3 +233,20 @@ def test_step_timing_rounds_give_one_ratio_each():
                                  rounds=2, min_run_time=0.0, model_overrides=GRID.model_overrides)
     times = study.time_bn_vs_nf(cfg, "cpu")
     assert len(times) == 2 and (times.bn_over_nf > 0).all()
+
+
+def test_every_cell_gets_at_least_min_steps_and_keeps_its_warmup_share():
+    full = dataclasses.replace(
+        GRID, data=DataSpec("cifar10"), batch_sizes=(256, 1024, 4096), min_steps=200,
+        train=TrainConfig(epochs=4, warmup_epochs=4 * 5 / 90))
+    for b in full.batch_sizes:
+        recipe = study.cell_config(full, study.Cell(NF, b, 0))
+        steps = recipe.total_steps(50_000)
+        assert steps >= 200 and recipe.lr == pytest.approx(0.1 * b / 256)
+        assert recipe.warmup_epochs / recipe.epochs == pytest.approx(5 / 90)
+    assert study.cell_config(full, study.Cell(NF, 256, 0)).epochs == 4  # 780 steps already
+    assert study.cell_config(full, study.Cell(NF, 4096, 0)).epochs == pytest.approx(200 / 12)
+    # Without the floor (the smoke grid) the recipe is the configured one, unchanged.
+    assert study.cell_config(GRID, study.Cell(NF, 16, 0)) == dataclasses.replace(
+        GRID.train, batch_size=16, lr=GRID.lr(16), seed=0, cpu_threads=GRID.cpu_threads)
+    assert full.dry_run().min_steps == 0
