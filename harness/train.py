@@ -7,7 +7,9 @@ Sections: config -> optimizer and schedule -> the loop -> evaluation -> the on-d
 - CUDA: AMP (bf16, or fp16 with a GradScaler), channels_last, optional torch.compile.
 - Two hook points, so AGC, sparse masks and gradient projection plug in without forking:
   ``before_step`` runs between backward (after unscaling) and the optimizer step,
-  ``after_step`` runs after it.
+  ``after_step`` runs after it. A hook may also define ``start(RunStart)`` (called once, after
+  the model and optimizer exist and before the first forward) and ``record() -> dict`` (what
+  it measured, stored in ``TrainRecord.extra`` and so cached with the run).
 - A NaN or exploding loss stops the run and is recorded as ``diverged=True``: a result.
 - Records are cached on disk by a hash of everything that determines them.
 """
@@ -86,6 +88,17 @@ class StepState:
 
 
 StepHook = Callable[[StepState], None]
+
+
+@dataclass
+class RunStart:
+    """What a hook's optional ``start`` sees, once, before the first forward pass."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    total_steps: int
+    steps_per_epoch: int
+    seed: int
 
 
 @dataclass
@@ -188,6 +201,11 @@ def _train(model_fn, train_set, test_set, cfg, device, before_step, after_step, 
     if cuda:
         torch.cuda.reset_peak_memory_stats()
 
+    hooks = [*before_step, *after_step]
+    for hook in hooks:
+        if hasattr(hook, "start"):
+            hook.start(RunStart(model, opt, total, cfg.steps_per_epoch(n_train), cfg.seed))
+
     bar = progress_bar(total, desc, progress)
     step, diverged = 0, False
     loss_curve: list[tuple[int, float]] = []
@@ -247,6 +265,7 @@ def _train(model_fn, train_set, test_set, cfg, device, before_step, after_step, 
         images_per_second=step * cfg.batch_size / train_seconds if train_seconds > 0 else 0.0,
         peak_memory_mb=_peak_memory_mb(device),
         train_seconds=train_seconds,
+        extra={k: v for hook in hooks if hasattr(hook, "record") for k, v in hook.record().items()},
     )
 
 

@@ -1,0 +1,71 @@
+"""harness.sparse.study: the invariant suite passes the harness and catches every known-bad
+variant; the grid's cells, keys, cached runs, tables and plots."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from harness.data import DataSpec, load_dataset
+from harness.sparse import study
+from harness.sparse.known_bad import KNOWN_BAD
+from harness.train import TrainConfig
+
+LAWS = study.InvariantConfig(model="vgg_tiny", model_overrides=(("stages", ((8,), (16, 16))),
+                                                                ("resolution", 8)),
+                             resolution=8, sparsities=(0.9,), steps=16, update_interval=2,
+                             prune_fractions=(0.1, 0.5))
+
+GRID = study.GridConfig(
+    model="vgg_tiny", model_overrides=(("stages", ((8,), (16, 16))),),
+    data=DataSpec("synthetic", train_size=64, test_size=32, seed=1), resolution=8,
+    sparsity=0.9, batch_size=16, intervals=(4, 2, 1), ref_interval=2, batch_sizes=(8, 16),
+    seeds=(0, 1), train=TrainConfig(epochs=1, warmup_epochs=0, check_every=2))
+
+
+def test_invariant_suite_passes_the_harness_and_catches_every_known_bad():
+    report = study.invariant_study(LAWS)
+    assert report.violations == [], report.violations
+    assert set(report.bad_caught) == set(KNOWN_BAD)
+    assert all(n > 0 for n in report.bad_caught.values()), report.bad_caught
+    assert report.rates["S=0.9 SET ΔT"] > report.rates["S=0.9 SET 4ΔT"]
+
+
+def test_grid_cells_and_keys():
+    cells = study.grid_cells(GRID)
+    assert len(cells) == 2 * (2 + 3 + 1 + 1)
+    key = study.cell_job(GRID, cells[2], load_dataset(GRID.data, 8, None), "cpu").key
+    assert key["sparse"].update_interval == 4 and key["train"].batch_size == 16
+    assert study.sparse_config(GRID, cells[0]) is None  # dense
+
+
+def test_cells_train_once_then_come_from_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
+    cells = study.grid_cells(GRID)[:7]
+    first = study.run_cells(GRID, cells, device="cpu",
+                            load=lambda: load_dataset(GRID.data, 8, None))
+    again = study.run_cells(GRID, cells, device="cpu",
+                            load=lambda: load_dataset(GRID.data, 8, None))
+    assert first.drop(columns="rs_curve").equals(again.drop(columns="rs_curve"))
+    sparse = first[first.method != study.DENSE]
+    assert (sparse.rs >= 0.1 - 0.01).all() and (first[first.method == study.DENSE].rs == 1).all()
+    assert first[first.method == study.STATIC].rs.iloc[0] == pytest.approx(0.1, abs=0.01)
+    summary = study.cell_summary(first)
+    assert len(summary) == 6
+    assert study.plot_accuracy_vs_rs(first, 0.1).axes[0].get_xlabel().startswith("ITOP")
+    assert study.plot_rs_curves(first).axes[0].get_ylabel() == "R_s"
+
+
+def test_dry_run_keeps_every_cell_distinct_and_tiny():
+    dry = GRID.dry_run()
+    cells = study.grid_cells(dry)
+    assert len({c for c in cells}) == len(cells)
+    assert dry.train.max_steps == 2 and dry.data.train_size == 64
+
+
+def test_full_grid_is_sized_as_stated():
+    full = dataclasses.replace(GRID, batch_sizes=(64, 128, 256), batch_size=128,
+                               intervals=(800, 200, 50))
+    assert [c.interval for c in study.grid_cells(full) if c.method == study.SET][:3] == \
+        [800, 200, 50]
