@@ -573,6 +573,18 @@ def run_jobs(jobs: Sequence[TrainJob], *, workers: int = 1, use_cache: bool = Tr
     return [out[first_of[key]] for key in keys]
 
 
+def run_table(cells: Sequence[Any], job: Callable[[Any], TrainJob],
+              row: Callable[[Any, TrainRecord], dict[str, Any]], *, workers: int = 1,
+              use_cache: bool = True):
+    """A study's grid: one job per cell through ``run_jobs``, one table row per cell (a
+    ``pandas.DataFrame``, in the cells' order)."""
+    import pandas as pd
+
+    cells = list(cells)
+    records = run_jobs([job(c) for c in cells], workers=workers, use_cache=use_cache)
+    return pd.DataFrame([row(c, r) for c, r in zip(cells, records, strict=True)])
+
+
 def _run_job(job: TrainJob, hashed: str, use_cache: bool, directory: Path | None,
              progress: bool | None) -> TrainRecord:
     return cached(job.key, lambda: train(job.model_fn, job.train_set, job.test_set, job.cfg,

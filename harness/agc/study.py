@@ -45,7 +45,7 @@ from harness.agc.rule import (
 from harness.agc.verdicts import AGC, BN, NF, accuracies, best_lambdas, mean
 from harness.data import DatasetSplits, DataSpec
 from harness.profiles import device_class
-from harness.train import StepHook, StepState, TrainConfig, TrainJob, TrainRecord, autocast_dtype, run_jobs
+from harness.train import StepHook, StepState, TrainConfig, TrainJob, TrainRecord, autocast_dtype, run_table
 
 # ----------------------------------------------------------------------- the training hook
 
@@ -330,11 +330,9 @@ def run_cells(
     workers: int = 1,
 ) -> pd.DataFrame:
     """Run (or reuse) every cell through ``train.run_jobs``; one row per cell, in order."""
-    cells = list(cells)
     data = load()
-    records = run_jobs([cell_job(cfg, c, data, device) for c in cells], workers=workers,
-                       use_cache=use_cache)
-    return pd.DataFrame([_row(cfg, c, r) for c, r in zip(cells, records, strict=True)])
+    return run_table(cells, lambda c: cell_job(cfg, c, data, device),
+                     lambda c, r: _row(cfg, c, r), workers=workers, use_cache=use_cache)
 
 
 def _row(cfg: GridConfig, cell: Cell, rec: TrainRecord) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from harness.data import DatasetSplits, DataSpec, synthetic_dataset
 from harness.profiles import device_class
 from harness.sparse.known_bad import KNOWN_BAD
 from harness.sparse.masks import DynamicSparse, SparseConfig
-from harness.train import TrainConfig, TrainJob, TrainRecord, run_jobs, train
+from harness.train import TrainConfig, TrainJob, TrainRecord, run_table, train
 
 # ------------------------------------------------------------- the laws (itop.rate_definition)
 
@@ -110,8 +110,10 @@ def _probed_run(variant: type[DynamicSparse], sparse: SparseConfig, cfg: Invaria
     """Train a few steps with ``variant(sparse)``; a probe hook checks the laws every step."""
     hook = variant(sparse)
     probe = _LawProbe(hook, sparse.sparsity, out)
-    recipe = TrainConfig(epochs=1, max_steps=cfg.steps, batch_size=cfg.batch_size, lr=0.05,
-                         warmup_epochs=0, seed=cfg.seed, check_every=cfg.steps)
+    per_epoch = len(data.train[0]) // cfg.batch_size
+    recipe = TrainConfig(epochs=cfg.steps / per_epoch, max_steps=cfg.steps,
+                         batch_size=cfg.batch_size, lr=0.05, warmup_epochs=0, seed=cfg.seed,
+                         check_every=cfg.steps)
     train(functools.partial(models.build, cfg.model, **dict(cfg.model_overrides)),
           data.train, data.test, recipe, after_step=[hook, probe], progress=False)
     return hook
@@ -220,7 +222,7 @@ class GridConfig:
         return dataclasses.replace(
             self, data=self.data.dry_run(), resolution=8, batch_size=8,
             batch_sizes=tuple(4 * (i + 1) for i in range(len(self.batch_sizes))),
-            intervals=(2, 1), ref_interval=1, seeds=self.seeds[:1],
+            intervals=(3, 2, 1), ref_interval=1, seeds=self.seeds[:1],
             train=dataclasses.replace(self.train, max_steps=2, amp=None, channels_last=False,
                                       compile=False, eval_batch_size=32))
 
@@ -284,11 +286,9 @@ def run_cells(cfg: GridConfig, cells: Iterable[Cell], *, device: str,
               load: Callable[[], DatasetSplits], use_cache: bool = True,
               workers: int = 1) -> pd.DataFrame:
     """Run (or reuse) every cell through ``train.run_jobs``; one row per cell, in order."""
-    cells = list(cells)
     data = load()
-    records = run_jobs([cell_job(cfg, c, data, device) for c in cells], workers=workers,
-                       use_cache=use_cache)
-    return pd.DataFrame([_row(cfg, c, r) for c, r in zip(cells, records, strict=True)])
+    return run_table(cells, lambda c: cell_job(cfg, c, data, device),
+                     lambda c, r: _row(cfg, c, r), workers=workers, use_cache=use_cache)
 
 
 def _row(cfg: GridConfig, cell: Cell, rec: TrainRecord) -> dict[str, Any]:

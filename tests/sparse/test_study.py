@@ -69,3 +69,13 @@ def test_full_grid_is_sized_as_stated():
                                intervals=(800, 200, 50))
     assert [c.interval for c in study.grid_cells(full) if c.method == study.SET][:3] == \
         [800, 200, 50]
+
+
+def test_the_invariant_runs_take_the_configured_steps():
+    seen = []
+    hook = study.DynamicSparse(study.SparseConfig(0.9, update_interval=2, stop_fraction=1.0))
+    data = study.synthetic_dataset(resolution=8, train_size=64, test_size=16, seed=0)
+    study._probed_run(type(hook), hook.cfg, LAWS, data, seen)
+    assert seen == []
+    got = study._probed_run(study.DynamicSparse, hook.cfg, LAWS, data, seen)
+    assert got.curve[-1][0] == LAWS.steps - 2 and got.updates == LAWS.steps // 2 - 1

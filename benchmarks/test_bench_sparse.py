@@ -1,0 +1,90 @@
+"""Dynamic sparse training: the step-time overhead of mask maintenance against dense training
+(a ratio measured in one run, interleaved), and the cost of one mask update for a
+ResNet-18-sized model. Speed is reported, never asserted: ``nox -s bench``."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.utils import benchmark as tb
+
+from harness import models
+from harness.environment import cpu_name
+from harness.sparse import DynamicSparse, SparseConfig
+from harness.train import RunStart, StepState
+
+MODEL, BATCH, RES, ROUNDS, DT = "vgg_tiny", 32, 16, 7, 100
+
+
+def make_step(sparse: bool, update_interval: int = DT):
+    torch.manual_seed(0)
+    model = models.build(MODEL, resolution=RES).train()
+    x, y = torch.randn(BATCH, 3, RES, RES), torch.randint(0, 10, (BATCH,))
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True)
+    hook = None
+    if sparse:
+        hook = DynamicSparse(SparseConfig(0.9, update_interval=update_interval,
+                                          stop_fraction=1.0))
+        hook.start(RunStart(model, opt, 10**9, 100, 0))
+    step_no = [0]
+
+    def step() -> None:
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if hook is not None:
+            hook(StepState(model, opt, step_no[0], loss.detach()))
+        step_no[0] += 1
+
+    return step
+
+
+def test_mask_maintenance_overhead_per_step(benchmark):
+    """Masking weights and momentum every step, plus an update every ΔT=100 steps (its cost
+    spread over the run, as training sees it)."""
+    torch.set_num_threads(1)
+    dense, sparse = make_step(False), make_step(True)
+    ratios = []
+    for _ in range(ROUNDS):  # interleaved, so machine load hits both alike
+        t_dense = tb.Timer("f()", globals={"f": dense}).blocked_autorange(min_run_time=0.4)
+        t_sparse = tb.Timer("f()", globals={"f": sparse}).blocked_autorange(min_run_time=0.4)
+        ratios.append(t_sparse.median / t_dense.median)
+    benchmark.group = "sparse"
+    benchmark.pedantic(sparse, warmup_rounds=3, rounds=20, iterations=1)
+    ratios.sort()
+    benchmark.extra_info.update({
+        "sparse_over_dense_step": ratios[len(ratios) // 2],
+        "sparse_over_dense_step_min": ratios[0], "sparse_over_dense_step_max": ratios[-1],
+        "model": MODEL, "batch": BATCH, "resolution": RES, "update_interval": DT,
+        "device": f"cpu: {cpu_name()}, 1 thread, torch {torch.__version__}",
+    })
+
+
+def test_one_mask_update_of_a_resnet18_sized_model(benchmark):
+    """One prune-and-grow update (RigL: gradient growth) over every conv of ResNet-18
+    (11M weights), against one dense training step of the same model at batch 8."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = models.build("bn_resnet18_cifar")
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    hook = DynamicSparse(SparseConfig(0.9, growth="gradient", stop_fraction=1.0))
+    hook.start(RunStart(model, opt, 10**9, 100, 0))
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    F.cross_entropy(model(x), y).backward()
+
+    def step() -> None:
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    t_step = tb.Timer("f()", globals={"f": step}).blocked_autorange(min_run_time=1.0)
+    benchmark.group = "sparse"
+    benchmark.pedantic(lambda: hook.update(1), warmup_rounds=1, rounds=5, iterations=1)
+    t_update = benchmark.stats.stats.median
+    benchmark.extra_info.update({
+        "update_over_dense_step_b8": t_update / t_step.median,
+        "weights": sum(p.numel() for p in hook._params),
+        "device": f"cpu: {cpu_name()}, 1 thread, torch {torch.__version__}",
+    })
