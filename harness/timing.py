@@ -94,11 +94,11 @@ class TimingSetup:
 
 
 def time_inference(model: nn.Module, batch_size: int, resolution: int,
-                   setup: TimingSetup = TimingSetup()) -> Timing:
+                   setup: TimingSetup = TimingSetup(), in_channels: int = 3) -> Timing:
     """Seconds per forward pass in eval mode under ``no_grad``."""
     if setup.amp_dtype is not None:
         model = copy.deepcopy(model).to(setup.amp_dtype)  # cast once, not per call
-    model, x = _on_device(model.eval(), batch_size, resolution, setup)
+    model, x = _on_device(model.eval(), batch_size, resolution, setup, in_channels)
     forward_fn = torch.compile(model) if setup.compile else model
 
     def forward() -> None:
@@ -133,14 +133,15 @@ def batch_doubling_ratio(time_at: Callable[[int], Timing], batch_size: int) -> f
     return time_at(2 * batch_size).median / time_at(batch_size).median
 
 
-def _on_device(model: nn.Module, batch_size: int, resolution: int,
-               setup: TimingSetup) -> tuple[nn.Module, torch.Tensor]:
+def _on_device(model: nn.Module, batch_size: int, resolution: int, setup: TimingSetup,
+               in_channels: int = 3) -> tuple[nn.Module, torch.Tensor]:
     """The model and a random input batch on the device, in the model's dtype, optionally
     channels_last."""
     model = model.to(setup.device)
     first = next(model.parameters(), None)
     dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
-    x = torch.randn(batch_size, 3, resolution, resolution, device=setup.device, dtype=dtype)
+    x = torch.randn(batch_size, in_channels, resolution, resolution, device=setup.device,
+                    dtype=dtype)
     if setup.channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)

@@ -1,0 +1,124 @@
+"""What compression buys at deployment, measured: ratios timed in one run with
+``harness.timing`` (claims ``deploy.*``, claims/README.md section 4).
+
+- ``pruning_costs``: unstructured L1 pruning at several sparsities: dense inference time, the
+  size ``torch.save`` writes, and the gzip-compressed size, each over the unpruned model's.
+- ``depthwise_grid``: a depthwise-separable block (3×3 depthwise + 1×1 pointwise) against the
+  standard 3×3 conv it replaces, over channels × map sizes: flops ratio and time ratio per cell.
+- ``precision_speedup``: inference time in a lower precision over fp32 (fp16/bf16).
+- ``decomposed_speedup``: a decomposed network's flops saving against its wall-clock saving.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import gzip
+import io
+
+import pandas as pd
+import torch
+import torch.nn as nn
+
+from harness import timing
+from harness.complexity import measure
+
+
+def saved_sizes(model: nn.Module) -> tuple[int, int]:
+    """(bytes of ``torch.save(state_dict)``, bytes of that file gzip-compressed)."""
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    raw = buf.getvalue()
+    return len(raw), len(gzip.compress(raw, compresslevel=6))
+
+
+def prune_all(model: nn.Module, sparsity: float) -> nn.Module:
+    """A copy with ``sparsity`` of every conv and linear weight zeroed, by global L1 magnitude
+    per layer (``torch.nn.utils.prune.l1_unstructured``, made permanent)."""
+    from torch.nn.utils import prune
+
+    pruned = copy.deepcopy(model)
+    if sparsity > 0:
+        for m in pruned.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                prune.l1_unstructured(m, "weight", amount=sparsity)
+                prune.remove(m, "weight")
+    return pruned
+
+
+def pruning_costs(model: nn.Module, sparsities: tuple[float, ...], batch: int, resolution: int,
+                  setup: timing.TimingSetup, rounds: int = 3) -> pd.DataFrame:
+    """One row per sparsity: inference time, saved and gzip sizes, each over the dense model's
+    (the time ratio is the median of ``rounds`` interleaved dense/pruned pairs)."""
+    dense_raw, dense_gz = saved_sizes(model)
+    rows = []
+    for sparsity in sparsities:
+        pruned = prune_all(model, sparsity)
+        raw, gz = saved_sizes(pruned)
+        ratios = []
+        for _ in range(rounds):  # interleaved, so load hits both alike
+            t_dense = timing.time_inference(model, batch, resolution, setup).median
+            t_pruned = timing.time_inference(pruned, batch, resolution, setup).median
+            ratios.append(t_pruned / t_dense)
+        rows.append(dict(sparsity=sparsity, time_ratio=float(pd.Series(ratios).median()),
+                         saved_ratio=raw / dense_raw, gzip_ratio=gz / dense_gz,
+                         saved_bytes=raw, gzip_bytes=gz))
+    return pd.DataFrame(rows)
+
+
+def depthwise_separable(channels: int) -> nn.Sequential:
+    """3×3 depthwise then 1×1 pointwise: what replaces a standard 3×3 conv C → C."""
+    return nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1, groups=channels,
+                                   bias=False),
+                         nn.Conv2d(channels, channels, 1, bias=False))
+
+
+def depthwise_grid(channels: tuple[int, ...], sizes: tuple[int, ...], batch: int,
+                   setup: timing.TimingSetup) -> pd.DataFrame:
+    """Per (channels, map size): flops and time of the depthwise-separable block over the
+    standard conv's. A time ratio below 1 means the separable block is faster."""
+    rows = []
+    for c in channels:
+        torch.manual_seed(0)
+        standard = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        separable = depthwise_separable(c)
+        for size in sizes:
+            f_std = measure(standard, size, c).flops
+            f_sep = measure(separable, size, c).flops
+            t_std = timing.time_inference(standard, batch, size, setup, in_channels=c)
+            t_sep = timing.time_inference(separable, batch, size, setup, in_channels=c)
+            rows.append(dict(channels=c, size=size, flops_ratio=f_sep / f_std,
+                             time_ratio=t_sep.median / t_std.median))
+    return pd.DataFrame(rows)
+
+
+def crossover(grid: pd.DataFrame) -> pd.DataFrame:
+    """Per map size, the smallest channel count from which the separable block is faster
+    (time ratio < 1 there and at every larger count); NaN when it never is."""
+    rows = []
+    for size, grp in grid.sort_values("channels").groupby("size"):
+        faster = (grp.time_ratio < 1).tolist()
+        first = next((c for i, c in enumerate(grp.channels) if all(faster[i:])), float("nan"))
+        rows.append(dict(size=size, faster_from_channels=first))
+    return pd.DataFrame(rows)
+
+
+def precision_speedup(model: nn.Module, batch: int, resolution: int, dtype: torch.dtype,
+                      setup: timing.TimingSetup) -> float:
+    """fp32 inference time over inference time in ``dtype`` (a copy cast once): > 1 is a
+    speed-up."""
+    fp32 = timing.time_inference(model, batch, resolution, setup).median
+    low = timing.time_inference(model, batch, resolution,
+                                dataclasses.replace(setup, amp_dtype=dtype))
+    return fp32 / low.median
+
+
+def decomposed_speedup(original: nn.Module, decomposed: nn.Module, batch: int, resolution: int,
+                       setup: timing.TimingSetup, rounds: int = 3) -> dict[str, float]:
+    """Flops of the decomposed network over the original's, and its inference time over the
+    original's (median of ``rounds`` interleaved pairs)."""
+    f0, f1 = measure(original, resolution).flops, measure(decomposed, resolution).flops
+    ratios = [timing.time_inference(decomposed, batch, resolution, setup).median
+              / timing.time_inference(original, batch, resolution, setup).median
+              for _ in range(rounds)]
+    return {"flops_ratio": f1 / f0, "time_ratio": float(pd.Series(ratios).median())}
