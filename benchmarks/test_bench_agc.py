@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.utils import benchmark as tb
 
 from harness import models
 from harness.agc.study import AGCHook
 from harness.environment import cpu_name
+from harness.timing import interleaved_ratio
 from harness.train import StepState
 
 MODEL, BATCH, RES, LAM, ROUNDS = "nf_resnet_tiny", 32, 32, 0.01, 7
@@ -40,18 +40,13 @@ def make_step(clip: bool):
 def test_agc_overhead_per_step(benchmark):
     torch.set_num_threads(1)  # fixed, so runs on the same machine compare
     plain, clipped = make_step(False), make_step(True)
-    ratios = []
-    for _ in range(ROUNDS):  # interleaved, so machine load hits both variants alike
-        t_plain = tb.Timer("f()", globals={"f": plain}).blocked_autorange(min_run_time=0.4)
-        t_agc = tb.Timer("f()", globals={"f": clipped}).blocked_autorange(min_run_time=0.4)
-        ratios.append(t_agc.median / t_plain.median)
+    ratio = interleaved_ratio(plain, clipped, ROUNDS)  # load hits both variants alike
     benchmark.group = "agc"
     benchmark.pedantic(clipped, warmup_rounds=3, rounds=20, iterations=1)
-    ratios.sort()
     benchmark.extra_info.update({
-        "agc_overhead_ratio": ratios[len(ratios) // 2],  # median over interleaved rounds
-        "agc_overhead_ratio_min": ratios[0],
-        "agc_overhead_ratio_max": ratios[-1],
+        "agc_overhead_ratio": ratio.median,  # median over interleaved rounds
+        "agc_overhead_ratio_min": ratio.low,
+        "agc_overhead_ratio_max": ratio.high,
         "model": MODEL, "batch": BATCH, "resolution": RES, "lambda": LAM,
         "device": f"cpu: {cpu_name()}, 1 thread, torch {torch.__version__}",
     })

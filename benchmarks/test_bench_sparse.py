@@ -11,6 +11,7 @@ from torch.utils import benchmark as tb
 from harness import models
 from harness.environment import cpu_name
 from harness.sparse import DynamicSparse, SparseConfig
+from harness.timing import interleaved_ratio
 from harness.train import RunStart, StepState
 
 MODEL, BATCH, RES, ROUNDS, DT = "vgg_tiny", 32, 16, 7, 100
@@ -45,17 +46,12 @@ def test_mask_maintenance_overhead_per_step(benchmark):
     spread over the run, as training sees it)."""
     torch.set_num_threads(1)
     dense, sparse = make_step(False), make_step(True)
-    ratios = []
-    for _ in range(ROUNDS):  # interleaved, so machine load hits both alike
-        t_dense = tb.Timer("f()", globals={"f": dense}).blocked_autorange(min_run_time=0.4)
-        t_sparse = tb.Timer("f()", globals={"f": sparse}).blocked_autorange(min_run_time=0.4)
-        ratios.append(t_sparse.median / t_dense.median)
+    ratio = interleaved_ratio(dense, sparse, ROUNDS)  # load hits both alike
     benchmark.group = "sparse"
     benchmark.pedantic(sparse, warmup_rounds=3, rounds=20, iterations=1)
-    ratios.sort()
     benchmark.extra_info.update({
-        "sparse_over_dense_step": ratios[len(ratios) // 2],
-        "sparse_over_dense_step_min": ratios[0], "sparse_over_dense_step_max": ratios[-1],
+        "sparse_over_dense_step": ratio.median,
+        "sparse_over_dense_step_min": ratio.low, "sparse_over_dense_step_max": ratio.high,
         "model": MODEL, "batch": BATCH, "resolution": RES, "update_interval": DT,
         "device": f"cpu: {cpu_name()}, 1 thread, torch {torch.__version__}",
     })

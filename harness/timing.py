@@ -126,6 +126,30 @@ def time_train_step(model: nn.Module, batch_size: int, resolution: int, num_clas
     return _measure(step, setup, "train step")
 
 
+@dataclass(frozen=True)
+class RatioSummary:
+    """time(b) / time(a) over interleaved rounds: median, min and max."""
+
+    median: float
+    low: float
+    high: float
+
+
+def interleaved_ratio(a: Callable[[], None], b: Callable[[], None], rounds: int,
+                      min_run_time: float = 0.4) -> RatioSummary:
+    """Time ``a`` then ``b`` in each of ``rounds`` (so load hits both alike) with
+    ``torch.utils.benchmark``; the ratio b/a per round, summarised. The caller fixes threads."""
+    from torch.utils import benchmark
+
+    ratios = []
+    for _ in range(rounds):
+        t_a = benchmark.Timer("f()", globals={"f": a}).blocked_autorange(min_run_time=min_run_time)
+        t_b = benchmark.Timer("f()", globals={"f": b}).blocked_autorange(min_run_time=min_run_time)
+        ratios.append(t_b.median / t_a.median)
+    ratios.sort()
+    return RatioSummary(ratios[len(ratios) // 2], ratios[0], ratios[-1])
+
+
 def batch_doubling_ratio(time_at: Callable[[int], Timing], batch_size: int) -> float:
     """t(2B) / t(B): 2 when the device, not the host, bounds the time (twice the work takes
     twice as long); towards 1 when launching kernels does (a dispatch-bound timing says

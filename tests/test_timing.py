@@ -77,3 +77,16 @@ def test_batch_doubling_ratio_tells_work_bound_from_dispatch_bound():
 
     assert timing.batch_doubling_ratio(work_bound, 64) == pytest.approx(2.0)
     assert timing.batch_doubling_ratio(dispatch_bound, 64) == pytest.approx(1.0, abs=0.01)
+
+
+def test_interleaved_ratio_summarises_b_over_a_per_round():
+    import time
+
+    def fast():
+        time.sleep(0.001)
+
+    def slow():
+        time.sleep(0.003)
+
+    r = timing.interleaved_ratio(fast, slow, rounds=3, min_run_time=0.02)
+    assert r.low <= r.median <= r.high and 1.5 < r.median < 5
