@@ -46,7 +46,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--references-dir", default=None,
                 help="reference store root (default: the repo's reference_results/)")
     g.addoption("--data-root", default=None,
-                help="directory with CIFAR in torchvision's format (else $CLAIMS_DATA)")
+                help="directory with CIFAR in torchvision's format (else $CLAIMS_DATA); "
+                     "missing CIFAR is downloaded there (or into $HARNESS_DATA_CACHE, "
+                     "~/.cache/harness-data) unless --offline")
+    g.addoption("--offline", action="store_true",
+                help="never download: CIFAR must already be under --data-root/$CLAIMS_DATA")
     g.addoption("--no-cache", action="store_true",
                 help="recompute training runs instead of reusing cached records")
     g.addoption("--workers", default="auto", type=_workers_option,
@@ -195,7 +199,9 @@ def load_data(request: pytest.FixtureRequest, data_root):
     def load(spec, resolution: int):
         if (spec, resolution) not in loaded:
             try:
-                loaded[(spec, resolution)] = load_dataset(spec, resolution, data_root)
+                loaded[(spec, resolution)] = load_dataset(
+                    spec, resolution, data_root,
+                    download=not request.config.option.offline)
             except DatasetMissing as e:
                 pytest.skip(str(e))
         return loaded[(spec, resolution)]

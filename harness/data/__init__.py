@@ -67,9 +67,12 @@ class DataSpec:
                         (100 if self.name == "cifar100" else 10))
 
 
-def load_dataset(spec: DataSpec, resolution: int, data_root: str | Path | None) -> DatasetSplits:
+def load_dataset(spec: DataSpec, resolution: int, data_root: str | Path | None,
+                 download: bool = False) -> DatasetSplits:
     """The spec's data at ``resolution`` px. CIFAR is resampled (antialiased) when the
-    resolution is not 32, as resolution scaling needs; generated data is rendered at it."""
+    resolution is not 32, as resolution scaling needs; generated data is rendered at it.
+    ``download``: fetch missing CIFAR files (MD5-checked, atomic) into ``data_root``, or into
+    ``download.default_data_root()`` when none is given; without it they must be there."""
     if spec.name == "synthetic":
         return synthetic_dataset(num_classes=spec.num_classes, resolution=resolution,
                                  train_size=spec.train_size or SYNTHETIC_TRAIN_SIZE,
@@ -77,6 +80,10 @@ def load_dataset(spec: DataSpec, resolution: int, data_root: str | Path | None) 
                                  difficulty=spec.difficulty)
     if spec.name not in ("cifar10", "cifar100"):
         raise ValueError(f"unknown dataset {spec.name!r}; use synthetic, cifar10 or cifar100")
+    if download:
+        from harness.data.download import default_data_root, fetch_cifar
+
+        data_root = fetch_cifar(spec.name, Path(data_root) if data_root else default_data_root())
     data = load_cifar(spec.name, data_root)
     (xtr, ytr), (xte, yte) = data.train, data.test
     xtr, ytr = xtr[: spec.train_size], ytr[: spec.train_size]
