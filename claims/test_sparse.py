@@ -33,9 +33,9 @@ from harness.sparse.verdicts import (
     judge_set_explores_more,
     judge_small_batch_more_exploration,
     judge_static_below_dst,
-    mean,
     values,
 )
+from harness.stats import mean
 from harness.train import TrainConfig
 
 SOURCE = "Liu et al. 2021, §3-§5 (Figs. 2-4, Tables 1-2); official code Shiweiliu/ITOP"

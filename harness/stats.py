@@ -88,6 +88,24 @@ def bounds_of_difference(a: Sequence[float], b: Sequence[float],
     return diff, float(low.low), float(high.high)
 
 
+def mean(values: Sequence[float]) -> float:
+    """Mean of per-seed values; NaN for none (an empty cell is reported, not an error)."""
+    return sum(values) / len(values) if values else math.nan
+
+
+def clearly_above(test: OneSided, by: float) -> bool | None:
+    """Is the difference established (``test.holds``) and at least ``by`` on average? False
+    when even its upper bound is below ``by``; None when the seeds cannot tell."""
+    if test.holds and test.difference >= by:
+        return True
+    return False if test.upper < by else None
+
+
+def word(decided: bool | None, yes: str, no: str, undecided: str = "undecided") -> str:
+    """The reason's word for a three-valued decision."""
+    return {True: yes, False: no, None: undecided}[decided]
+
+
 def all_of(*parts: bool | None) -> bool | None:
     """Three-valued AND: False when any part is refuted, None when any is undecided."""
     if any(p is False for p in parts):

@@ -42,9 +42,10 @@ from harness.agc.rule import (
     random_agc_case,
     unitwise_norm,
 )
-from harness.agc.verdicts import AGC, BN, NF, accuracies, best_lambdas, mean
+from harness.agc.verdicts import AGC, BN, NF, accuracies, best_lambdas
 from harness.data import DatasetSplits, DataSpec
 from harness.profiles import device_class
+from harness.stats import mean
 from harness.train import StepHook, StepState, TrainConfig, TrainJob, TrainRecord, autocast_dtype, run_table
 
 # ----------------------------------------------------------------------- the training hook

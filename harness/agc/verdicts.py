@@ -9,7 +9,6 @@ the rules fabricated grids, including ones where the claim must fail.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -17,6 +16,7 @@ from typing import Protocol
 import pandas as pd
 
 from harness import stats
+from harness.stats import word
 
 NF, AGC, BN = "NF", "NF+AGC", "BN"  # the methods of the runs table
 
@@ -63,11 +63,6 @@ def diverged_count(runs: pd.DataFrame, method: str, batch_size: int,
     return int(sel.diverged.sum())
 
 
-def mean(x: Sequence[float]) -> float:
-    """Mean of per-seed values; NaN for none (an empty cell is reported, not an error)."""
-    return sum(x) / len(x) if x else math.nan
-
-
 # ----------------------------------------------------------------------- the verdict rules
 
 
@@ -84,7 +79,7 @@ class Samples:
 
     @property
     def mean(self) -> float:
-        return mean(self.values)
+        return stats.mean(self.values)
 
     @property
     def seeds(self) -> list[float]:
@@ -149,10 +144,6 @@ class BNCostJudgement:
     nf_ref: Samples
 
 
-def _word(decided: bool | None, yes: str, no: str, undecided: str = "undecided") -> str:
-    return {True: yes, False: no, None: undecided}[decided]
-
-
 def judge_stabilizes_large_batch(runs: pd.DataFrame, cfg: Margins) -> StabilityJudgement:
     """At the largest batch:
 
@@ -169,19 +160,16 @@ def judge_stabilizes_large_batch(runs: pd.DataFrame, cfg: Margins) -> StabilityJ
     nf, agc, bn = accuracies(runs, NF, b), accuracies(runs, AGC, b, lam), accuracies(runs, BN, b)
     nf_div, agc_div = diverged_count(runs, NF, b), diverged_count(runs, AGC, b, lam)
     below = stats.beats(bn, nf)
-    if nf_div * 2 >= len(nf) or (below.holds and below.difference >= cfg.clearly_below):
-        unstable: bool | None = True
-    else:
-        unstable = False if below.upper < cfg.clearly_below else None
+    unstable = True if nf_div * 2 >= len(nf) else stats.clearly_above(below, cfg.clearly_below)
     close = stats.within_margin(agc, bn, cfg.bn_margin)
     stable = False if agc_div else close.decided
-    learned = mean(bn) - cfg.chance >= cfg.learned_margin
-    reason = (f"B={b}: (i) NF without AGC {_word(unstable, 'unstable', 'not unstable')} "
+    learned = stats.mean(bn) - cfg.chance >= cfg.learned_margin
+    reason = (f"B={b}: (i) NF without AGC {word(unstable, 'unstable', 'not unstable')} "
               f"({nf_div}/{len(nf)} diverged; BN−NF {below}, needs significant and "
               f"≥{cfg.clearly_below:g}; detectable ±{below.detectable:.3f}); (ii) NF+AGC(λ={lam:g}) "
               f"{agc_div}/{len(agc)} diverged, vs BN {close} → "
-              f"{_word(stable, 'close to BN', 'not within the margin of BN')} (detectable "
-              f"±{close.detectable:.3f}); (iii) BN {mean(bn):.4f} vs chance {cfg.chance:.4f} "
+              f"{word(stable, 'close to BN', 'not within the margin of BN')} (detectable "
+              f"±{close.detectable:.3f}); (iii) BN {stats.mean(bn):.4f} vs chance {cfg.chance:.4f} "
               f"→ {'informative' if learned else 'task not learned: uninformative'}")
     return StabilityJudgement(stats.all_of(unstable, stable, learned), reason, b, lam,
                               Samples.of(nf), Samples.of(agc), Samples.of(bn), nf_div, agc_div)
@@ -202,10 +190,10 @@ def judge_small_batch_benefit(runs: pd.DataFrame) -> BenefitJudgement:
     b_small = seed_benefits(runs, small, best[small])
     b_large = seed_benefits(runs, large, best[large])
     test = stats.beats(b_large, b_small)
-    reason = (f"benefit acc(AGC best λ)−acc(NF): {mean(b_small):+.4f} at B={small}, "
-              f"{mean(b_large):+.4f} at B={large}; larger−smaller {test} (detectable "
+    reason = (f"benefit acc(AGC best λ)−acc(NF): {stats.mean(b_small):+.4f} at B={small}, "
+              f"{stats.mean(b_large):+.4f} at B={large}; larger−smaller {test} (detectable "
               f"±{test.detectable:.3f}) → "
-              + _word(test.decided, "smaller at small batch", "larger at small batch",
+              + word(test.decided, "smaller at small batch", "larger at small batch",
                       "not shown smaller at small batch"))
     return BenefitJudgement(test.decided, reason, small, large, Samples.of(b_small),
                             Samples.of(b_large))
@@ -262,10 +250,10 @@ def judge_skip_final_layer(runs: pd.DataFrame) -> SkipFinalJudgement:
     skip = accuracies(runs, AGC, b, lam)
     clip = accuracies(runs, AGC, b, lam, clip_head=True)
     test = stats.beats(skip, clip)
-    reason = (f"B={b}, λ={lam:g}: classifier skipped {mean(skip):.4f} vs clipped "
-              f"{mean(clip):.4f}; skipped−clipped {test} (detectable ±{test.detectable:.3f}) "
+    reason = (f"B={b}, λ={lam:g}: classifier skipped {stats.mean(skip):.4f} vs clipped "
+              f"{stats.mean(clip):.4f}; skipped−clipped {test} (detectable ±{test.detectable:.3f}) "
               "→ clipping the classifier "
-              + _word(test.decided, "does worse", "does better", "not shown to do worse"))
+              + word(test.decided, "does worse", "does better", "not shown to do worse"))
     return SkipFinalJudgement(test.decided, reason, b, lam, Samples.of(skip), Samples.of(clip))
 
 
@@ -279,18 +267,15 @@ def judge_bn_costs(step_ratio: float, tiny: pd.DataFrame,
     bn_t, bn_r = accuracies(tiny, BN, small), accuracies(tiny, BN, ref)
     nf_t, nf_r = accuracies(tiny, NF, small), accuracies(tiny, NF, ref)
     bn_drop = stats.beats(bn_r, bn_t)
-    if bn_drop.holds and bn_drop.difference >= degrade_margin:
-        bn_degrades: bool | None = True
-    else:
-        bn_degrades = False if bn_drop.upper < degrade_margin else None
+    bn_degrades = stats.clearly_above(bn_drop, degrade_margin)
     nf_keeps = stats.within_margin(nf_t, nf_r, degrade_margin)
     faster = step_ratio > 1.0
     holds = stats.all_of(faster, bn_degrades, nf_keeps.decided)
     reason = (f"(a) step time BN/NF = {step_ratio:.3f} → NF {'faster' if faster else 'not faster'}"
-              f"; (b) B={ref}→{small}: BN {mean(bn_r):.4f}→{mean(bn_t):.4f} "
-              f"({_word(bn_degrades, 'degrades', f'no drop ≥{degrade_margin:g}', 'undecided')}: "
-              f"{bn_drop}; detectable ±{bn_drop.detectable:.3f}), NF {mean(nf_r):.4f}→"
-              f"{mean(nf_t):.4f} ({_word(nf_keeps.decided, 'holds up', 'degrades')}: "
+              f"; (b) B={ref}→{small}: BN {stats.mean(bn_r):.4f}→{stats.mean(bn_t):.4f} "
+              f"({word(bn_degrades, 'degrades', f'no drop ≥{degrade_margin:g}', 'undecided')}: "
+              f"{bn_drop}; detectable ±{bn_drop.detectable:.3f}), NF {stats.mean(nf_r):.4f}→"
+              f"{stats.mean(nf_t):.4f} ({word(nf_keeps.decided, 'holds up', 'degrades')}: "
               f"{nf_keeps}; detectable ±{nf_keeps.detectable:.3f})")
     return BNCostJudgement(holds, reason, step_ratio, small, ref, Samples.of(bn_t),
                            Samples.of(bn_r), Samples.of(nf_t), Samples.of(nf_r))

@@ -69,7 +69,7 @@ def order_verdict(before: Accuracies, after: Accuracies) -> OrderJudgement:
         return OrderJudgement(None, f"the bases' order is not established at this budget "
                                     f"({base_order}; detectable ±{base_order.detectable:.3f})",
                               a, b, base_order, scaled_order)
-    holds = True if scaled_order.holds else (False if scaled_order.upper < 0 else None)
+    holds = scaled_order.decided  # False only when the reversal is established
     return OrderJudgement(holds, f"bases: {a} > {b} ({base_order}); after scaling: "
                                  f"{scaled_order} (detectable ±{scaled_order.detectable:.3f})",
                           a, b, base_order, scaled_order)

@@ -9,13 +9,13 @@ the rules fabricated grids, including ones where the claim must fail.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import pandas as pd
 
 from harness import stats
+from harness.stats import mean, word
 
 DENSE, STATIC, SET, RIGL = "dense", "static", "SET", "RigL"
 
@@ -44,14 +44,6 @@ def values(runs: pd.DataFrame, method: str, batch_size: int, interval: int | Non
     return sel.sort_values("seed")[column].tolist()
 
 
-def mean(x: Sequence[float]) -> float:
-    return sum(x) / len(x) if x else float("nan")
-
-
-def _word(decided: bool | None, yes: str, no: str, undecided: str = "undecided") -> str:
-    return {True: yes, False: no, None: undecided}[decided]
-
-
 @dataclass(frozen=True)
 class ReachesDense:
     holds: bool | None
@@ -71,7 +63,7 @@ def judge_reaches_dense(runs: pd.DataFrame, cfg: Margins) -> ReachesDense:
     learned = mean(dense) - cfg.chance >= cfg.learned_margin
     reason = (f"SET (ΔT={dt}, R_s {mean(rs):.3f}) {mean(dst):.4f} vs dense {mean(dense):.4f}: "
               f"{close} (margin {cfg.dense_margin:g}; detectable ±{close.detectable:.3f}) → "
-              + _word(close.decided, "within the margin of dense", "clearly below dense")
+              + word(close.decided, "within the margin of dense", "clearly below dense")
               + ("" if learned else f"; dense {mean(dense):.4f} is not above chance: "
                                     "uninformative"))
     return ReachesDense(stats.all_of(close.decided, learned), reason, tuple(dense), tuple(dst),
@@ -92,15 +84,12 @@ def judge_static_below_dst(runs: pd.DataFrame, cfg: Margins) -> StaticBelow:
     b, dt = cfg.batch_size, cfg.ref_interval
     static, dst = values(runs, STATIC, b), values(runs, SET, b, dt)
     test = stats.beats(dst, static)
-    if test.holds and test.difference >= cfg.clearly_below:
-        below: bool | None = True
-    else:
-        below = False if test.upper < cfg.clearly_below else None
+    below = stats.clearly_above(test, cfg.clearly_below)
     learned = mean(dst) - cfg.chance >= cfg.learned_margin
     reason = (f"SET (ΔT={dt}) {mean(dst):.4f} vs static {mean(static):.4f}: DST−static {test} "
               f"(needs significant and ≥{cfg.clearly_below:g}; detectable "
               f"±{test.detectable:.3f}) → "
-              + _word(below, "static clearly below", "static not clearly below")
+              + word(below, "static clearly below", "static not clearly below")
               + ("" if learned else "; DST not above chance: uninformative"))
     return StaticBelow(stats.all_of(below, learned), reason, tuple(static), tuple(dst))
 
@@ -135,10 +124,10 @@ def judge_accuracy_tracks_rs(runs: pd.DataFrame, cfg: Margins) -> TracksRate:
                       for dt, a, r in zip(dts, acc, rs_means))
     reason = (f"{shown}; R_s {'rises' if rs_rises else 'does not rise'} as ΔT shrinks; "
               f"acc(ΔT={dts[mid]}) − acc(ΔT={dts[0]}) {rises} (detectable "
-              f"±{rises.detectable:.3f}) → {_word(rises.decided, 'rises', 'falls')}; "
+              f"±{rises.detectable:.3f}) → {word(rises.decided, 'rises', 'falls')}; "
               f"acc(ΔT={dts[mid]}) − acc(ΔT={dts[-1]}) {falls} (detectable "
               f"±{falls.detectable:.3f}) → "
-              + _word(falls.decided, "falls when updates come too often",
+              + word(falls.decided, "falls when updates come too often",
                       "keeps rising at the most frequent ΔT"))
     return TracksRate(holds, reason, dts, acc, rs)
 
@@ -160,7 +149,7 @@ def judge_set_explores_more(runs: pd.DataFrame, cfg: Margins) -> ExploresMore:
     holds = True if test.holds else (False if test.upper <= 0 else None)
     reason = (f"ΔT={dt}, B={b}: R_s SET {mean(set_rs):.4f} vs RigL {mean(rigl_rs):.4f}; "
               f"SET−RigL {test} (detectable ±{test.detectable:.4f}) → "
-              + _word(holds, "SET explores more", "RigL explores as much or more"))
+              + word(holds, "SET explores more", "RigL explores as much or more"))
     return ExploresMore(holds, reason, tuple(set_rs), tuple(rigl_rs))
 
 
@@ -188,11 +177,11 @@ def judge_small_batch_more_exploration(runs: pd.DataFrame, cfg: Margins) -> Smal
     more = stats.beats(rs_s, rs_l)
     better = stats.beats(acc_s, acc_l)
     rs_holds = True if more.holds else (False if more.upper <= 0 else None)
-    acc_holds = True if better.holds else (False if better.upper < 0 else None)
+    acc_holds = better.decided
     reason = (f"SET ΔT={dt}: B={small} R_s {mean(rs_s):.4f}, acc {mean(acc_s):.4f}; "
               f"B={large} R_s {mean(rs_l):.4f}, acc {mean(acc_l):.4f}; R_s small−large {more} "
-              f"→ {_word(rs_holds, 'higher', 'not higher')}; acc small−large {better} "
+              f"→ {word(rs_holds, 'higher', 'not higher')}; acc small−large {better} "
               f"(detectable ±{better.detectable:.3f}) → "
-              + _word(acc_holds, "higher", "lower"))
+              + word(acc_holds, "higher", "lower"))
     return SmallBatch(stats.all_of(rs_holds, acc_holds), reason, small, large, tuple(rs_s),
                       tuple(rs_l), tuple(acc_s), tuple(acc_l))
