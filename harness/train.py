@@ -507,6 +507,7 @@ class TrainJob:
     after_step: Sequence[StepHook] = ()
     desc: str = "train"
     cost: float = 0.0  # expected run time, any unit: the costliest start first
+    keep_weights: bool = False  # also cache the trained state_dict (``trained_weights``)
 
     def code(self) -> str:
         """The fingerprint of the code this run depends on (see ``code_fingerprint``)."""
@@ -544,6 +545,8 @@ def run_jobs(jobs: Sequence[TrainJob], *, workers: int = 1, use_cache: bool = Tr
     out: dict[int, TrainRecord] = {}
     for i in first_of.values():
         hit = _load_cached(_cache_path(keys[i], directory)) if use_cache else None
+        if hit is not None and jobs[i].keep_weights and not _weights_ok(keys[i], directory):
+            hit = None  # the record without its weights is no use to the caller
         if hit is not None:
             out[i] = hit
     todo = [i for i in first_of.values() if i not in out]
@@ -587,8 +590,68 @@ def run_table(cells: Sequence[Any], job: Callable[[Any], TrainJob],
 
 def _run_job(job: TrainJob, hashed: str, use_cache: bool, directory: Path | None,
              progress: bool | None) -> TrainRecord:
+    after = list(job.after_step)
+    if job.keep_weights:
+        after.append(SaveWeights(str(_weights_path(hashed, directory))))
+        use_cache = use_cache and _weights_ok(hashed, directory)
     return cached(job.key, lambda: train(job.model_fn, job.train_set, job.test_set, job.cfg,
                                          device=job.device, before_step=job.before_step,
-                                         after_step=job.after_step, progress=progress,
-                                         desc=job.desc),
+                                         after_step=after, progress=progress, desc=job.desc),
                   enabled=use_cache, directory=directory, hashed=hashed)
+
+
+# ----------------------------------------------------------------- trained weights
+
+
+@dataclass
+class SaveWeights:
+    """An ``after_step`` hook that keeps the trained weights: when the run ends (``record``)
+    it writes the model's state_dict to ``path`` atomically, beside the cached record."""
+
+    path: str
+    _model: nn.Module | None = field(default=None, init=False, repr=False)
+
+    def start(self, run: RunStart) -> None:
+        self._model = run.model
+
+    def __call__(self, state: StepState) -> None:
+        pass
+
+    def record(self) -> dict[str, Any]:
+        path = Path(self.path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        torch.save({k: v.detach().cpu() for k, v in self._model.state_dict().items()}, tmp)
+        os.replace(tmp, path)
+        return {"weights": path.name}
+
+
+def _weights_path(hashed: str, directory: Path | None) -> Path:
+    return _cache_path(hashed, directory).with_suffix(".pt")
+
+
+def _weights_ok(hashed: str, directory: Path | None) -> bool:
+    try:
+        torch.load(_weights_path(hashed, directory), map_location="cpu", weights_only=True)
+        return True
+    except FileNotFoundError:
+        return False
+    except Exception as e:  # noqa: BLE001  (any unreadable file: retrain, say so)
+        import warnings
+
+        warnings.warn(f"unreadable cached weights {_weights_path(hashed, directory)} "
+                      f"({type(e).__name__}: {e}); retraining", CorruptCacheEntry, stacklevel=2)
+        return False
+
+
+def trained_weights(record: TrainRecord, directory: Path | None = None) -> dict[str, Any]:
+    """The state_dict a ``keep_weights`` job stored with ``record``."""
+    name = record.extra.get("weights")
+    if name is None:
+        raise ValueError("this record was trained without keep_weights: no weights stored")
+    path = (directory or cache_dir()) / name
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(f"cached weights {path} unreadable ({type(e).__name__}: {e}); "
+                                f"delete it to retrain") from e

@@ -148,3 +148,35 @@ def test_a_data_generator_change_invalidates_the_cache(tmp_path):
     gen.write_text(gen.read_text() + "\n# an edit to the generator\n")
     changed = _probe(tree, cache)
     assert changed["key"] != cold["key"] and not changed["from_cache"]
+
+
+def _linear():
+    return nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+
+
+def test_kept_weights_come_back_with_the_record_and_a_missing_or_corrupt_file_retrains(
+        tmp_path):
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 3, 2, 2), torch.randint(0, 3, (16,))
+    cfg = tr.TrainConfig(epochs=1, batch_size=8, warmup_epochs=0)
+    job = tr.TrainJob({"w": 1}, _linear, (x, y), (x, y), cfg, keep_weights=True)
+    (first,) = tr.run_jobs([job], directory=tmp_path)
+    weights = tr.trained_weights(first, tmp_path)
+    assert not first.from_cache and set(weights) == {"1.weight", "1.bias"}
+    (again,) = tr.run_jobs([job], directory=tmp_path)
+    assert again.from_cache
+    assert all(torch.equal(weights[k], v) for k, v in tr.trained_weights(again, tmp_path).items())
+    pt = next(tmp_path.glob("*.pt"))
+    pt.unlink()
+    (after_loss,) = tr.run_jobs([job], directory=tmp_path)
+    assert not after_loss.from_cache and pt.exists()
+    pt.write_bytes(b"not a checkpoint")
+    with pytest.warns(tr.CorruptCacheEntry, match="unreadable cached weights"):
+        (after_corrupt,) = tr.run_jobs([job], directory=tmp_path)
+    assert not after_corrupt.from_cache
+    assert all(torch.equal(weights[k], v) for k, v in
+               tr.trained_weights(after_corrupt, tmp_path).items())  # same seed, same run
+    plain = tr.TrainJob({"w": 2}, _linear, (x, y), (x, y), cfg)
+    (no_weights,) = tr.run_jobs([plain], directory=tmp_path)
+    with pytest.raises(ValueError, match="without keep_weights"):
+        tr.trained_weights(no_weights, tmp_path)
