@@ -52,6 +52,14 @@ def decomposable(conv: nn.Module) -> str | None:
     return None
 
 
+def pointwise(conv: nn.Conv2d) -> str | None:
+    """Why a model walk leaves a 1×1 conv alone (Tucker-2 there only factors a matrix into
+    three layers; the published project skips them too), else None."""
+    if tuple(conv.kernel_size) == (1, 1):
+        return "1×1 conv: a matrix, left to the k×k convs (as the published project does)"
+    return None
+
+
 def tucker2_factors(weight: Tensor, ranks: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
     """(core (R_out, R_in, k, k), U_out (T, R_out), U_in (S, R_in)) of a conv weight."""
     import tensorly as tl
@@ -235,7 +243,8 @@ def decompose_model(model: nn.Module, settings: DecomposeSettings, resolution: i
                    params_before=before,
                    params_after=before, rank_out=None, rank_in=None, error=math.nan,
                    decomposed=False, reason="")
-        why = decomposable(conv) or (None if only is None or only(name) else "not selected")
+        why = (decomposable(conv) or pointwise(conv)
+               or (None if only is None or only(name) else "not selected"))
         if why:
             rows.append({**row, "reason": why})
             continue
