@@ -165,12 +165,13 @@ def judge_pruning_helps(table: pd.DataFrame, cfg: DecompMargins) -> PruningHelps
                                   f"{cfg.threshold:g} unpruned in any seed, so the ratio search "
                                   f"never runs: both remove {mean(sel):.1%} (untested)",
                             tuple(sel), tuple(pruned))
-    test = stats.beats(pruned, sel)
+    # Paired by seed: both strategies decompose the same trained network.
+    test = stats.exceeds([p - s for p, s in zip(pruned, sel, strict=True)], 0.0)
     decided = stats.clearly_above(test, cfg.pruning_gain)
     acc_sel = strategy_values(table, "selective", "acc")
     acc_pruned = strategy_values(table, "prune+selective", "acc")
     reason = (f"conv parameters removed: prune+selective {mean(pruned):.2%} vs selective "
-              f"{mean(sel):.2%} ({test}; needs ≥ {cfg.pruning_gain:.0%} more) → "
+              f"{mean(sel):.2%} (paired by seed: {test}; needs ≥ {cfg.pruning_gain:.0%} more) → "
               + word(decided, "pruning helps", "pruning does not help")
               + f"; accuracy {mean(acc_pruned):.4f} vs {mean(acc_sel):.4f} (not fine-tuned)")
     return PruningHelps(decided, reason, tuple(sel), tuple(pruned))
@@ -235,12 +236,13 @@ def judge_depthwise(grid: pd.DataFrame, cfg: DeployMargins) -> DepthwiseCrossove
     max_flops = float(grid.flops_ratio.max())
     far_fewer = max_flops <= cfg.flops_far_fewer
     slower = int((grid.time_ratio >= 1).sum())
-    holds = far_fewer and small.time_ratio >= 1 and large.time_ratio < 1
+    holds = bool(far_fewer and small.time_ratio >= 1 and large.time_ratio < 1)
     reason = (f"flops ratio ≤ {max_flops:.3f} in every cell ("
               + ("far fewer" if far_fewer else f"not ≤ {cfg.flops_far_fewer:g}")
-              + f"); time ratio {small.time_ratio:.2f} at {small.channels} channels, "
-                f"{small.size} px (" + ("not faster" if small.time_ratio >= 1 else "faster")
-              + f") and {large.time_ratio:.2f} at {large.channels} channels, {large.size} px ("
+              + f"); time ratio {small.time_ratio:.2f} at {int(small.channels)} channels, "
+                f"{int(small.size)} px (" + ("not faster" if small.time_ratio >= 1 else "faster")
+              + f") and {large.time_ratio:.2f} at {int(large.channels)} channels, "
+                f"{int(large.size)} px ("
               + ("faster" if large.time_ratio < 1 else "not faster")
               + f"); not faster in {slower} of {len(grid)} cells")
     return DepthwiseCrossover(holds, reason, max_flops, float(small.time_ratio),
