@@ -30,13 +30,13 @@ from harness.decompose import deploy
 from harness.decompose.study import (
     DecompStudyConfig,
     DeployConfig,
+    decompose_all,
     decomposition_tables,
     plot_damage,
     plot_depthwise,
     plot_strategies,
     trained_models,
 )
-from harness.decompose.tucker import DecomposeSettings, decompose_model
 from harness.decompose.verdicts import (
     judge_damage_ranking,
     judge_decomposed_speedup,
@@ -329,8 +329,7 @@ def test_decomposed_speedup_small(evidence, profile, load_data, workers):
     dep = profile.pick(DEPLOY)
     net = nets[cfg.seeds[0]]
     # Every conv decomposed, so the flops saving is the largest this rank rule gives.
-    decomposed, _ = decompose_model(net, DecomposeSettings(cfg.threshold, cfg.rank_rule),
-                                    cfg.resolution, force=True)
+    decomposed = decompose_all(net, cfg)
     result = deploy.decomposed_speedup(net, decomposed.to(profile.device), dep.batch,
                                        cfg.resolution, dep.setup(profile.device), dep.rounds)
     judged = judge_decomposed_speedup(result.flops_ratio, result.time_ratio, dep)

@@ -48,11 +48,14 @@ class DecompStudyConfig:
     min_removed: float = 0.10  # selective still removes this share of conv parameters
     pruning_gain: float = 0.01  # pruning "helps": removes at least this much more (talk: ~2%)
     learned_margin: float = 0.05
+    max_layers: int | None = None  # study only the first decomposable convs (dry runs)
 
     def dry_run(self) -> DecompStudyConfig:
+        """One seed, two steps, 8 px; the study on the first two convs (decomposing a full
+        ResNet's 512-channel convs on the CPU would take minutes)."""
         return dataclasses.replace(
             self, data=self.data.dry_run(), resolution=8, seeds=self.seeds[:1],
-            energies=self.energies[:2],
+            energies=self.energies[:2], max_layers=2,
             train=dataclasses.replace(self.train, max_steps=2, batch_size=8, amp=None,
                                       channels_last=False, compile=False))
 
@@ -90,10 +93,11 @@ def accuracy(model: nn.Module, data: DatasetSplits, cfg: DecompStudyConfig, devi
     return evaluate(model, data.test, device, cfg.train)[0]
 
 
-def decomposable_layers(model: nn.Module) -> list[str]:
-    """The convs a model walk decomposes (k×k, not grouped), in order."""
-    return [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)
-            and decomposable(m) is None and pointwise(m) is None]
+def decomposable_layers(model: nn.Module, limit: int | None = None) -> list[str]:
+    """The convs a model walk decomposes (k×k, not grouped), in order; the first ``limit``."""
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)
+             and decomposable(m) is None and pointwise(m) is None]
+    return names[:limit] if limit is not None else names
 
 
 def damage_table(model: nn.Module, data: DatasetSplits, cfg: DecompStudyConfig,
@@ -101,7 +105,7 @@ def damage_table(model: nn.Module, data: DatasetSplits, cfg: DecompStudyConfig,
     """One row per (decomposable conv, energy rank): that layer alone decomposed, its
     random-tensor error and the accuracy it costs the network."""
     base = accuracy(model, data, cfg, device)
-    names = decomposable_layers(model)
+    names = decomposable_layers(model, cfg.max_layers)
     rows = []
     for name in names:
         for keep in cfg.energies:
@@ -123,10 +127,12 @@ def compare_strategies(model: nn.Module, data: DatasetSplits, cfg: DecompStudyCo
     base = accuracy(model, data, cfg, device)
     conv_params = sum(p.numel() for m in model.modules() if isinstance(m, nn.Conv2d)
                       for p in m.parameters())
-    rows = [dict(strategy="original", acc=base, acc_drop=0.0, removed_share=0.0)]
+    studied = (None if cfg.max_layers is None
+               else set(decomposable_layers(model, cfg.max_layers)).__contains__)
+    rows = [dict(strategy="original", acc=base, acc_drop=0.0, removed_share=0.0, layers=0)]
     for strategy, kw in (("all", dict(force=True)), ("selective", {}),
                          ("prune+selective", dict(prune=True))):
-        new, report = decompose_model(model, settings, cfg.resolution, **kw)
+        new, report = decompose_model(model, settings, cfg.resolution, only=studied, **kw)
         acc = accuracy(new.to(device), data, cfg, device)
         removed = int(report.params_before.sum() - report.params_after.sum())
         rows.append(dict(strategy=strategy, acc=acc, acc_drop=base - acc,
@@ -249,3 +255,12 @@ def plot_depthwise(grid: pd.DataFrame):
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
     return fig
+
+
+def decompose_all(model: nn.Module, cfg: DecompStudyConfig) -> nn.Module:
+    """Every studied conv decomposed with the study's rank rule, whatever its error: the
+    largest flops saving the rule gives (``deploy.decomposed_speedup``)."""
+    studied = (None if cfg.max_layers is None
+               else set(decomposable_layers(model, cfg.max_layers)).__contains__)
+    settings = DecomposeSettings(threshold=cfg.threshold, rank_rule=cfg.rank_rule)
+    return decompose_model(model, settings, cfg.resolution, only=studied, force=True)[0]
