@@ -30,6 +30,7 @@ from harness.decompose import deploy
 from harness.decompose.study import (
     DecompStudyConfig,
     DeployConfig,
+    accuracy,
     decompose_all,
     decomposition_tables,
     plot_damage,
@@ -79,25 +80,33 @@ DEPLOY = {
                          amp="bf16"),
 }
 
-_STUDIES: dict = {}  # one decomposition study per run, shared by the claims that read it
+_NETS: dict = {}  # per run: the trained networks, and the tables the decomp claims read
+_TABLES: dict = {}
 
 
-def _study(evidence, profile, load_data, workers):
-    """The networks trained once per seed (cached with their weights), the original accuracy
-    as the baseline, and the damage and strategy tables (computed once per run)."""
+def _trained(evidence, profile, load_data, workers):
+    """The network trained once per seed (cached with its weights), its accuracy recorded as
+    the baseline; the data. Shared by every claim of the family in a run."""
     cfg = profile.pick(STUDY)
     evidence.record_config(cfg, seeds=cfg.seeds)
     data = load_data(cfg.data, cfg.resolution)
     key = (cfg, profile.device)
-    if key not in _STUDIES:
-        nets = trained_models(cfg, data, device=profile.device, use_cache=not profile.dry_run,
-                              workers=workers)
-        damage, strategies = decomposition_tables(nets, data, cfg, profile.device)
-        _STUDIES[key] = nets, damage, strategies
-    nets, damage, strategies = _STUDIES[key]
-    evidence.baseline(strategy_values(strategies, "original", "acc"), cfg.chance,
-                      f"the trained {cfg.model}")
-    return cfg, nets, damage, strategies
+    if key not in _NETS:
+        _NETS[key] = trained_models(cfg, data, device=profile.device,
+                                    use_cache=not profile.dry_run, workers=workers)
+    nets = _NETS[key]
+    evidence.baseline([accuracy(net, data, cfg, profile.device) for net in nets.values()],
+                      cfg.chance, f"the trained {cfg.model}")
+    return cfg, data, nets
+
+
+def _study(evidence, profile, load_data, workers):
+    """The trained networks and the damage and strategy tables (computed once per run)."""
+    cfg, data, nets = _trained(evidence, profile, load_data, workers)
+    key = (cfg, profile.device)
+    if key not in _TABLES:
+        _TABLES[key] = decomposition_tables(nets, data, cfg, profile.device)
+    return (cfg, nets, *_TABLES[key])
 
 
 def _acc(what: str) -> Measured:
@@ -221,7 +230,7 @@ PRUNING_NO_SPEEDUP = Claim(
 
 @pytest.mark.claim(PRUNING_NO_SPEEDUP)
 def test_pruning_no_speedup(evidence, profile, load_data, workers):
-    cfg, nets, _, strategies = _study(evidence, profile, load_data, workers)
+    cfg, _, nets = _trained(evidence, profile, load_data, workers)
     dep = profile.pick(DEPLOY)
     net = nets[cfg.seeds[0]]
     table = deploy.pruning_costs(net, dep.sparsities, dep.batch, cfg.resolution,
@@ -257,13 +266,20 @@ def test_depthwise_not_always_faster(evidence, profile):
     grid = deploy.depthwise_grid(dep.channels, dep.sizes, dep.grid_batch,
                                  dep.setup(profile.device), dep.rounds)
     judged = judge_depthwise(grid, dep)
+    # The two cells that decide the verdict are guarded; the rest are shown (sub-millisecond
+    # convs on a shared CPU: a cell moved by 20% between two runs of one kernel path).
+    deciding = {(min(dep.channels), min(dep.sizes)), (max(dep.channels), max(dep.sizes))}
     for row in grid.itertuples():
         tag = f"c{row.channels}_s{row.size}"
         evidence.metric(f"flops_ratio_{tag}", row.flops_ratio, Tolerance(
             why="(9C + C²)/(9C²) counted by harness.complexity: exact arithmetic",
             rel=1e-9, domain=RATIO))
-        evidence.metric(f"time_ratio_{tag}", row.time_ratio, _time_ratio(
-            "depthwise-separable block over the standard 3×3 conv"))
+        if (row.channels, row.size) in deciding:
+            evidence.metric(f"time_ratio_{tag}", row.time_ratio, _time_ratio(
+                "depthwise-separable block over the standard 3×3 conv"), key=True)
+        else:
+            evidence.observe(f"time_ratio_{tag}", row.time_ratio, "a cell that does not decide "
+                             "the verdict; in the table and heat map")
     cross = deploy.crossover(grid)
     for row in cross.itertuples():
         evidence.note(f"{row.size} px: separable faster from {row.faster_from_channels} "
@@ -271,7 +287,7 @@ def test_depthwise_not_always_faster(evidence, profile):
                       else f"{row.size} px: separable never faster in this grid")
     evidence.metric("slower_cells", judged.slower_cells, Measured(
         what="cells where the separable block is not faster", domain=(0, judged.cells),
-        floor=1), key=True)
+        floor=1))
     evidence.table("depthwise.csv", grid)
     evidence.table("crossover.csv", cross)
     evidence.figure("depthwise.png", plot_depthwise(grid))
@@ -291,7 +307,7 @@ FP16_SPEEDUP = Claim(
 def test_fp16_speedup(evidence, profile, load_data, workers):
     import torch
 
-    cfg, nets, _, _ = _study(evidence, profile, load_data, workers)
+    cfg, _, nets = _trained(evidence, profile, load_data, workers)
     dep = profile.pick(DEPLOY)
     setup = dep.setup(profile.device)
     net = nets[cfg.seeds[0]]
@@ -319,13 +335,17 @@ DECOMPOSED_SPEEDUP_SMALL = Claim(
     statement="The flops saved by Tucker-2 turn into a much smaller wall-clock saving.",
     source=f"{SOURCE}; claims/README.md §4",
     paper={"GPU speed-up": "about 4%", "Kim et al. (phone)": "1.4-3.7×"},
+    # Measured on every device, decided for GPUs (the project's): on a CPU the answer is the
+    # CPU's kernels'. This machine's native path saved 0.27 of the flops saving in time, its
+    # AVX2-only path 0.61, so no CPU verdict would hold on a user's CPU.
+    scope="gpu",
     trained=True,
 )
 
 
 @pytest.mark.claim(DECOMPOSED_SPEEDUP_SMALL)
 def test_decomposed_speedup_small(evidence, profile, load_data, workers):
-    cfg, nets, _, _ = _study(evidence, profile, load_data, workers)
+    cfg, _, nets = _trained(evidence, profile, load_data, workers)
     dep = profile.pick(DEPLOY)
     net = nets[cfg.seeds[0]]
     # Every conv decomposed, so the flops saving is the largest this rank rule gives.
@@ -336,6 +356,10 @@ def test_decomposed_speedup_small(evidence, profile, load_data, workers):
     evidence.metric("flops_ratio", result.flops_ratio, Measured(
         what="flops of the decompose-all network over the original's (its VBMF ranks come "
              "from trained weights)", domain=RATIO, floor=0.01), key=True)
-    evidence.metric("time_ratio", result.time_ratio, _time_ratio("decompose-all network"),
-                    key=True)
+    if profile.device == "cuda":
+        evidence.metric("time_ratio", result.time_ratio, _time_ratio("decompose-all network"),
+                        key=True)
+    else:
+        evidence.observe("time_ratio", result.time_ratio, "decided for GPUs; a CPU's ratio "
+                         "follows its conv kernels (0.74 native, 0.40 AVX2-only here)")
     evidence.decide(judged.holds, judged.reason)

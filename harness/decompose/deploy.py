@@ -56,7 +56,8 @@ def pruning_costs(model: nn.Module, sparsities: tuple[float, ...], batch: int, r
         pruned = prune_all(model, sparsity)
         raw, gz = saved_sizes(pruned)
         ratio = timing.inference_ratio(model, pruned, batch, resolution, setup, rounds)
-        rows.append(dict(sparsity=sparsity, time_ratio=ratio.median,
+        rows.append(dict(sparsity=sparsity, time_ratio=ratio.median, time_low=ratio.low,
+                         time_high=ratio.high,
                          saved_ratio=raw / dense_raw, gzip_ratio=gz / dense_gz,
                          saved_bytes=raw, gzip_bytes=gz))
     return pd.DataFrame(rows)

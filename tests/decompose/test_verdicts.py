@@ -130,6 +130,10 @@ def test_pruning_no_speedup_reads_the_highest_sparsity():
     assert v.judge_pruning_no_speedup(table, D).holds is True
     faster = table.assign(time_ratio=[1.0, 0.6])
     assert v.judge_pruning_no_speedup(faster, D).holds is False  # sparse kernels would do this
+    rounds = table.assign(time_ratio=[1.0, 0.85], time_low=[0.9, 0.7], time_high=[1.1, 1.02])
+    assert v.judge_pruning_no_speedup(rounds, D).holds is True  # one loaded round: no change
+    every = rounds.assign(time_high=[1.1, 0.88])
+    assert v.judge_pruning_no_speedup(every, D).holds is False
     no_shrink = table.assign(gzip_ratio=[1.0, 0.9])
     assert v.judge_pruning_no_speedup(no_shrink, D).holds is False
 
