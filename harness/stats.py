@@ -128,6 +128,22 @@ def beats(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> O
     return OneSided(lower > 0, diff, lower, 0.0, confidence, upper)
 
 
+def exceeds(values: Sequence[float], than: float, confidence: float = 0.95) -> OneSided:
+    """mean(values) > ``than``, by a one-sample one-sided t bound (for a per-seed statistic
+    compared with a fixed value, e.g. a rank correlation with 0)."""
+    x = np.asarray(values, float)
+    diff = float(x.mean() - than) if x.size else math.nan
+    if x.size < 2:
+        lower, upper = -math.inf, math.inf
+    elif x.std(ddof=1) == 0:
+        lower = upper = diff
+    else:
+        half = float(stats.t.ppf(confidence, x.size - 1)) * float(x.std(ddof=1)) / math.sqrt(
+            x.size)
+        lower, upper = diff - half, diff + half
+    return OneSided(lower > 0, diff, lower, 0.0, confidence, upper)
+
+
 @dataclass(frozen=True)
 class Correlation:
     r: float

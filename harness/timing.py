@@ -150,6 +150,17 @@ def interleaved_ratio(a: Callable[[], None], b: Callable[[], None], rounds: int,
     return RatioSummary(ratios[len(ratios) // 2], ratios[0], ratios[-1])
 
 
+def inference_ratio(a: nn.Module, b: nn.Module, batch_size: int, resolution: int,
+                    setup: TimingSetup = TimingSetup(), rounds: int = 3,
+                    in_channels: int = 3) -> RatioSummary:
+    """Inference time of ``b`` over ``a``'s, each timed by ``time_inference`` (threads, warm-up,
+    precision, inputs), in ``rounds`` interleaved pairs so that load hits both alike."""
+    ratios = sorted(time_inference(b, batch_size, resolution, setup, in_channels).median
+                    / time_inference(a, batch_size, resolution, setup, in_channels).median
+                    for _ in range(rounds))
+    return RatioSummary(ratios[len(ratios) // 2], ratios[0], ratios[-1])
+
+
 def batch_doubling_ratio(time_at: Callable[[int], Timing], batch_size: int) -> float:
     """t(2B) / t(B): 2 when the device, not the host, bounds the time (twice the work takes
     twice as long); towards 1 when launching kernels does (a dispatch-bound timing says

@@ -55,12 +55,9 @@ def pruning_costs(model: nn.Module, sparsities: tuple[float, ...], batch: int, r
     for sparsity in sparsities:
         pruned = prune_all(model, sparsity)
         raw, gz = saved_sizes(pruned)
-        ratios = []
-        for _ in range(rounds):  # interleaved, so load hits both alike
-            t_dense = timing.time_inference(model, batch, resolution, setup).median
-            t_pruned = timing.time_inference(pruned, batch, resolution, setup).median
-            ratios.append(t_pruned / t_dense)
-        rows.append(dict(sparsity=sparsity, time_ratio=float(pd.Series(ratios).median()),
+        ratio = timing.inference_ratio(model, pruned, batch, resolution, setup, rounds)
+        rows.append(dict(sparsity=sparsity, time_ratio=ratio.median, time_low=ratio.low,
+                         time_high=ratio.high,
                          saved_ratio=raw / dense_raw, gzip_ratio=gz / dense_gz,
                          saved_bytes=raw, gzip_bytes=gz))
     return pd.DataFrame(rows)
@@ -74,7 +71,7 @@ def depthwise_separable(channels: int) -> nn.Sequential:
 
 
 def depthwise_grid(channels: tuple[int, ...], sizes: tuple[int, ...], batch: int,
-                   setup: timing.TimingSetup) -> pd.DataFrame:
+                   setup: timing.TimingSetup, rounds: int = 1) -> pd.DataFrame:
     """Per (channels, map size): flops and time of the depthwise-separable block over the
     standard conv's. A time ratio below 1 means the separable block is faster."""
     rows = []
@@ -85,10 +82,10 @@ def depthwise_grid(channels: tuple[int, ...], sizes: tuple[int, ...], batch: int
         for size in sizes:
             f_std = measure(standard, size, c).flops
             f_sep = measure(separable, size, c).flops
-            t_std = timing.time_inference(standard, batch, size, setup, in_channels=c)
-            t_sep = timing.time_inference(separable, batch, size, setup, in_channels=c)
+            ratio = timing.inference_ratio(standard, separable, batch, size, setup, rounds,
+                                           in_channels=c)
             rows.append(dict(channels=c, size=size, flops_ratio=f_sep / f_std,
-                             time_ratio=t_sep.median / t_std.median))
+                             time_ratio=ratio.median))
     return pd.DataFrame(rows)
 
 
@@ -113,12 +110,16 @@ def precision_speedup(model: nn.Module, batch: int, resolution: int, dtype: torc
     return fp32 / low.median
 
 
+@dataclasses.dataclass(frozen=True)
+class FlopsVsTime:
+    flops_ratio: float  # decomposed over original
+    time_ratio: float
+
+
 def decomposed_speedup(original: nn.Module, decomposed: nn.Module, batch: int, resolution: int,
-                       setup: timing.TimingSetup, rounds: int = 3) -> dict[str, float]:
+                       setup: timing.TimingSetup, rounds: int = 3) -> FlopsVsTime:
     """Flops of the decomposed network over the original's, and its inference time over the
     original's (median of ``rounds`` interleaved pairs)."""
     f0, f1 = measure(original, resolution).flops, measure(decomposed, resolution).flops
-    ratios = [timing.time_inference(decomposed, batch, resolution, setup).median
-              / timing.time_inference(original, batch, resolution, setup).median
-              for _ in range(rounds)]
-    return {"flops_ratio": f1 / f0, "time_ratio": float(pd.Series(ratios).median())}
+    ratio = timing.inference_ratio(original, decomposed, batch, resolution, setup, rounds)
+    return FlopsVsTime(f1 / f0, ratio.median)

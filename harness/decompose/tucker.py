@@ -52,6 +52,14 @@ def decomposable(conv: nn.Module) -> str | None:
     return None
 
 
+def pointwise(conv: nn.Conv2d) -> str | None:
+    """Why a model walk leaves a 1×1 conv alone (Tucker-2 there only factors a matrix into
+    three layers; the published project skips them too), else None."""
+    if tuple(conv.kernel_size) == (1, 1):
+        return "1×1 conv: a matrix, left to the k×k convs (as the published project does)"
+    return None
+
+
 def tucker2_factors(weight: Tensor, ranks: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
     """(core (R_out, R_in, k, k), U_out (T, R_out), U_in (S, R_in)) of a conv weight."""
     import tensorly as tl
@@ -133,6 +141,7 @@ def vbmf_rank(matrix: Tensor | np.ndarray) -> int:
         x = s ** 2 / (cols * sigma2)
         big, small = x[x > x_bar], x[x <= x_bar]
         tau = 0.5 * (big - (1 + alpha) + np.sqrt((big - (1 + alpha)) ** 2 - 4 * alpha))
+        small = np.maximum(small, np.finfo(float).tiny)  # a zero singular value: log(0)
         return float(np.sum(small - np.log(small)) + np.sum(big - tau)
                      + np.sum(np.log((tau + 1) / big)) + alpha * np.sum(np.log(tau / alpha + 1))
                      + residual / (cols * sigma2) + (rows - len(s)) * math.log(sigma2))
@@ -217,29 +226,43 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
 
 def decompose_model(model: nn.Module, settings: DecomposeSettings, resolution: int,
                     in_channels: int = 3, only: Callable[[str], bool] | None = None,
-                    force: bool = False) -> tuple[nn.Module, pd.DataFrame]:
+                    force: bool = False, prune: bool = False) -> tuple[nn.Module, pd.DataFrame]:
     """A copy of ``model`` with each conv replaced by its Tucker-2 chain where the layer error
     is under the threshold (every decomposable conv when ``force``; only those ``only``
-    accepts when given). The report has one row per conv: ranks, parameters before and after,
-    error, and the decision with its reason. ``model`` is left untouched."""
+    accepts when given). With ``prune``, each conv is first L1-pruned at the largest ratio
+    (binary search) whose decomposition still keeps the error, against the unpruned conv,
+    under the threshold: pruned weights decompose to lower ranks. The report has one row per
+    conv: prune ratio, ranks, parameters before and after, error, and the decision with its
+    reason. ``model`` is left untouched."""
     new = copy.deepcopy(model)
     sizes = _input_sizes(new, resolution, in_channels)
     rows = []
     for name, conv in [(n, m) for n, m in new.named_modules() if isinstance(m, nn.Conv2d)]:
         before = sum(p.numel() for p in conv.parameters())
-        row = dict(layer=name, shape=tuple(conv.weight.shape), params_before=before,
+        row = dict(layer=name, shape=tuple(conv.weight.shape), prune_ratio=0.0,
+                   params_before=before,
                    params_after=before, rank_out=None, rank_in=None, error=math.nan,
                    decomposed=False, reason="")
-        why = decomposable(conv) or (None if only is None or only(name) else "not selected")
+        why = (decomposable(conv) or pointwise(conv)
+               or (None if only is None or only(name) else "not selected"))
         if why:
             rows.append({**row, "reason": why})
             continue
-        ranks = tucker2_ranks(conv.weight, settings.rank_rule, settings.keep)
-        chain = tucker2(conv, ranks)
-        err = layer_error(conv, chain, conv.in_channels, sizes[name], settings.seed)
+        size = sizes[name]
+
+        def attempt(ratio: float, conv=conv, size=size):
+            source = l1_prune(conv, ratio) if ratio > 0 else conv
+            ranks = tucker2_ranks(source.weight, settings.rank_rule, settings.keep)
+            chain = tucker2(source, ranks)
+            return ranks, chain, layer_error(conv, chain, conv.in_channels, size, settings.seed)
+
+        ratio = (largest_ratio(lambda r: attempt(r)[2], settings.threshold)
+                 if prune else 0.0)
+        ranks, chain, err = attempt(ratio)
         after = sum(p.numel() for p in chain.parameters())
         keep = force or err < settings.threshold
-        row.update(rank_out=ranks[0], rank_in=ranks[1], error=err, decomposed=keep,
+        row.update(prune_ratio=ratio, rank_out=ranks[0], rank_in=ranks[1], error=err,
+                   decomposed=keep,
                    params_after=after if keep else before,
                    reason=("forced" if force else f"error {err:.4f} < {settings.threshold:g}")
                    if keep else f"error {err:.4f} ≥ {settings.threshold:g}")

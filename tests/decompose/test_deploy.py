@@ -55,5 +55,5 @@ def test_precision_and_decomposition_speedups_are_ratios_of_timings():
     small, _ = decompose_model(model, DecomposeSettings(1.0, "energy", 0.5), resolution=8,
                                force=True)
     out = deploy.decomposed_speedup(model, small, 2, 8, QUICK, rounds=1)
-    assert out["flops_ratio"] == measure(small, 8).flops / measure(model, 8).flops
-    assert out["flops_ratio"] < 1 and out["time_ratio"] > 0
+    assert out.flops_ratio == measure(small, 8).flops / measure(model, 8).flops
+    assert out.flops_ratio < 1 and out.time_ratio > 0

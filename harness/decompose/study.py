@@ -1,0 +1,266 @@
+"""Decomposition experiments on trained networks: per-layer damage, selective against
+decompose-all, pruning before decomposing. The claims ``decomp.*`` (claims/README.md section 4)
+are checked by ``claims/test_decompose.py`` with these pieces; the verdict rules are in
+``harness.decompose.verdicts``.
+
+The networks train once per seed through ``train.run_jobs`` with ``keep_weights``, so the
+cache holds their weights too; nothing here fine-tunes (results are "not fine-tuned").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import torch.nn as nn
+
+from harness import models
+from harness.data import DatasetSplits, DataSpec
+from harness.decompose.tucker import (
+    DecomposeSettings,
+    decomposable,
+    decompose_model,
+    pointwise,
+)
+from harness.profiles import device_class
+from harness.train import TrainConfig, TrainJob, evaluate, run_jobs, trained_weights
+
+
+@dataclass(frozen=True)
+class DecompStudyConfig:
+    model: str
+    model_overrides: tuple[tuple[str, Any], ...]
+    data: DataSpec
+    resolution: int
+    train: TrainConfig
+    seeds: tuple[int, ...]
+    threshold: float  # the random-tensor error under which a layer is decomposed
+    rank_rule: str = "vbmf"
+    energies: tuple[float, ...] = (0.5, 0.7, 0.9)  # energy ranks for the damage points
+    cpu_threads: int = 1
+    # Verdict margins (accuracy fractions, share of conv parameters), fixed a priori.
+    damage_rho: float = 0.5  # "ranks the damage": mean per-seed Spearman at least this
+    selective_margin: float = 0.02  # selective stays within this of the original
+    all_drop_min: float = 0.05  # decompose-all "costs much": at least this much accuracy
+    min_removed: float = 0.10  # selective still removes this share of conv parameters
+    pruning_gain: float = 0.01  # pruning "helps": removes at least this much more (talk: ~2%)
+    learned_margin: float = 0.05
+    max_layers: int | None = None  # study only the first decomposable convs (dry runs)
+
+    def dry_run(self) -> DecompStudyConfig:
+        """One seed, two steps, 8 px; the study on the first two convs (decomposing a full
+        ResNet's 512-channel convs on the CPU would take minutes)."""
+        return dataclasses.replace(
+            self, data=self.data.dry_run(), resolution=8, seeds=self.seeds[:1],
+            energies=self.energies[:2], max_layers=2,
+            train=dataclasses.replace(self.train, max_steps=2, batch_size=8, amp=None,
+                                      channels_last=False, compile=False))
+
+    @property
+    def chance(self) -> float:
+        n = {"cifar10": 10, "cifar100": 100}.get(self.data.name, self.data.num_classes)
+        return 1.0 / n
+
+
+def _build(cfg: DecompStudyConfig) -> nn.Module:
+    return models.build(cfg.model, **{**dict(cfg.model_overrides), "resolution": cfg.resolution})
+
+
+def trained_models(cfg: DecompStudyConfig, data: DatasetSplits, *, device: str,
+                   use_cache: bool = True, workers: int = 1) -> dict[int, nn.Module]:
+    """The network trained once per seed (weights cached with the run), in eval mode."""
+    jobs = []
+    for seed in cfg.seeds:
+        recipe = dataclasses.replace(cfg.train, seed=seed, cpu_threads=cfg.cpu_threads)
+        key = {"study": "decompose-base", "model": cfg.model, "overrides": cfg.model_overrides,
+               "data": cfg.data, "resolution": cfg.resolution, "train": recipe,
+               "device_class": device_class(device)}
+        jobs.append(TrainJob(key, functools.partial(_build, cfg), data.train, data.test, recipe,
+                             device, desc=f"{cfg.model} seed {seed}", keep_weights=True))
+    out = {}
+    for seed, rec in zip(cfg.seeds, run_jobs(jobs, workers=workers, use_cache=use_cache),
+                         strict=True):
+        model = _build(cfg)
+        model.load_state_dict(trained_weights(rec))
+        out[seed] = model.to(device).eval()
+    return out
+
+
+def accuracy(model: nn.Module, data: DatasetSplits, cfg: DecompStudyConfig, device: str) -> float:
+    return evaluate(model, data.test, device, cfg.train)[0]
+
+
+def decomposable_layers(model: nn.Module, limit: int | None = None) -> list[str]:
+    """The convs a model walk decomposes (k×k, not grouped), in order; the first ``limit``."""
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)
+             and decomposable(m) is None and pointwise(m) is None]
+    return names[:limit] if limit is not None else names
+
+
+def damage_table(model: nn.Module, data: DatasetSplits, cfg: DecompStudyConfig,
+                 device: str) -> pd.DataFrame:
+    """One row per (decomposable conv, energy rank): that layer alone decomposed, its
+    random-tensor error and the accuracy it costs the network."""
+    base = accuracy(model, data, cfg, device)
+    names = decomposable_layers(model, cfg.max_layers)
+    rows = []
+    for name in names:
+        for keep in cfg.energies:
+            settings = DecomposeSettings(threshold=cfg.threshold, rank_rule="energy", keep=keep)
+            new, report = decompose_model(model, settings, cfg.resolution,
+                                          only=lambda n, name=name: n == name, force=True)
+            row = report.set_index("layer").loc[name]
+            rows.append(dict(layer=name, keep=keep, error=row.error,
+                             acc_drop=base - accuracy(new.to(device), data, cfg, device),
+                             params_removed=row.params_before - row.params_after))
+    return pd.DataFrame(rows)
+
+
+def compare_strategies(model: nn.Module, data: DatasetSplits, cfg: DecompStudyConfig,
+                       device: str) -> pd.DataFrame:
+    """Original, decompose-all, selective (threshold) and prune + selective: accuracy, its drop
+    and the share of conv parameters removed."""
+    settings = DecomposeSettings(threshold=cfg.threshold, rank_rule=cfg.rank_rule)
+    base = accuracy(model, data, cfg, device)
+    conv_params = sum(p.numel() for m in model.modules() if isinstance(m, nn.Conv2d)
+                      for p in m.parameters())
+    studied = (None if cfg.max_layers is None
+               else set(decomposable_layers(model, cfg.max_layers)).__contains__)
+    rows = [dict(strategy="original", acc=base, acc_drop=0.0, removed_share=0.0, layers=0)]
+    for strategy, kw in (("all", dict(force=True)), ("selective", {}),
+                         ("prune+selective", dict(prune=True))):
+        new, report = decompose_model(model, settings, cfg.resolution, only=studied, **kw)
+        acc = accuracy(new.to(device), data, cfg, device)
+        removed = int(report.params_before.sum() - report.params_after.sum())
+        rows.append(dict(strategy=strategy, acc=acc, acc_drop=base - acc,
+                         removed_share=removed / conv_params,
+                         layers=int(report.decomposed.sum())))
+    return pd.DataFrame(rows)
+
+
+def decomposition_tables(models_by_seed: dict[int, nn.Module], data: DatasetSplits,
+                         cfg: DecompStudyConfig, device: str,
+                         progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(damage, strategies) over every seed's network, each row tagged with its seed."""
+    from harness.progress import progress_bar
+
+    damage, strategies = [], []
+    with progress_bar(len(models_by_seed), "decomposing trained networks", progress,
+                      unit="net") as bar:
+        for seed, model in models_by_seed.items():
+            damage.append(damage_table(model, data, cfg, device).assign(seed=seed))
+            strategies.append(compare_strategies(model, data, cfg, device).assign(seed=seed))
+            bar.update(1)
+    return pd.concat(damage, ignore_index=True), pd.concat(strategies, ignore_index=True)
+
+
+# ------------------------------------------------------------------------------ deployment
+
+
+@dataclass(frozen=True)
+class DeployConfig:
+    """The deployment timings: ratios measured in one run with ``harness.timing``."""
+
+    batch: int  # inference batch of the trained network
+    sparsities: tuple[float, ...]
+    channels: tuple[int, ...]  # depthwise grid
+    sizes: tuple[int, ...]
+    grid_batch: int
+    rounds: int = 3  # interleaved pairs per ratio
+    min_run_time: float = 0.2
+    cpu_threads: int = 1
+    amp: str | None = None  # the precision the GPU profile times in
+    # Margins, fixed a priori.
+    time_unchanged: float = 0.10
+    size_unchanged: float = 0.01
+    gzip_shrinks: float = 0.5
+    # 3×3 depthwise + 1×1 over a 3×3 conv is (9C + C²)/(9C²) = 1/C + 1/9, exact: "far fewer"
+    # is at most half in every cell (0.36 at C = 4, 0.12 at C = 256).
+    flops_far_fewer: float = 0.5
+    speedup_real: float = 1.2
+    much_smaller: float = 0.5
+
+    def dry_run(self) -> DeployConfig:
+        return dataclasses.replace(self, batch=2, grid_batch=2, channels=self.channels[:2],
+                                   sizes=self.sizes[:1], sparsities=self.sparsities[-1:],
+                                   rounds=1, min_run_time=0.01)
+
+    def setup(self, device: str):
+        from harness.timing import TimingSetup
+
+        return TimingSetup(device=device, min_run_time=self.min_run_time,
+                           cpu_threads=self.cpu_threads)
+
+
+def plot_damage(damage: pd.DataFrame):
+    """Single-layer accuracy drop against the layer's random-tensor error, a colour per rank
+    level, a marker per seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    markers = "osD^v"
+    for (keep, seed), grp in damage.groupby(["keep", "seed"]):
+        ax.scatter(grp.error, grp.acc_drop, marker=markers[int(seed) % len(markers)],
+                   color=plt.cm.viridis(float(keep)), label=f"keep {keep:g}, seed {seed}")
+    ax.set_xlabel("random-tensor layer error ‖y−ỹ‖/‖y‖")
+    ax.set_ylabel("accuracy drop, that layer alone decomposed")
+    ax.legend(fontsize=6, ncol=2)
+    ax.set_title("Does the layer error rank the damage?")
+    fig.tight_layout()
+    return fig
+
+
+def plot_strategies(strategies: pd.DataFrame):
+    """Accuracy against the share of conv parameters removed, per strategy and seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for strategy, grp in strategies.groupby("strategy", sort=False):
+        ax.scatter(grp.removed_share, grp.acc, label=strategy)
+    ax.set_xlabel("share of conv parameters removed")
+    ax.set_ylabel("test accuracy (not fine-tuned)")
+    ax.legend()
+    ax.set_title("Decompose-all vs selective vs prune + selective")
+    fig.tight_layout()
+    return fig
+
+
+def plot_depthwise(grid: pd.DataFrame):
+    """Heat map of the depthwise-separable block's time over the standard conv's."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = grid.pivot(index="channels", columns="size", values="time_ratio")
+    fig, ax = plt.subplots(figsize=(5, 4))
+    im = ax.imshow(table.values, cmap="coolwarm", vmin=0, vmax=2, origin="lower")
+    ax.set_xticks(range(len(table.columns)), [str(c) for c in table.columns])
+    ax.set_yticks(range(len(table.index)), [str(c) for c in table.index])
+    for i in range(table.shape[0]):
+        for j in range(table.shape[1]):
+            ax.text(j, i, f"{table.values[i, j]:.2f}", ha="center", va="center", fontsize=8)
+    ax.set_xlabel("map size (px)")
+    ax.set_ylabel("channels")
+    ax.set_title("depthwise-separable time / standard time (<1: faster)")
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    return fig
+
+
+def decompose_all(model: nn.Module, cfg: DecompStudyConfig) -> nn.Module:
+    """Every studied conv decomposed with the study's rank rule, whatever its error: the
+    largest flops saving the rule gives (``deploy.decomposed_speedup``)."""
+    studied = (None if cfg.max_layers is None
+               else set(decomposable_layers(model, cfg.max_layers)).__contains__)
+    settings = DecomposeSettings(threshold=cfg.threshold, rank_rule=cfg.rank_rule)
+    return decompose_model(model, settings, cfg.resolution, only=studied, force=True)[0]
