@@ -1,8 +1,8 @@
 """Sessions: ``tests`` (unit and property tests), ``claims`` (the claim checks),
 ``claims_portability`` (the same checks under another CPU kernel path), ``noise`` (measure the
-bands' noise across kernel paths), ``regen`` (store references), ``report`` (the HTML report of a run, or two runs compared),
-``bench`` (speed benchmarks and their gate against a stored baseline), ``bench_ab`` (the
-same-job A/B speed gate) and ``lint``.
+bands' noise across kernel paths), ``regen`` (store references), ``report`` (the HTML report
+of a run, or two runs compared), ``bench`` (speed benchmarks and their gate against a stored
+baseline), ``bench_ab`` (the same-job A/B speed gate) and ``lint``.
 
 ``nox -s claims`` picks the profile itself: ``full`` where CUDA is present, ``smoke`` elsewhere.
 Anything after ``--`` goes to pytest, e.g. ``nox -s claims -- --claim 'agc.*' --profile smoke``.
@@ -121,6 +121,16 @@ def regen(session: nox.Session) -> None:
         session.error("name the profile and device: nox -s regen -- --profile smoke --device cpu")
     install(session)
     session.run("pytest", "claims", "--regen-references", *args)
+
+
+@nox.session
+def report(session: nox.Session) -> None:
+    """The self-contained HTML report of a run: ``nox -s report -- results/<run>`` writes
+    ``report.html`` there (``nox -s claims`` writes it too); ``-- A B`` compares two runs."""
+    if not session.posargs:
+        session.error("name a run: nox -s report -- results/<run>  (or two: A B)")
+    install(session)
+    session.run("python", "-m", "harness.report", *session.posargs)
 
 
 @nox.session

@@ -24,7 +24,8 @@ BENCH_FILE = textwrap.dedent("""
     def test_hot_path(benchmark):
         benchmark.pedantic(hot_path, warmup_rounds=1, rounds=8, iterations=1)
 """)
-HOT = "import os, time\n\ndef hot_path():\n    time.sleep(0.002 + float(os.environ.get('HOT_PATH_DELAY', '0')))\n"
+HOT = ("import os, time\n\ndef hot_path():\n"
+       "    time.sleep(0.002 + float(os.environ.get('HOT_PATH_DELAY', '0')))\n")
 
 
 def stats(**medians: float) -> dict[str, BenchStat]:
