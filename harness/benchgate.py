@@ -409,7 +409,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m harness.benchgate",
                                 description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
-    bench = sub.add_parser("bench", help="run the benchmarks; --compare / --save-baseline")
+    # No abbreviations: the rest of the line goes to pytest, whose options share prefixes.
+    bench = sub.add_parser("bench", help="run the benchmarks; --compare / --save-baseline",
+                           allow_abbrev=False)
     bench.add_argument("--compare", action="store_true",
                        help="fail on a median slowdown above --threshold against this machine's baseline")
     bench.add_argument("--save-baseline", action="store_true",
@@ -419,7 +421,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="benchmark files or folders (default: benchmarks)")
     bench.add_argument("--json", type=Path, default=None,
                        help="where the run's JSON goes (default results/benchmarks/<time>.json)")
-    ab = sub.add_parser("ab", help="time REF and this tree interleaved in one job")
+    ab = sub.add_parser("ab", help="time REF and this tree interleaved in one job",
+                        allow_abbrev=False)
     ab.add_argument("ref", help="the git ref to compare against (e.g. origin/main)")
     ab.add_argument("--merge-base", action="store_true",
                     help="compare against the merge base of REF and HEAD, as a PR would")
@@ -471,8 +474,11 @@ def _bench(args: argparse.Namespace, pytest_args: list[str]) -> int:
 
 
 def _ab(args: argparse.Namespace, pytest_args: list[str]) -> int:
-    if args.rounds < 4:
-        raise GateError("--rounds must be at least 4: with 3 a side no Mann-Whitney p is below 0.05")
+    smallest_p = 1 / math.comb(2 * args.rounds, args.rounds)  # head's samples all above base's
+    if smallest_p >= args.alpha:
+        raise GateError(f"--rounds {args.rounds} can never fail the gate: with {args.rounds} "
+                        f"samples a side the smallest one-sided Mann-Whitney p is "
+                        f"{smallest_p:.3g}, not below --alpha {args.alpha:g}; use more rounds")
     head = Path(_git(Path.cwd(), "rev-parse", "--show-toplevel"))
     sha = resolve_ref(head, args.ref, args.merge_base)
     print(f"A/B: base {args.ref}{' (merge base)' if args.merge_base else ''} = {sha[:12]} "

@@ -180,5 +180,11 @@ def test_a_slowed_hot_path_fails_the_ab_gate_and_an_unchanged_tree_passes(tmp_pa
 
 
 def test_ab_needs_enough_rounds_for_significance(capsys):
-    assert benchgate.main(["ab", "HEAD", "--rounds", "3"]) == 2
-    assert "at least 4" in capsys.readouterr().err
+    assert benchgate.main(["ab", "HEAD", "--rounds", "3"]) == 2  # smallest p 1/20
+    assert "can never fail the gate" in capsys.readouterr().err
+    assert benchgate.main(["ab", "HEAD", "--rounds", "4", "--alpha", "0.01"]) == 2  # 1/70
+
+
+def test_options_are_not_abbreviated_so_pytest_gets_its_own():
+    args, rest = benchgate._parser().parse_known_args(["bench", "--benchmark", "-k", "x"])
+    assert args.benchmarks is None and rest == ["--benchmark", "-k", "x"]
