@@ -119,6 +119,21 @@ def read_run(path: Path) -> dict[str, BenchStat]:
         raise GateError(f"malformed benchmark results {path}: {type(e).__name__}: {e}") from None
 
 
+def check_imports_from(tree: Path, python: str = sys.executable) -> None:
+    """A process started as ``run_benchmarks`` starts it imports ``harness`` from ``tree``
+    (PYTHONPATH precedes an installed or editable copy); else an A/B run would time one tree
+    twice and call it a comparison."""
+    if not (Path(tree) / "harness" / "__init__.py").exists():
+        return  # benchmarks that do not use the harness
+    found = subprocess.run([python, "-c", "import harness; print(harness.__file__)"], cwd=tree,
+                           env={**os.environ, "PYTHONPATH": str(tree)}, capture_output=True,
+                           text=True)
+    where = Path(found.stdout.strip() or ".").resolve()
+    if found.returncode != 0 or not where.is_relative_to(Path(tree).resolve()):
+        raise GateError(f"in {tree}, `import harness` loads {found.stdout.strip() or found.stderr.strip()}, "
+                        "not this tree's copy")
+
+
 def run_benchmarks(tree: Path, paths: Sequence[str], json_out: Path, pytest_args: Sequence[str] = (),
                    python: str = sys.executable, echo: bool = False) -> dict[str, BenchStat]:
     """Run ``paths`` of ``tree`` with pytest-benchmark in a fresh process that imports the
@@ -378,6 +393,7 @@ def run_ab(head_tree: Path, base_sha: str, paths: Sequence[str], rounds: int = A
             for side, chosen in selected.items():
                 if not chosen:
                     raise GateError(f"none of {list(paths)} exists in the {side} tree ({trees[side]})")
+                check_imports_from(trees[side], python)
             for r in range(rounds):
                 order = ("base", "head") if r % 2 == 0 else ("head", "base")
                 for side in order:

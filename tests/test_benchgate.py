@@ -188,3 +188,14 @@ def test_ab_needs_enough_rounds_for_significance(capsys):
 def test_options_are_not_abbreviated_so_pytest_gets_its_own():
     args, rest = benchgate._parser().parse_known_args(["bench", "--benchmark", "-k", "x"])
     assert args.benchmarks is None and rest == ["--benchmark", "-k", "x"]
+
+
+def test_each_tree_imports_its_own_harness(tmp_path):
+    benchgate.check_imports_from(Path(benchgate.__file__).parent.parent)  # this tree: fine
+    fake = tmp_path / "tree"
+    (fake / "harness").mkdir(parents=True)
+    (fake / "harness" / "__init__.py").write_text("")
+    benchgate.check_imports_from(fake)  # PYTHONPATH wins over the installed copy
+    (fake / "harness" / "__init__.py").write_text("raise ImportError('broken tree')")
+    with pytest.raises(GateError, match="broken tree"):
+        benchgate.check_imports_from(fake)
