@@ -37,7 +37,7 @@ from harness.environment import REPO_ROOT, cpu_name, git_commit
 DEFAULT_THRESHOLD = 0.10  # a median slowdown above 10% fails
 ALPHA = 0.05  # the A/B test's significance level
 AB_ROUNDS = 6  # with 6 samples a side the smallest one-sided MWU p is 1/924
-BASELINE_ROOT = REPO_ROOT / "reference_results" / "benchmarks"
+BASELINE_ROOT = REPO_ROOT / "reference_results" / "benchmarks"  # references.BENCHMARKS_DIR
 # The A/B run's default subset: fast enough to run each tree AB_ROUNDS times in a few minutes.
 AB_BENCHMARKS = ("benchmarks/test_bench_train_step.py", "benchmarks/test_bench_models.py")
 SCHEMA_VERSION = 1

@@ -199,3 +199,14 @@ def test_each_tree_imports_its_own_harness(tmp_path):
     (fake / "harness" / "__init__.py").write_text("raise ImportError('broken tree')")
     with pytest.raises(GateError, match="broken tree"):
         benchgate.check_imports_from(fake)
+
+
+def test_a_stored_baseline_is_not_taken_for_a_claim_reference(tmp_path):
+    from harness import references
+
+    claim_ref = tmp_path / "smoke" / "cpu" / "demo.json"
+    claim_ref.parent.mkdir(parents=True)
+    claim_ref.write_text("{}")
+    benchgate.save_baseline(benchgate.baseline_path(tmp_path / references.BENCHMARKS_DIR, "m"),
+                            stats(a=1.0), {})
+    assert references.reference_files(tmp_path) == [claim_ref]
