@@ -1,7 +1,8 @@
 """Sessions: ``tests`` (unit and property tests), ``claims`` (the claim checks),
 ``claims_portability`` (the same checks under another CPU kernel path), ``noise`` (measure the
-bands' noise across kernel paths), ``regen`` (store references), ``bench`` (speed benchmarks)
-and ``lint``.
+bands' noise across kernel paths), ``regen`` (store references), ``report`` (the HTML report
+of a run, or two runs compared), ``bench`` (speed benchmarks and their gate against a stored
+baseline), ``bench_ab`` (the same-job A/B speed gate) and ``lint``.
 
 ``nox -s claims`` picks the profile itself: ``full`` where CUDA is present, ``smoke`` elsewhere.
 Anything after ``--`` goes to pytest, e.g. ``nox -s claims -- --claim 'agc.*' --profile smoke``.
@@ -123,10 +124,33 @@ def regen(session: nox.Session) -> None:
 
 
 @nox.session
-def bench(session: nox.Session) -> None:
-    """Speed benchmarks (pytest-benchmark); compare runs with --benchmark-compare."""
+def report(session: nox.Session) -> None:
+    """The self-contained HTML report of a run: ``nox -s report -- results/<run>`` writes
+    ``report.html`` there (``nox -s claims`` writes it too); ``-- A B`` compares two runs."""
+    if not session.posargs:
+        session.error("name a run: nox -s report -- results/<run>  (or two: A B)")
     install(session)
-    session.run("pytest", "benchmarks", "--benchmark-only", "--benchmark-autosave", *session.posargs)
+    session.run("python", "-m", "harness.report", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Speed benchmarks (pytest-benchmark). ``-- --compare`` fails on a median slowdown above
+    ``--threshold`` (default 10%) against this machine's stored baseline; ``-- --save-baseline``
+    stores one (``reference_results/benchmarks/<machine id>/``). Other arguments go to pytest."""
+    install(session)
+    session.run("python", "-m", "harness.benchgate", "bench", *session.posargs)
+
+
+@nox.session
+def bench_ab(session: nox.Session) -> None:
+    """Same-job A/B speed gate for noisy machines: ``nox -s bench_ab -- origin/main
+    [--merge-base] [--rounds 6] [--threshold 10%]`` times that ref (a temporary worktree) and
+    this tree, interleaved in fresh processes; fails on a significant slowdown."""
+    if not session.posargs or session.posargs[0].startswith("-"):
+        session.error("name the git ref to compare against: nox -s bench_ab -- origin/main")
+    install(session)
+    session.run("python", "-m", "harness.benchgate", "ab", *session.posargs)
 
 
 @nox.session

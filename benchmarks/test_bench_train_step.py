@@ -1,7 +1,7 @@
 """Training-step throughput of a smoke model: the baseline for speed-regression gating.
 
-Run with ``nox -s bench``; gate a change with
-``nox -s bench -- --benchmark-compare --benchmark-compare-fail=median:15%``.
+Run with ``nox -s bench``; gate a change with ``nox -s bench -- --compare`` (this machine's
+baseline) or ``nox -s bench_ab -- origin/main`` (both trees in one job).
 """
 
 from __future__ import annotations

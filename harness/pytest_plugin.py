@@ -3,7 +3,7 @@
 A claim check is a test marked ``@pytest.mark.claim(CLAIM)`` that takes the ``evidence``
 fixture. After the test body, the plugin compares the evidence with the stored reference (or
 stores it, with ``--regen-references``), and at the end prints one row per claim and writes
-``results/<run>/claims.csv``, ``claims.json`` and ``report.md``. Heavy imports stay lazy so
+``results/<run>/claims.csv``, ``claims.json``, ``report.md`` and ``report.html``. Heavy imports stay lazy so
 the plugin costs nothing in runs that have no claims.
 """
 
@@ -362,9 +362,17 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         "device_class": p.device_class,
         "environment": state.environment,
         "seeds": {r.claim: r.seeds for r in state.rows},
+        "references_dir": str(state.references_root),
     }
     reporting.write_results(state.run_dir, state.rows, context)
     tr.write_line(f"\nresults: {state.run_dir}/claims.csv, claims.json, report.md")
+    try:
+        from harness.report import write_html
+
+        tr.write_line(f"report: {write_html(state.run_dir)}")
+    except Exception as e:  # noqa: BLE001 - the results above are written; say what failed
+        tr.write_line(f"report.html not written: {type(e).__name__}: {e} "
+                      f"(retry: nox -s report -- {state.run_dir})", red=True)
     if state.regen_log:
         tr.section("references regenerated (old -> new)")
         for line in state.regen_log:

@@ -65,9 +65,14 @@ def reference_path(root: Path, profile: str, device_class: str, claim_id: str) -
     return Path(root) / profile / device_class / f"{claim_id}.json"
 
 
+BENCHMARKS_DIR = "benchmarks"  # speed baselines (harness.benchgate) live beside the references
+
+
 def reference_files(root: Path = DEFAULT_ROOT) -> list[Path]:
-    """Every stored reference under ``root`` (not the measured noise beside them)."""
-    return sorted(p for p in Path(root).rglob("*.json") if "noise" not in p.parent.parts)
+    """Every stored reference under ``root`` (not the measured noise beside them, nor the
+    speed baselines under ``benchmarks/``)."""
+    return sorted(p for p in Path(root).rglob("*.json") if "noise" not in p.parent.parts
+                  and p.relative_to(root).parts[0] != BENCHMARKS_DIR)
 
 
 def regen_command(profile: str, device: str, claim_id: str) -> str:

@@ -36,6 +36,7 @@ class ClaimRow:
     notes: list[str] = field(default_factory=list)
     samples: dict[str, list[float | None]] = field(default_factory=dict)  # per-seed values
     observed: dict[str, float | None] = field(default_factory=dict)  # reported, not guarded
+    metric_papers: dict[str, str] = field(default_factory=dict)  # the paper's figure per metric
 
 
 def row_from(evidence: Evidence, comparison: Comparison, seconds: float) -> ClaimRow:
@@ -58,6 +59,7 @@ def row_from(evidence: Evidence, comparison: Comparison, seconds: float) -> Clai
         notes=list(evidence.notes),
         samples={k: list(m.samples) for k, m in evidence.measurements.items() if m.samples},
         observed=dict(evidence.observed),
+        metric_papers={k: m.paper for k, m in evidence.measurements.items() if m.paper},
     )
 
 

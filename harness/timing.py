@@ -161,6 +161,25 @@ def inference_ratio(a: nn.Module, b: nn.Module, batch_size: int, resolution: int
     return RatioSummary(ratios[len(ratios) // 2], ratios[0], ratios[-1])
 
 
+def synchronised(fn: Callable[[], None], device: str) -> Callable[[], None]:
+    """``fn`` followed by a CUDA synchronise, so a wall-clock timer around a call (as
+    pytest-benchmark's) sees the GPU's work finish rather than the launch return. The previous
+    call's synchronise leaves the queue empty when the next starts. On the CPU, ``fn`` itself."""
+    if device != "cuda":
+        return fn
+
+    def call() -> None:
+        fn()
+        torch.cuda.synchronize()
+
+    return call
+
+
+def bench_device() -> str:
+    """Where benchmarks run: CUDA when this torch sees a GPU, else the CPU."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def batch_doubling_ratio(time_at: Callable[[int], Timing], batch_size: int) -> float:
     """t(2B) / t(B): 2 when the device, not the host, bounds the time (twice the work takes
     twice as long); towards 1 when launching kernels does (a dispatch-bound timing says

@@ -14,6 +14,7 @@ import torch  # noqa: F401
 import harness.environment  # noqa: F401
 import harness.profiles  # noqa: F401
 import harness.references  # noqa: F401
+import harness.report  # noqa: F401
 import harness.reporting  # noqa: F401
 
 CLAIM_FILE = """
@@ -135,6 +136,8 @@ def test_results_are_written_as_csv_json_and_report(sandbox):
     assert doc["profile"] == "smoke" and "torch" in doc["environment"]
     report = (run_dir / "report.md").read_text()
     assert "demo.claim" in report and "Note: a caveat worth reading" in report
+    html = (run_dir / "report.html").read_text()  # the HTML report, written at session end
+    assert 'id="verdict-table"' in html and "demo.gpu" in html and "a caveat worth reading" in html
 
 
 def test_notes_show_in_the_table(sandbox):

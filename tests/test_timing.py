@@ -90,3 +90,24 @@ def test_interleaved_ratio_summarises_b_over_a_per_round():
 
     r = timing.interleaved_ratio(fast, slow, rounds=3, min_run_time=0.02)
     assert r.low <= r.median <= r.high and 1.5 < r.median < 5
+
+
+def test_synchronised_waits_for_cuda_after_every_call_and_is_a_no_op_on_cpu(monkeypatch):
+    calls = []
+
+    def fn():
+        calls.append("fn")
+
+    assert timing.synchronised(fn, "cpu") is fn
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: calls.append("sync"))
+    wrapped = timing.synchronised(fn, "cuda")
+    wrapped()
+    wrapped()
+    assert calls == ["fn", "sync", "fn", "sync"]  # the timer stops after the GPU's work ends
+
+
+def test_bench_device_follows_cuda_availability(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert timing.bench_device() == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert timing.bench_device() == "cuda"
