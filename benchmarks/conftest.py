@@ -10,8 +10,8 @@
 Hot paths benchmarked: the training and inference step of scaled models
 (test_bench_models.py), the training step of a smoke model (test_bench_train_step.py), AGC's
 step (test_bench_agc.py), mask maintenance (test_bench_sparse.py), and complexity counting of
-RegNetY-16GF (test_bench_complexity.py). A decomposed network against its original belongs in
-test_bench_decompose.py (to add with the decomposition family's study), using ``bench`` alike.
+RegNetY-16GF (test_bench_complexity.py), and a Tucker-2-decomposed network against its
+original plus the decomposition itself (test_bench_decompose.py).
 """
 
 from __future__ import annotations
