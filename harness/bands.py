@@ -28,15 +28,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import statistics
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from harness import atomic
 from harness.claim import Tolerance, _fmt
 from harness.environment import KERNEL_SETTINGS
 
@@ -226,21 +225,8 @@ def collect(run_dirs: Sequence[Path], root: Path, profile: str, device_class: st
         table["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         path = noise_path(root, profile, device_class, claim)
         lines.append(f"{path}: settings {', '.join(table['settings'])}")
-        _atomic_write(path, table)
+        atomic.write_json(path, table, indent=1)
     return lines
-
-
-def _atomic_write(path: Path, doc: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def main(argv: Sequence[str] | None = None) -> int:

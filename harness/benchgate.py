@@ -32,6 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from harness import atomic
 from harness.environment import REPO_ROOT, cpu_name, git_commit
 
 DEFAULT_THRESHOLD = 0.10  # a median slowdown above 10% fails
@@ -235,16 +236,7 @@ def save_baseline(path: Path, run: dict[str, BenchStat], info: dict[str, Any]) -
            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
            "benchmarks": {n: {"median": s.median, "iqr": s.iqr, "rounds": s.rounds}
                           for n, s in run.items()}}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic.write_json(path, doc)
     return [f"{n}: {_ms(old[n].median) if n in old else '(absent)'} -> {_ms(s.median)}"
             for n, s in run.items()] + [f"{n}: {_ms(old[n].median)} -> (removed)"
                                         for n in old if n not in run]

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from harness import atomic
 from harness.claim import Evidence, Tolerance, _fmt
 
 SCHEMA_VERSION = 1
@@ -230,18 +229,7 @@ def write_reference(path: Path, record: dict[str, Any]) -> list[str]:
         except (OSError, json.JSONDecodeError):
             old = {}  # a corrupt file is being replaced on purpose
     changes = _describe_changes(old, record)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=2, sort_keys=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic.write_json(path, record)
     return changes
 
 

@@ -14,15 +14,14 @@ import base64
 import dataclasses
 import json
 import math
-import os
 import sys
-import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness import atomic
 from harness import references as refs
 from harness.claim import _fmt
 from harness.reporting import ClaimRow
@@ -219,21 +218,8 @@ def write_html(run_dir: Path, out: Path | None = None) -> Path:
     """Render ``run_dir``'s report to ``out`` (default ``run_dir/report.html``), atomically."""
     run = load_run(run_dir)
     out = Path(out) if out else Path(run_dir) / "report.html"
-    _atomic_write(out, render_run(run))
+    atomic.write_text(out, render_run(run))
     return out
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)  # a report is for reading (mkstemp makes it private)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ------------------------------------------ two runs ------------------------------------------ #
@@ -302,7 +288,7 @@ def write_comparison(a_dir: Path, b_dir: Path, out: Path | None = None) -> tuple
     a, b = load_run(a_dir), load_run(b_dir)
     changes = compare_runs(a, b)
     out = Path(out) if out else Path(b_dir) / "compare.html"
-    _atomic_write(out, render_comparison(a, b, changes))
+    atomic.write_text(out, render_comparison(a, b, changes))
     return out, changes
 
 
