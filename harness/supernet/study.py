@@ -125,8 +125,8 @@ def random_pairs(count: int, seed: int) -> list[tuple[str, Tensor, Tensor]]:
     g = torch.Generator().manual_seed(seed)
     out = []
     for i in range(count):
-        shape = [(7,), (3, 5), (4, 3, 3, 3), (64,), (16, 8)][i % 5]
-        g1 = torch.randn(shape, generator=g) * float(10 ** torch.randint(-3, 3, (), generator=g))
+        shape = [(7,), (3, 5), (4, 3, 3, 3), (64,), (16, 8)][(i // 5) % 5]
+        g1 = torch.randn(shape, generator=g) * 10.0 ** int(torch.randint(-3, 3, (), generator=g))
         noise = torch.randn(shape, generator=g)
         kind = i % 5
         if kind == 0:
