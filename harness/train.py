@@ -5,11 +5,19 @@ Sections: config -> optimizer and schedule -> the loop -> evaluation -> the on-d
 - SGD with momentum (Nesterov optional), linear warm-up then cosine or exponential decay,
   label smoothing, no weight decay on norms and biases (ndim <= 1).
 - CUDA: AMP (bf16, or fp16 with a GradScaler), channels_last, optional torch.compile.
-- Two hook points, so AGC, sparse masks and gradient projection plug in without forking:
-  ``before_step`` runs between backward (after unscaling) and the optimizer step,
-  ``after_step`` runs after it. A hook may also define ``start(RunStart)`` (called once, after
-  the model and optimizer exist and before the first forward) and ``record() -> dict`` (what
-  it measured, stored in ``TrainRecord.extra`` and so cached with the run).
+- Two hook points, so AGC and sparse masks plug in without forking: ``before_step`` runs
+  between backward (after unscaling) and the optimizer step, ``after_step`` runs after it. A
+  hook may also define ``start(RunStart)`` (called once, after the model and optimizer exist
+  and before the first forward) and ``record() -> dict`` (what it measured, stored in
+  ``TrainRecord.extra`` and so cached with the run).
+- One extension point for a step that is not one loss: ``step_fn(model, (x, y), StepContext)
+  -> loss`` replaces the forward and backward (e.g. the sandwich rule: one forward/backward per
+  sampled subnet, gradients combined by gradient projection). It runs its own backward passes
+  through ``StepContext.backward`` (the loss scaler) inside ``StepContext.autocast()``, leaves
+  the step's gradients in ``.grad`` and returns the loss the loop logs and checks for
+  divergence. Unscaling, the hooks, the optimizer step and the schedule stay the loop's. It
+  may define ``start``/``record`` like a hook; its module enters the cache's code fingerprint.
+  Without one, the step is the plain cross-entropy step, unchanged.
 - A NaN or exploding loss stops the run and is recorded as ``diverged=True``: a result.
 - Records are cached on disk by a hash of everything that determines them.
 """
@@ -91,6 +99,33 @@ StepHook = Callable[[StepState], None]
 
 
 @dataclass
+class StepContext:
+    """What a custom ``step_fn`` gets besides the model and the batch: the forward to call
+    (the compiled model on CUDA when asked), the step, the recipe, and the loop's precision
+    machinery: run forwards inside ``autocast()`` and backwards through ``backward(loss)``
+    (the GradScaler: the loop unscales the summed gradients once, before the hooks)."""
+
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    step: int
+    cfg: TrainConfig
+    scaler: torch.amp.GradScaler
+    device: str
+    amp_dtype: torch.dtype | None
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(device_type=self.device, dtype=self.amp_dtype,
+                              enabled=self.amp_dtype is not None)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Accumulate ``loss``'s gradients into ``.grad`` (scaled when a scaler is on)."""
+        self.scaler.scale(loss).backward()
+
+
+# ``step_fn(model, (x, y), ctx) -> loss``: fills ``.grad`` by its own backward passes.
+StepFn = Callable[[nn.Module, tuple[torch.Tensor, torch.Tensor], StepContext], torch.Tensor]
+
+
+@dataclass
 class RunStart:
     """What a hook's optional ``start`` sees, once, before the first forward pass."""
 
@@ -162,16 +197,21 @@ def train(
     after_step: Sequence[StepHook] = (),
     progress: bool | None = None,
     desc: str = "train",
+    step_fn: StepFn | None = None,
 ) -> TrainRecord:
-    """Train ``model_fn()`` (built after seeding) and evaluate it on ``test_set``."""
+    """Train ``model_fn()`` (built after seeding) and evaluate it on ``test_set``.
+
+    ``step_fn``: a custom forward/backward (see ``StepContext``); None is the plain
+    cross-entropy step."""
     from harness.timing import timing_settings
 
     with timing_settings(device, cfg.cpu_threads):
         return _train(model_fn, train_set, test_set, cfg, device, before_step, after_step,
-                      progress, desc)
+                      progress, desc, step_fn)
 
 
-def _train(model_fn, train_set, test_set, cfg, device, before_step, after_step, progress, desc):
+def _train(model_fn, train_set, test_set, cfg, device, before_step, after_step, progress, desc,
+           step_fn=None):
     from harness.batches import batches
     from harness.progress import progress_bar
 
@@ -201,7 +241,7 @@ def _train(model_fn, train_set, test_set, cfg, device, before_step, after_step, 
     if cuda:
         torch.cuda.reset_peak_memory_stats()
 
-    hooks = [*before_step, *after_step]
+    hooks = [*before_step, *after_step, *([step_fn] if step_fn is not None else [])]
     for hook in hooks:
         if hasattr(hook, "start"):
             hook.start(RunStart(model, opt, total, cfg.steps_per_epoch(n_train), cfg.seed))
@@ -220,10 +260,16 @@ def _train(model_fn, train_set, test_set, cfg, device, before_step, after_step, 
                             drop_last=True, augment=cfg.augment):
             if cuda and cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device_type=device, dtype=amp_dtype, enabled=amp_dtype is not None):
-                loss = F.cross_entropy(forward(x), y, label_smoothing=cfg.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            if step_fn is None:
+                with torch.autocast(device_type=device, dtype=amp_dtype,
+                                    enabled=amp_dtype is not None):
+                    loss = F.cross_entropy(forward(x), y, label_smoothing=cfg.label_smoothing)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+            else:
+                opt.zero_grad(set_to_none=True)
+                loss = step_fn(model, (x, y), StepContext(forward, step, cfg, scaler, device,
+                                                          amp_dtype))
             scaler.unscale_(opt)  # hooks (AGC) see true gradients
             state = StepState(model, opt, step, loss.detach())
             for hook in before_step:
@@ -508,10 +554,12 @@ class TrainJob:
     desc: str = "train"
     cost: float = 0.0  # expected run time, any unit: the costliest start first
     keep_weights: bool = False  # also cache the trained state_dict (``trained_weights``)
+    step_fn: StepFn | None = None  # a custom step (see ``StepContext``); must pickle too
 
     def code(self) -> str:
         """The fingerprint of the code this run depends on (see ``code_fingerprint``)."""
-        return code_fingerprint(self.model_fn, *self.before_step, *self.after_step)
+        extra = (self.step_fn,) if self.step_fn is not None else ()
+        return code_fingerprint(self.model_fn, *self.before_step, *self.after_step, *extra)
 
 
 def default_workers(device: str) -> int:
@@ -596,7 +644,8 @@ def _run_job(job: TrainJob, hashed: str, use_cache: bool, directory: Path | None
         use_cache = use_cache and _weights_ok(hashed, directory)
     return cached(job.key, lambda: train(job.model_fn, job.train_set, job.test_set, job.cfg,
                                          device=job.device, before_step=job.before_step,
-                                         after_step=after, progress=progress, desc=job.desc),
+                                         after_step=after, progress=progress, desc=job.desc,
+                                         step_fn=job.step_fn),
                   enabled=use_cache, directory=directory, hashed=hashed)
 
 

@@ -5,7 +5,7 @@
 scaling changes); shared blocks live in ``layers``.
 """
 
-from harness.models import anynet, effnet, nf_resnet, vgg  # noqa: F401  (registers models)
+from harness.models import anynet, effnet, nf_resnet, supernet, vgg  # noqa: F401  (registers models)
 from harness.models._registry import build, list_models, register_model
 from harness.models.configs import Config, analytic_complexity, build_config, config_of, measure_config
 

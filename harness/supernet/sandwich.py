@@ -1,0 +1,208 @@
+"""The sandwich rule with gradient-conflict measurement and projection (NASViT, ICLR 2022).
+
+Usable on its own supernet: ``Sandwich(SandwichConfig(project=True))`` is a ``step_fn`` of
+``harness.train`` (the loop calls its ``start`` before the first forward and stores its
+``record()`` with the run). claims/README.md section 5; the official code is
+facebookresearch/NASViT (its sandwich step, read for reference).
+
+Each step:
+
+1. the largest subnet (the supernet) runs forward and backward on the labels (cross-entropy
+   with the recipe's label smoothing); its gradient g₁ is taken out of ``.grad``;
+2. the smallest and ``n_random`` random subnets (seeded) run forward and backward on the
+   largest's *detached* soft predictions (in-place distillation), accumulating g₂ in ``.grad``;
+3. per parameter tensor, every ``log_every`` steps, cos(g₁, g₂) is measured (and overall);
+4. with ``project``: if ⟨g₁, g₂⟩ < 0 then g₁ ← g₁ − (⟨g₁, g₂⟩/‖g₂‖²)·g₂ (``project_conflict_``),
+   so the subnets' gradient wins; the update is g₁ + g₂, written into ``.grad``.
+
+Memory: one extra gradient copy (g₁, moved out of ``.grad`` rather than copied). With an
+fp16 GradScaler both gradients carry the same scale: cosines and the projection are
+scale-free, and the loop unscales the sum once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from harness.models.supernet import Supernet, largest, sample
+from harness.train import RunStart, StepContext
+
+ProjectionRule = Callable[[Tensor, Tensor], Tensor]
+
+
+def project_conflict_(g1: Tensor, g2: Tensor) -> Tensor:
+    """NASViT's projection, in place on ``g1``: if ⟨g₁, g₂⟩ < 0, remove from g₁ its component
+    along g₂ (g₁ ← g₁ − ⟨g₁, g₂⟩/‖g₂‖² · g₂); otherwise leave g₁ exactly as it is. ``g2`` is
+    not changed. Returns whether it projected (a 0-dim bool tensor: no GPU sync)."""
+    dot = torch.dot(g1.flatten(), g2.flatten())
+    conflict = dot < 0
+    # No conflict (or g₂ = 0, whence ⟨g₁, g₂⟩ = 0): coefficient 0, g₁ − 0·g₂ is g₁ bit for bit.
+    coef = torch.where(conflict, dot / g2.flatten().dot(g2.flatten()), torch.zeros_like(dot))
+    g1.sub_(coef * g2)
+    return conflict
+
+
+def combined_update(g1: Tensor, g2: Tensor, rule: ProjectionRule = project_conflict_,
+                    project: bool = True) -> Tensor:
+    """g₁ (projected when ``project``) + g₂, on copies: the law-checking form of the step."""
+    a = g1.clone()
+    if project:
+        rule(a, g2)
+    return a + g2
+
+
+def soft_cross_entropy(logits: Tensor, target_probs: Tensor) -> Tensor:
+    """Cross-entropy against soft targets (the teacher's probabilities), batch mean."""
+    return -(target_probs * F.log_softmax(logits.float(), dim=1)).sum(1).mean()
+
+
+@dataclass(frozen=True)
+class SandwichConfig:
+    n_random: int = 2  # random subnets per step, besides the largest and the smallest
+    project: bool = False  # NASViT's conflict-aware projection; False: naive sandwich
+    distill: bool = True  # in-place distillation of the smaller subnets
+    log_every: int = 5  # steps between cosine measurements (and the first step)
+
+    def __post_init__(self) -> None:
+        if self.n_random < 0:
+            raise ValueError(f"n_random={self.n_random}: must be >= 0")
+        if isinstance(self.log_every, bool) or self.log_every < 1:
+            raise ValueError(f"log_every={self.log_every!r}: must be a positive step count")
+
+
+@dataclass
+class Sandwich:
+    """The sandwich step as a ``step_fn`` of ``harness.train``. Picklable before ``start``.
+
+    ``record()`` gives ``{"conflict": {...}}``: the logged steps, the overall cosine per
+    logged step, each tensor's cosine per logged step (None where g₁ or g₂ is zero), the
+    tensor names, and per logged step the share of tensors whose gradients conflicted."""
+
+    cfg: SandwichConfig
+    rule: ProjectionRule = project_conflict_
+    names: list[str] = field(default_factory=list, init=False)
+    steps: list[int] = field(default_factory=list, init=False)
+    cos: list[float] = field(default_factory=list, init=False)
+    tensor_cos: list[list[float | None]] = field(default_factory=list, init=False)
+    _params: list[nn.Parameter] = field(default_factory=list, init=False, repr=False)
+    _gen: torch.Generator | None = field(default=None, init=False, repr=False)
+
+    def start(self, run: RunStart) -> None:
+        if not isinstance(run.model, Supernet):
+            raise TypeError(f"the sandwich rule trains a Supernet, not a "
+                            f"{type(run.model).__name__}")
+        named = [(n, p) for n, p in run.model.named_parameters() if p.requires_grad]
+        self.names = [n for n, _ in named]
+        self._params = [p for _, p in named]
+        # Its own stream: the subnets drawn do not depend on the loop's shuffling.
+        self._gen = torch.Generator().manual_seed(10_007 * run.seed + 1)
+
+    def __call__(self, model: Supernet, batch: tuple[Tensor, Tensor], ctx: StepContext) -> Tensor:
+        x, y = batch
+        space = model.cfg
+        model.set_arch(largest(space))
+        with ctx.autocast():
+            logits = ctx.forward(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=ctx.cfg.label_smoothing)
+        ctx.backward(loss)
+        teacher = logits.detach().float().softmax(1)
+        g1 = [p.grad for p in self._params]  # moved out, not copied: the one extra copy
+        for p in self._params:
+            p.grad = None
+        others = [sample(space, "smallest")] + [sample(space, "random", self._gen)
+                                                for _ in range(self.cfg.n_random)]
+        for arch in others:
+            model.set_arch(arch)
+            with ctx.autocast():
+                out = ctx.forward(x)
+                sub_loss = (soft_cross_entropy(out, teacher) if self.cfg.distill else
+                            F.cross_entropy(out, y, label_smoothing=ctx.cfg.label_smoothing))
+            ctx.backward(sub_loss)
+        model.set_arch(largest(space))
+        log = ctx.step % self.cfg.log_every == 0
+        if log:
+            self._measure(ctx.step, g1)
+        for p, a in zip(self._params, g1, strict=True):
+            if a is None:
+                continue  # only the subnets reached it: the update is g₂
+            if p.grad is None:
+                p.grad = a  # only the supernet reached it: the update is g₁
+                continue
+            if self.cfg.project:
+                self.rule(a, p.grad)
+            p.grad.add_(a)
+        return loss.detach()
+
+    @torch.no_grad()
+    def _measure(self, step: int, g1: list[Tensor | None]) -> None:
+        dots, n1, n2, per = 0.0, 0.0, 0.0, []
+        for p, a in zip(self._params, g1, strict=True):
+            b = p.grad
+            if a is None or b is None:
+                per.append(None)
+                continue
+            a64, b64 = a.double().flatten(), b.double().flatten()
+            d, s1, s2 = (float(v) for v in (a64 @ b64, a64 @ a64, b64 @ b64))
+            dots, n1, n2 = dots + d, n1 + s1, n2 + s2
+            per.append(d / math.sqrt(s1 * s2) if s1 > 0 and s2 > 0 else None)
+        self.steps.append(step)
+        self.cos.append(dots / math.sqrt(n1 * n2) if n1 > 0 and n2 > 0 else math.nan)
+        self.tensor_cos.append(per)
+
+    def record(self) -> dict[str, Any]:
+        return {"conflict": {"names": self.names, "steps": self.steps, "cos": self.cos,
+                             "tensor_cos": self.tensor_cos, "project": self.cfg.project}}
+
+
+# ----------------------------------------------------------------------- summaries
+
+
+@dataclass(frozen=True)
+class ConflictSummary:
+    """A run's conflicts: the share of (logged step, tensor) pairs with cos(g₁, g₂) < 0 among
+    those where both gradients are non-zero; the share of logged steps whose overall cosine
+    is negative; and the mean overall cosine."""
+
+    tensor_share: float
+    step_share: float
+    mean_cos: float
+    pairs: int
+
+
+def summarize_conflicts(conflict: dict[str, Any]) -> ConflictSummary:
+    values = [c for row in conflict["tensor_cos"] for c in row if c is not None]
+    overall = [c for c in conflict["cos"] if c is not None and math.isfinite(c)]
+    if not values or not overall:
+        return ConflictSummary(math.nan, math.nan, math.nan, 0)
+    return ConflictSummary(sum(c < 0 for c in values) / len(values),
+                           sum(c < 0 for c in overall) / len(overall),
+                           sum(overall) / len(overall), len(values))
+
+
+# ------------------------------------------------------------------ evaluating subnets
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, images: Tensor, batch_size: int, batches: int) -> None:
+    """Reset every BN's running statistics and re-estimate them (cumulative average) on the
+    first ``batches`` batches of ``images`` in train mode: a subnet's own statistics (the
+    supernet's running ones mix every subnet that ran). Leaves the model in eval mode."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    for i in range(batches):
+        chunk = images[i * batch_size:(i + 1) * batch_size]
+        if len(chunk) == 0:
+            break
+        model(chunk)
+    model.eval()
