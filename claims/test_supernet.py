@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 
 from harness.bands import Measured
-from harness.claim import ACCURACY, DIFFERENCE, EXACT, SHARE, Claim
+from harness.claim import ACCURACY, DIFFERENCE, SHARE, Claim
 from harness.data import DataSpec
 from harness.stats import mean
 from harness.supernet.study import (
@@ -65,21 +65,11 @@ def test_projection_rule(evidence, profile):
     cfg = profile.pick(RULE_CONFIGS)
     evidence.record_config(cfg, seeds=(cfg.seed,))
     report = rule_study(cfg)
-    caught = sum(n > 0 for n in report.bad_caught.values())
-    evidence.metric("pairs_checked", report.pairs, EXACT)
-    evidence.metric("violations", len(report.violations), EXACT, key=True)
-    evidence.metric("known_bad_caught", caught, EXACT, key=True)
-    for name, n in report.bad_caught.items():
-        evidence.metric(f"caught_{name}", int(n > 0), EXACT)
-    for v in report.violations[:5]:
-        evidence.note(v)
-    evidence.decide(
-        not report.violations and caught == len(report.bad_caught),
-        f"{report.pairs} gradient pairs ({cfg.random_pairs} random, the rest per-tensor pairs "
-        f"of {cfg.real_steps} sandwich steps of {cfg.model}; {report.conflicts} in conflict): "
-        f"{len(report.violations)} violations; known-bad caught {caught}/"
-        f"{len(report.bad_caught)} ({report.bad_caught} violations)"
-        + (f"; first: {report.violations[0]}" if report.violations else ""))
+    holds, laws = evidence.laws("pairs_checked", report.pairs, report.violations,
+                                report.bad_caught)
+    evidence.decide(holds, f"{report.pairs} gradient pairs ({cfg.random_pairs} random, the rest "
+                           f"per-tensor pairs of {cfg.real_steps} sandwich steps of {cfg.model}; "
+                           f"{report.conflicts} in conflict): {laws}")
 
 
 # ------------------------------------------------------------------------------ the grid

@@ -219,6 +219,24 @@ class Evidence:
     def note(self, text: str) -> None:
         self.notes.append(text)
 
+    def laws(self, checked_name: str, checked: int, violations: list[str],
+             bad_caught: dict[str, int]) -> tuple[bool, str]:
+        """Record a law suite: how much was checked, the violations of the harness's
+        implementation and, per planted bug (``known_bad``), whether the laws caught it. All
+        exact. Returns (holds, summary): the laws hold and every known-bad is caught."""
+        caught = sum(n > 0 for n in bad_caught.values())
+        self.metric(checked_name, checked, EXACT)
+        self.metric("violations", len(violations), EXACT, key=True)
+        self.metric("known_bad_caught", caught, EXACT, key=True)
+        for name, n in bad_caught.items():
+            self.metric(f"caught_{name}", int(n > 0), EXACT)
+        for v in violations[:5]:
+            self.note(v)
+        summary = (f"{len(violations)} violations; known-bad caught {caught}/{len(bad_caught)} "
+                   f"({bad_caught} violations)"
+                   + (f"; first: {violations[0]}" if violations else ""))
+        return not violations and caught == len(bad_caught), summary
+
     def decide(self, holds: bool | None, reason: str) -> Verdict:
         """Set the verdict from what was measured; outside the claim's scope it is OUT_OF_SCOPE.
 
