@@ -100,6 +100,13 @@ def decomposable_layers(model: nn.Module, limit: int | None = None) -> list[str]
     return names[:limit] if limit is not None else names
 
 
+def studied_layers(model: nn.Module, cfg: DecompStudyConfig):
+    """``decompose_model``'s ``only``: every conv (None), or the first ``cfg.max_layers``."""
+    if cfg.max_layers is None:
+        return None
+    return set(decomposable_layers(model, cfg.max_layers)).__contains__
+
+
 def damage_table(model: nn.Module, data: DatasetSplits, cfg: DecompStudyConfig,
                  device: str) -> pd.DataFrame:
     """One row per (decomposable conv, energy rank): that layer alone decomposed, its
@@ -127,8 +134,7 @@ def compare_strategies(model: nn.Module, data: DatasetSplits, cfg: DecompStudyCo
     base = accuracy(model, data, cfg, device)
     conv_params = sum(p.numel() for m in model.modules() if isinstance(m, nn.Conv2d)
                       for p in m.parameters())
-    studied = (None if cfg.max_layers is None
-               else set(decomposable_layers(model, cfg.max_layers)).__contains__)
+    studied = studied_layers(model, cfg)
     rows = [dict(strategy="original", acc=base, acc_drop=0.0, removed_share=0.0, layers=0)]
     for strategy, kw in (("all", dict(force=True)), ("selective", {}),
                          ("prune+selective", dict(prune=True))):
@@ -260,7 +266,6 @@ def plot_depthwise(grid: pd.DataFrame):
 def decompose_all(model: nn.Module, cfg: DecompStudyConfig) -> nn.Module:
     """Every studied conv decomposed with the study's rank rule, whatever its error: the
     largest flops saving the rule gives (``deploy.decomposed_speedup``)."""
-    studied = (None if cfg.max_layers is None
-               else set(decomposable_layers(model, cfg.max_layers)).__contains__)
+    studied = studied_layers(model, cfg)
     settings = DecomposeSettings(threshold=cfg.threshold, rank_rule=cfg.rank_rule)
     return decompose_model(model, settings, cfg.resolution, only=studied, force=True)[0]
