@@ -42,10 +42,17 @@ def project_conflict_(g1: Tensor, g2: Tensor) -> Tensor:
     """NASViT's projection, in place on ``g1``: if ⟨g₁, g₂⟩ < 0, remove from g₁ its component
     along g₂ (g₁ ← g₁ − ⟨g₁, g₂⟩/‖g₂‖² · g₂); otherwise leave g₁ exactly as it is. ``g2`` is
     not changed. Returns whether it projected (a 0-dim bool tensor: no GPU sync)."""
-    dot = torch.dot(g1.flatten(), g2.flatten())
+    a, b = g1.flatten(), g2.flatten()
+    dot, norm2 = torch.dot(a, b), torch.dot(b, b)
     conflict = dot < 0
+    # ‖g₂‖² under- or overflows in float32 for tiny or huge g₂ (1e-27 squared is 0): then the
+    # coefficient comes from float64, chosen without a host sync; in range, the float32 one.
+    tiny = torch.finfo(norm2.dtype).tiny
+    in_range = torch.isfinite(norm2) & (norm2 >= tiny) & torch.isfinite(dot)
+    wide = (torch.dot(a.double(), b.double()) / torch.dot(b.double(), b.double())).to(dot.dtype)
+    ratio = torch.where(in_range, dot / norm2, wide)
     # No conflict (or g₂ = 0, whence ⟨g₁, g₂⟩ = 0): coefficient 0, g₁ − 0·g₂ is g₁ bit for bit.
-    coef = torch.where(conflict, dot / g2.flatten().dot(g2.flatten()), torch.zeros_like(dot))
+    coef = torch.where(conflict, ratio, torch.zeros_like(dot))
     g1.sub_(coef * g2)
     return conflict
 
