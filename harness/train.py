@@ -48,6 +48,7 @@ class TrainConfig:
     epochs: float = 10  # may be fractional: the loop counts steps
     batch_size: int = 128
     lr: float = 0.1  # peak learning rate at ``batch_size`` (claims scale it themselves)
+    optimizer: str = "sgd"  # "sgd" (momentum, nesterov) | "adamw" (betas (momentum, 0.999))
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4  # not applied to norms, gains and biases
@@ -55,6 +56,7 @@ class TrainConfig:
     schedule: str = "cosine"  # "cosine" | "exponential" | "constant"
     final_lr_fraction: float = 0.0  # cosine floor / exponential end, as a fraction of lr
     label_smoothing: float = 0.1
+    clip_grad_norm: float | None = None  # clip the global gradient norm to this (unscaled)
     augment: bool = False  # random crop + flip
     amp: str | None = None  # "bf16" | "fp16" | None (see ``autocast_dtype``); CUDA only
     channels_last: bool = False  # CUDA only
@@ -158,13 +160,21 @@ class TrainRecord:
 # ------------------------------------------------------------- optimizer and schedule
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
+OPTIMIZERS = ("sgd", "adamw")
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (momentum, Nesterov) or AdamW over two groups: weight decay on weights only."""
+    if cfg.optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
             (no_decay if p.ndim <= 1 else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
                            nesterov=cfg.nesterov and cfg.momentum > 0)
 
@@ -270,7 +280,9 @@ def _train(model_fn, train_set, test_set, cfg, device, before_step, after_step, 
                 opt.zero_grad(set_to_none=True)
                 loss = step_fn(model, (x, y), StepContext(forward, step, cfg, scaler, device,
                                                           amp_dtype))
-            scaler.unscale_(opt)  # hooks (AGC) see true gradients
+            scaler.unscale_(opt)  # hooks (AGC) and clipping see true gradients
+            if cfg.clip_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
             state = StepState(model, opt, step, loss.detach())
             for hook in before_step:
                 hook(state)

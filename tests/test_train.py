@@ -511,3 +511,54 @@ def test_hooks_see_unscaled_gradients_with_an_enabled_grad_scaler(monkeypatch):
     w1, b1 = after[0]  # one step of plain SGD with the true gradient: not skipped, not scaled
     torch.testing.assert_close(w1, scaled["w"] - 0.1 * scaled["gw"])
     torch.testing.assert_close(b1, scaled["b"] - 0.1 * scaled["gb"])
+
+
+# ------------------------------------------------------------ optimizer and clipping
+
+
+def test_adamw_recipe_learns_and_weights_only_decay():
+    cfg = tr.TrainConfig(epochs=4, batch_size=64, optimizer="adamw", lr=1e-2, weight_decay=0.05,
+                         warmup_epochs=0.5, check_every=4)
+    opt = tr.make_optimizer(small_cnn(), cfg)
+    assert isinstance(opt, torch.optim.AdamW)
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.05, 0.0]
+    assert opt.param_groups[0]["betas"] == (cfg.momentum, 0.999)
+    rec = tr.train(small_cnn, easy_split(512, 0), easy_split(256, 1), cfg, progress=False)
+    assert rec.test_acc > 0.5
+
+
+def test_unknown_optimizer_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown optimizer 'lamb'"):
+        tr.make_optimizer(small_cnn(), tr.TrainConfig(optimizer="lamb"))
+
+
+class _GradNorm:
+    """A before_step hook: the global gradient norm the optimizer is about to apply."""
+
+    def __init__(self):
+        self.norms = []
+
+    def __call__(self, state):
+        grads = [p.grad for p in state.model.parameters() if p.grad is not None]
+        self.norms.append(float(torch.linalg.vector_norm(torch.stack(
+            [torch.linalg.vector_norm(g) for g in grads]))))
+
+
+@pytest.mark.parametrize("max_norm", [0.05, 1e-3])
+def test_clip_grad_norm_bounds_the_applied_gradient(data, max_norm):
+    seen, clipped = _GradNorm(), _GradNorm()
+    base = tr.TrainConfig(epochs=1, batch_size=64, lr=0.05, warmup_epochs=0, max_steps=4)
+    tr.train(small_cnn, data.train, data.test, base, before_step=[seen], progress=False)
+    cfg = tr.TrainConfig(**{**base.__dict__, "clip_grad_norm": max_norm})
+    tr.train(small_cnn, data.train, data.test, cfg, before_step=[clipped], progress=False)
+    assert seen.norms[0] > max_norm  # unclipped, the first step's norm exceeds the bound
+    assert clipped.norms[0] == pytest.approx(max_norm, rel=1e-4)  # same first batch, clipped
+    assert all(n <= max_norm * (1 + 1e-4) for n in clipped.norms)
+
+
+def test_no_clipping_by_default_leaves_training_bit_identical(data):
+    """``clip_grad_norm=None`` (every existing recipe) runs exactly the loop as before."""
+    a = tr.train(small_cnn, data.train, data.test, CFG, progress=False)
+    big = tr.TrainConfig(**{**CFG.__dict__, "clip_grad_norm": 1e9})  # a bound never reached
+    b = tr.train(small_cnn, data.train, data.test, big, progress=False)
+    assert a.loss_curve == b.loss_curve and a.test_acc == b.test_acc

@@ -15,6 +15,15 @@ Each step:
 4. with ``project``: if ⟨g₁, g₂⟩ < 0 then g₁ ← g₁ − (⟨g₁, g₂⟩/‖g₂‖²)·g₂ (``project_conflict_``),
    so the subnets' gradient wins; the update is g₁ + g₂, written into ``.grad``.
 
+Where this differs from the official code, and why: there the supernet learns from two
+pretrained ResNeXt teachers' soft labels; here from the labels (no pretrained teacher exists at
+smoke scale). Its released default (``proj_student=True``) adds g₁ + g₂ without projecting; the
+projecting branch clamps the coefficient −⟨g₁, g₂⟩/‖g₂‖² to [0, 2]. This is the rule as the
+paper and claims/README.md state it, unclamped. With the labels as the supernet's only signal,
+in-place distillation can hold a projected supernet at chance: early on the subnets' gradient
+pulls every output toward the (uniform) teacher and the projection lets it win; seen at AdamW
+lr 0.01 on the smoke task (loss stuck at ln 10), not at 0.003 nor without distillation.
+
 Memory: one extra gradient copy (g₁, moved out of ``.grad`` rather than copied). With an
 fp16 GradScaler both gradients carry the same scale: cosines and the projection are
 scale-free, and the loop unscales the sum once.
