@@ -40,8 +40,8 @@ from harness.agc.verdicts import (
     judge_small_batch_benefit,
     judge_stabilizes_large_batch,
 )
-from harness.bands import Measured
-from harness.claim import ACCURACY, DIFFERENCE, RATIO, Claim
+from harness.bands import Measured, mean_accuracy
+from harness.claim import DIFFERENCE, RATIO, Claim
 from harness.data import DataSpec
 from harness.train import TrainConfig
 
@@ -153,11 +153,6 @@ def grid_runs(cfg: GridConfig, cells, profile, load_data, workers):
 
 # The seed spread is each metric's own (3 seeds under 3 paths: 6 degrees of freedom): the
 # cells differ too much to pool (NF at the largest batch spans 0.08-0.49, BN 0.75-0.81).
-def _acc_tol(what: str) -> Measured:
-    return Measured(what=f"{what}: mean accuracy over seeds (diverged = chance)",
-                    domain=ACCURACY, floor=0.01)
-
-
 def _benefit_tol(what: str) -> Measured:
     return Measured(what=f"{what}: mean over seeds of a per-seed difference of accuracies",
                     domain=DIFFERENCE, floor=0.01)
@@ -204,11 +199,11 @@ def test_stabilizes_large_batch(evidence, profile, load_data, workers):
     evidence.table("grid_summary.csv", summary)
     evidence.figure("accuracy_vs_batch.png", plot_grid(runs, cfg.chance))
     j = judge_stabilizes_large_batch(runs, cfg)
-    evidence.metric("nf_acc_largest_batch", j.nf.mean, _acc_tol("NF, no AGC"), key=True,
+    evidence.metric("nf_acc_largest_batch", j.nf.mean, mean_accuracy("NF, no AGC"), key=True,
                     samples=j.nf.seeds)
-    evidence.metric("agc_acc_largest_batch", j.agc.mean, _acc_tol("NF+AGC, best λ"), key=True,
+    evidence.metric("agc_acc_largest_batch", j.agc.mean, mean_accuracy("NF+AGC, best λ"), key=True,
                     paper="≈ BN", samples=j.agc.seeds)
-    evidence.metric("bn_acc_largest_batch", j.bn.mean, _acc_tol("BN"), key=True,
+    evidence.metric("bn_acc_largest_batch", j.bn.mean, mean_accuracy("BN"), key=True,
                     samples=j.bn.seeds)
     evidence.metric("nf_diverged_largest_batch", j.nf_diverged, _count_tol(cfg))
     evidence.metric("agc_diverged_largest_batch", j.agc_diverged, _count_tol(cfg))
@@ -259,7 +254,7 @@ def test_lambda_shrinks_with_batch(evidence, profile, load_data, workers):
                     _lambda_tol(cfg), key=True, paper="0.01")
     for name, acc in (("agc_best_acc_smallest_batch", j.agc_best_smallest_batch),
                       ("agc_best_acc_largest_batch", j.agc_best_largest_batch)):
-        evidence.metric(name, acc.mean, _acc_tol("NF+AGC, best λ"), samples=acc.seeds)
+        evidence.metric(name, acc.mean, mean_accuracy("NF+AGC, best λ"), samples=acc.seeds)
     evidence.decide(j.holds, j.reason)
 
 
@@ -281,9 +276,9 @@ def test_skip_final_layer(evidence, profile, load_data, workers):
     both = pd.concat([runs, extra], ignore_index=True)
     evidence.table("skip_final.csv", grid_summary(both[both.batch_size == cfg.batch_sizes[-1]]))
     j = judge_skip_final_layer(both)
-    evidence.metric("acc_classifier_skipped", j.skipped.mean, _acc_tol("AGC, head skipped"),
+    evidence.metric("acc_classifier_skipped", j.skipped.mean, mean_accuracy("AGC, head skipped"),
                     key=True, samples=j.skipped.seeds)
-    evidence.metric("acc_classifier_clipped", j.clipped.mean, _acc_tol("AGC, head clipped"),
+    evidence.metric("acc_classifier_clipped", j.clipped.mean, mean_accuracy("AGC, head clipped"),
                     key=True, samples=j.clipped.seeds)
     evidence.decide(j.holds, j.reason)
 
@@ -355,6 +350,6 @@ def test_bn_costs(evidence, profile, load_data, workers):
                         paper="> 1")
     for name, acc in (("bn_acc_tiny", j.bn_tiny), ("bn_acc_ref", j.bn_ref),
                       ("nf_acc_tiny", j.nf_tiny), ("nf_acc_ref", j.nf_ref)):
-        evidence.metric(name, acc.mean, _acc_tol(name), key=name.endswith("tiny"),
+        evidence.metric(name, acc.mean, mean_accuracy(name), key=name.endswith("tiny"),
                         samples=acc.seeds)
     evidence.decide(j.holds, j.reason)

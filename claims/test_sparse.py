@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness.bands import Measured
-from harness.claim import ACCURACY, DIFFERENCE, SHARE, Claim, Tolerance
+from harness.bands import Measured, mean_accuracy
+from harness.claim import DIFFERENCE, SHARE, Claim, Tolerance
 from harness.data import DataSpec
 from harness.sparse.study import (
     DENSE,
@@ -123,11 +123,6 @@ def _grid(evidence, profile, load_data, workers):
     return cfg, runs
 
 
-def _acc_tol(what: str) -> Measured:
-    return Measured(what=f"{what}: mean test accuracy over seeds (diverged = chance)",
-                    domain=ACCURACY, floor=0.01)
-
-
 def _rs_tol(what: str) -> Measured:
     return Measured(what=f"{what}: mean ITOP rate R_s over seeds (counted exactly; another "
                          f"CPU's kernels move which weights grow like a new seed)",
@@ -156,9 +151,9 @@ def test_reaches_dense(evidence, profile, load_data, workers):
     evidence.figure("accuracy_vs_rs.png", plot_accuracy_vs_rs(runs, cfg.chance))
     evidence.figure("rs_vs_step.png", plot_rs_curves(runs))
     j = judge_reaches_dense(runs, cfg)
-    evidence.metric("acc_dense", mean(j.dense), _acc_tol("dense"), key=True,
+    evidence.metric("acc_dense", mean(j.dense), mean_accuracy("dense"), key=True,
                     samples=list(j.dense))
-    evidence.metric("acc_dst", mean(j.dst), _acc_tol(f"SET ΔT={cfg.ref_interval}"), key=True,
+    evidence.metric("acc_dst", mean(j.dst), mean_accuracy(f"SET ΔT={cfg.ref_interval}"), key=True,
                     paper="≈ dense", samples=list(j.dst))
     evidence.metric("rs_dst", mean(j.dst_rs), _rs_tol(f"SET ΔT={cfg.ref_interval}"),
                     samples=list(j.dst_rs))
@@ -180,9 +175,9 @@ STATIC_BELOW = Claim(
 def test_static_below_dst(evidence, profile, load_data, workers):
     cfg, runs = _grid(evidence, profile, load_data, workers)
     j = judge_static_below_dst(runs, cfg)
-    evidence.metric("acc_static", mean(j.static), _acc_tol("static mask"), key=True,
+    evidence.metric("acc_static", mean(j.static), mean_accuracy("static mask"), key=True,
                     samples=list(j.static))
-    evidence.metric("acc_dst", mean(j.dst), _acc_tol(f"SET ΔT={cfg.ref_interval}"), key=True,
+    evidence.metric("acc_dst", mean(j.dst), mean_accuracy(f"SET ΔT={cfg.ref_interval}"), key=True,
                     samples=list(j.dst))
     evidence.metric("rs_static", mean(values(runs, STATIC, cfg.batch_size, None, "rs")),
                     STATIC_RATE_TOL)
@@ -210,7 +205,7 @@ def test_accuracy_tracks_rs(evidence, profile, load_data, workers):
     cfg, runs = _grid(evidence, profile, load_data, workers)
     j = judge_accuracy_tracks_rs(runs, cfg)
     for dt, acc, rs in zip(j.intervals, j.acc, j.rs):
-        evidence.metric(f"acc_set_dt{dt}", mean(acc), _acc_tol(f"SET ΔT={dt}"),
+        evidence.metric(f"acc_set_dt{dt}", mean(acc), mean_accuracy(f"SET ΔT={dt}"),
                         key=True, samples=list(acc))
         evidence.metric(f"rs_set_dt{dt}", mean(rs), _rs_tol(f"SET ΔT={dt}"), samples=list(rs))
     evidence.decide(j.holds, j.reason)
@@ -235,7 +230,7 @@ def test_set_explores_more(evidence, profile, load_data, workers):
     evidence.metric("rs_rigl", mean(j.rigl_rs), _rs_tol("RigL"), key=True,
                     samples=list(j.rigl_rs))
     evidence.metric("acc_rigl", mean(values(runs, RIGL, cfg.batch_size, cfg.ref_interval)),
-                    _acc_tol("RigL"), samples=values(runs, RIGL, cfg.batch_size,
+                    mean_accuracy("RigL"), samples=values(runs, RIGL, cfg.batch_size,
                                                      cfg.ref_interval))
     evidence.decide(j.holds, j.reason)
 
@@ -259,7 +254,7 @@ def test_small_batch_more_exploration(evidence, profile, load_data, workers):
                             ("largest", j.largest, j.rs_large, j.acc_large)):
         evidence.metric(f"rs_{tag}_batch", mean(rs), _rs_tol(f"SET B={b}"), key=True,
                         samples=list(rs))
-        evidence.metric(f"acc_{tag}_batch", mean(acc), _acc_tol(f"SET B={b}"), key=True,
+        evidence.metric(f"acc_{tag}_batch", mean(acc), mean_accuracy(f"SET B={b}"), key=True,
                         samples=list(acc))
     gap = [a - b for a, b in zip(j.acc_small, j.acc_large, strict=True)]
     evidence.metric("acc_gap_small_minus_large", mean(gap), Measured(

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness.bands import Measured
-from harness.claim import ACCURACY, DIFFERENCE, SHARE, Claim
+from harness.bands import Measured, mean_accuracy
+from harness.claim import DIFFERENCE, SHARE, Claim
 from harness.data import DataSpec
 from harness.stats import mean
 from harness.supernet.study import (
@@ -129,11 +129,6 @@ def _grid(evidence, profile, load_data, workers):
     return cfg, runs
 
 
-def _acc_tol(what: str) -> Measured:
-    return Measured(what=f"{what}: mean test accuracy over seeds (diverged = chance)",
-                    domain=ACCURACY, floor=0.01)
-
-
 def _share_tol(what: str) -> Measured:
     return Measured(what=f"{what}: mean over seeds of the share of logged (step, tensor) pairs "
                          f"with cos(g₁, g₂) < 0", domain=SHARE, floor=0.01)
@@ -170,7 +165,7 @@ def test_transformer_conflicts_more(evidence, profile, load_data, workers):
         what="per-seed conflict share, hybrid minus CNN", domain=DIFFERENCE, floor=0.01),
         samples=gap)
     evidence.metric("acc_cnn_largest", mean(values(runs, CNN, NAIVE)),
-                    _acc_tol("CNN supernet, largest subnet"), samples=values(runs, CNN, NAIVE))
+                    mean_accuracy("CNN supernet, largest subnet"), samples=values(runs, CNN, NAIVE))
     evidence.decide(j.holds, j.reason)
 
 
@@ -193,10 +188,10 @@ def test_projection_helps(evidence, profile, load_data, workers):
                       "the hybrid supernet's largest subnet, naive sandwich")
     j = judge_projection_helps(runs, cfg)
     for arch in j.naive:
-        evidence.metric(f"acc_{arch}_naive", mean(j.naive[arch]), _acc_tol(f"{arch}, naive"),
+        evidence.metric(f"acc_{arch}_naive", mean(j.naive[arch]), mean_accuracy(f"{arch}, naive"),
                         key=True, samples=list(j.naive[arch]))
         evidence.metric(f"acc_{arch}_projected", mean(j.projected[arch]),
-                        _acc_tol(f"{arch}, projected"), key=True,
+                        mean_accuracy(f"{arch}, projected"), key=True,
                         samples=list(j.projected[arch]))
         gap = [p - n for p, n in zip(j.projected[arch], j.naive[arch], strict=True)]
         evidence.metric(f"acc_gap_{arch}", mean(gap), Measured(
@@ -225,9 +220,9 @@ def test_naive_supernet_underperforms(evidence, profile, load_data, workers):
                       "the hybrid's smallest subnet trained alone")
     for arch in j.inherited:
         evidence.metric(f"acc_{arch}_inherited", mean(j.inherited[arch]),
-                        _acc_tol(f"{arch}, inherited (naive)"), key=True,
+                        mean_accuracy(f"{arch}, inherited (naive)"), key=True,
                         samples=list(j.inherited[arch]))
         evidence.metric(f"acc_{arch}_alone", mean(j.standalone[arch]),
-                        _acc_tol(f"{arch}, trained alone"), key=True,
+                        mean_accuracy(f"{arch}, trained alone"), key=True,
                         samples=list(j.standalone[arch]))
     evidence.decide(j.holds, j.reason)

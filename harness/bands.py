@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import atomic
-from harness.claim import Tolerance, _fmt
+from harness.claim import ACCURACY, Tolerance, _fmt
 from harness.environment import KERNEL_SETTINGS
 
 K = 3.0
@@ -145,6 +145,13 @@ class Measured:
                   for m in names for pv in (noise.of(m).values() if noise else ())]
         n = max((len(pv.samples) for pv in (noise.of(name).values() if noise else ())), default=0)
         return pooled_sd(groups), n
+
+
+def mean_accuracy(what: str) -> Measured:
+    """The band spec of a mean test accuracy over seeds, a diverged run counted at chance:
+    the one every trained family stores (floor one point)."""
+    return Measured(what=f"{what}: mean test accuracy over seeds (diverged = chance)",
+                    domain=ACCURACY, floor=0.01)
 
 
 @dataclass(frozen=True)

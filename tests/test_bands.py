@@ -116,3 +116,12 @@ def test_band_covers_every_path_around_the_value_being_stored():
     per = {"native": PathValue(0.70), "avx2": PathValue(0.62)}
     tol = Measured("r", (-1, 1), floor=0.05).resolve("r", table(r=per), value=0.80)
     assert tol.abs >= 0.18 - 1e-12  # 0.80 - 0.62: a timing moved since the noise was measured
+
+
+def test_mean_accuracy_is_the_shared_accuracy_band_spec():
+    from harness.bands import mean_accuracy
+    from harness.claim import ACCURACY
+
+    m = mean_accuracy("dense")
+    assert m.domain == ACCURACY and m.floor == 0.01 and m.pool is None
+    assert m.what.startswith("dense: mean test accuracy over seeds")
