@@ -332,21 +332,21 @@ def _record_budgets(evidence, nets: dict, base_name: str = "base0") -> dict:
     return ratios
 
 
-def _train_cells(cfg, cells, profile, load_data, use_cache, workers):
+def _train_cells(cfg, cells, profile, load_data, use_cache, executor):
     records = train_scaled(cfg, {f"{m}/{st}": net for (m, st), net in cells.items()},
                            device=profile.device, load_data=load_data, use_cache=use_cache,
-                           workers=workers)
+                           executor=executor)
     return {(*name.split("/"), seed): rec for (name, seed), rec in records.items()}
 
 
 @pytest.mark.claim(DWR_MATCHES_DWR_FASTER)
-def test_dWr_matches_dwr_faster(evidence, profile, load_data, use_cache, workers):
+def test_dWr_matches_dwr_faster(evidence, profile, load_data, use_cache, executor):
     cfg = profile.pick(TRAINED)
     evidence.record_config(cfg, cfg.seeds)
     base = cfg.bases[0]
     nets = {("base0", st): scaled_config(base, st, cfg.s) for st in ("base", *cfg.strategies)}
     budgets = _record_budgets(evidence, nets)
-    table = accuracy_table(_train_cells(cfg, nets, profile, load_data, use_cache, workers))
+    table = accuracy_table(_train_cells(cfg, nets, profile, load_data, use_cache, executor))
     evidence.table("accuracy.csv", table)
     chance = 1 / base.num_classes  # a diverged run counts as chance
     acc = {st: table[table.strategy == st].test_acc.fillna(chance).tolist()
@@ -387,13 +387,13 @@ ORDER_PRESERVED = Claim(
 
 
 @pytest.mark.claim(ORDER_PRESERVED)
-def test_order_preserved(evidence, profile, load_data, use_cache, workers):
+def test_order_preserved(evidence, profile, load_data, use_cache, executor):
     cfg = profile.pick(TRAINED)
     evidence.record_config(cfg, cfg.seeds)
     nets = {(f"base{i}", st): scaled_config(b, st, cfg.s)
             for i, b in enumerate(cfg.bases[:2]) for st in ("base", "dWr")}
     _record_budgets(evidence, nets)
-    table = accuracy_table(_train_cells(cfg, nets, profile, load_data, use_cache, workers))
+    table = accuracy_table(_train_cells(cfg, nets, profile, load_data, use_cache, executor))
     evidence.table("accuracy.csv", table)
 
     def acc(model, st):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import math
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -55,7 +56,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="recompute training runs instead of reusing cached records")
     g.addoption("--workers", default="auto", type=_workers_option,
                 help="processes for CPU training runs (default auto: one per usable core, or "
-                     "$HARNESS_WORKERS; CUDA runs are serial)")
+                     "$HARNESS_WORKERS; CUDA runs are serial); with --executor processes on "
+                     "CUDA: GPUs used, one process each")
+    g.addoption("--executor", default=None, choices=["local", "processes", "slurm"],
+                help="where un-cached training runs go: local (serial, in this process), "
+                     "processes (spawned workers: one per core, or one per GPU), slurm (one "
+                     "job per run through submitit). Default: processes for CPU runs with more "
+                     "than one worker, else local")
+    g.addoption("--executor-option", action="append", default=[], metavar="KEY=VALUE",
+                type=_executor_option,
+                help="a slurm executor option (repeatable): partition, gpus, timeout_min, "
+                     "array_parallelism, mem_gb, cpus_per_task, cluster=local|debug (run the "
+                     "submitit path on this machine), folder (job logs), or any submitit "
+                     "parameter, e.g. slurm_qos=high")
+    g.addoption("--cell-timeout", default=None, type=_seconds_option, metavar="SECONDS",
+                help="stop a training run that takes longer than this and report it (the "
+                     "other runs go on; the failed ones are listed at the end)")
 
 
 def _workers_option(value: str) -> int | str:
@@ -66,9 +82,41 @@ def _workers_option(value: str) -> int | str:
     return int(value)
 
 
+def _executor_option(value: str) -> str:
+    from harness.executors import parse_option
+    from harness.profiles import UsageError
+
+    try:
+        parse_option(value)
+    except UsageError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return value
+
+
+def _seconds_option(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not seconds > 0 or math.isinf(seconds):
+        raise argparse.ArgumentTypeError(f"positive seconds, not {value!r}")
+    return seconds
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "claim(spec): an executable check of one published claim")
     config.stash[RUN] = RunState(config)
+    opt = config.option
+    if opt.executor or opt.executor_option:  # a bad combination is a usage error up front
+        from harness.executors import spec_from_options
+        from harness.profiles import UsageError
+
+        try:
+            spec_from_options(opt.executor, opt.executor_option, cell_timeout=opt.cell_timeout,
+                              workers=None if opt.workers == "auto" else opt.workers,
+                              device="cpu")  # the device only picks defaults
+        except UsageError as e:
+            raise pytest.UsageError(str(e)) from None
     if config.option.no_cache:
         # Nothing from before this run is reused, but claims that share a training run (and
         # the worker processes) still share it within the run: a fresh, private cache.
@@ -87,6 +135,7 @@ class RunState:
     regen_log: list[str] = field(default_factory=list)
     datasets: dict[Any, Any] = field(default_factory=dict)
     _profile: Any = None
+    _executor: Any = None
     _run_dir: Path | None = None
     _env: dict[str, Any] | None = None
 
@@ -103,6 +152,24 @@ class RunState:
                 raise pytest.UsageError(str(e)) from None
             self._profile = Profile(name, device, dry_run=opt.dry_run)
         return self._profile
+
+    @property
+    def executor(self):
+        """The ``ExecutorSpec`` of ``--executor``, ``--executor-option``, ``--workers`` and
+        ``--cell-timeout``."""
+        if self._executor is None:
+            from harness.executors import spec_from_options
+            from harness.profiles import UsageError
+
+            opt = self.config.option
+            try:
+                self._executor = spec_from_options(
+                    opt.executor, opt.executor_option,
+                    workers=None if opt.workers == "auto" else opt.workers,
+                    cell_timeout=opt.cell_timeout, device=self.profile.device)
+            except UsageError as e:
+                raise pytest.UsageError(str(e)) from None
+        return self._executor
 
     @property
     def run_dir(self) -> Path:
@@ -217,12 +284,10 @@ def use_cache(request: pytest.FixtureRequest) -> bool:
 
 
 @pytest.fixture
-def workers(request: pytest.FixtureRequest) -> int:
-    """How many processes train a claim's runs side by side (records do not depend on it)."""
-    from harness.train import default_workers
-
-    value = request.config.option.workers
-    return default_workers(request.config.stash[RUN].profile.device) if value == "auto" else value
+def executor(request: pytest.FixtureRequest):
+    """Where a claim's un-cached training runs go (``harness.executors.ExecutorSpec``); records
+    do not depend on it."""
+    return request.config.stash[RUN].executor
 
 
 @pytest.fixture
