@@ -440,6 +440,14 @@ def submitit_parameters(spec: ExecutorSpec) -> dict[str, Any]:
     return params
 
 
+def _job_error(e: Exception) -> str:
+    """The worker's own error from a submitit failure: the traceback's last line (its message
+    wraps the traceback between dashed rules, then points at the logs), else the whole text."""
+    parts = str(e).split("\n----------------------\n")
+    trace = parts[1] if len(parts) >= 3 else str(e)
+    return _last_lines(trace, 1 if len(parts) >= 3 else 4)
+
+
 def _run_slurm(cells: Sequence[Cell], spec: ExecutorSpec, log_dir: Path) -> list[Any]:
     import submitit
 
@@ -463,8 +471,8 @@ def _run_slurm(cells: Sequence[Cell], spec: ExecutorSpec, log_dir: Path) -> list
                     try:
                         results[i] = job.result()
                     except Exception as e:  # noqa: BLE001 - failed, killed or timed-out job
-                        results[i] = CellFailure(cells[i].label, f"{type(e).__name__}: "
-                                                 f"{_last_lines(str(e))} (logs: {job.paths.folder})",
+                        results[i] = CellFailure(cells[i].label, f"{_job_error(e)} (job "
+                                                 f"{job.job_id}, logs: {job.paths.folder})",
                                                  str(e))
                     pending.discard(i)
                 elif spec.cell_timeout is not None:
