@@ -592,6 +592,7 @@ def run_jobs(jobs: Sequence[TrainJob], *, executor: ExecutorSpec | None = None,
     ``CellsFailed`` after the others have finished.
     """
     spec = executor or ExecutorSpec()
+    directory = directory or cache_dir()  # resolved here: a Slurm job may not share our env
     keys = [cache_key(job.key, job.code()) for job in jobs]
     first_of: dict[str, int] = {}  # jobs with equal keys train once and share the record
     for i, key in enumerate(keys):
@@ -610,7 +611,7 @@ def run_jobs(jobs: Sequence[TrainJob], *, executor: ExecutorSpec | None = None,
                                               progress if in_process else False),
                             cost=jobs[i].cost, device=jobs[i].device) for i in todo]
     outcomes = executors.run_cells(cells, spec, progress=progress,
-                                   log_dir=(directory or cache_dir()).parent / "submitit")
+                                   log_dir=directory.parent / "submitit")
     failures = []
     for i, cell, trained in zip(todo, cells, outcomes, strict=True):
         if isinstance(trained, executors.CellFailure):
