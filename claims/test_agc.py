@@ -21,6 +21,7 @@ from harness.agc.study import (
     RuleConfig,
     StepTimingConfig,
     benefit_table,
+    cell_job,
     grid_cells,
     grid_summary,
     plot_grid,
@@ -42,6 +43,7 @@ from harness.agc.verdicts import (
 )
 from harness.bands import Measured
 from harness.claim import ACCURACY, DIFFERENCE, RATIO, Claim
+from harness.costs import placeholder_data
 from harness.data import DataSpec
 from harness.train import TrainConfig
 
@@ -177,6 +179,9 @@ def _grid(evidence, profile, load_data, executor) -> tuple[GridConfig, pd.DataFr
     with its baseline: the BN twin at the smallest batch must have learned the task."""
     cfg = profile.pick(GRID_CONFIGS)
     evidence.record_config(cfg, seeds=cfg.seeds)
+    full = GRID_CONFIGS[profile.name]  # a dry run prints what the unshrunk grid would cost
+    evidence.full_size_jobs(lambda: [cell_job(full, c, placeholder_data(full.data, full.resolution),
+                                              "cpu") for c in grid_cells(full)])
     runs = grid_runs(cfg, grid_cells(cfg), profile, load_data, executor)
     b = min(cfg.batch_sizes)
     evidence.baseline(accuracies(runs, BN, b), cfg.chance, f"the BN twin at B={b}")

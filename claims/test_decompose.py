@@ -25,12 +25,14 @@ import pytest
 
 from harness.bands import Measured
 from harness.claim import ACCURACY, CORRELATION, EXACT, RATIO, SHARE, Claim, Tolerance
+from harness.costs import placeholder_data
 from harness.data import DataSpec
 from harness.decompose import deploy
 from harness.decompose.study import (
     DecompStudyConfig,
     DeployConfig,
     accuracy,
+    base_jobs,
     decompose_all,
     decomposition_tables,
     plot_damage,
@@ -89,6 +91,9 @@ def _trained(evidence, profile, load_data, executor):
     the baseline; the data. Shared by every claim of the family in a run."""
     cfg = profile.pick(STUDY)
     evidence.record_config(cfg, seeds=cfg.seeds)
+    full = STUDY[profile.name]  # a dry run prints what the unshrunk runs would cost
+    evidence.full_size_jobs(lambda: base_jobs(full, placeholder_data(full.data, full.resolution),
+                                              "cpu"))
     data = load_data(cfg.data, cfg.resolution)
     key = (cfg, profile.device)
     if key not in _NETS:

@@ -15,6 +15,7 @@ import pytest
 
 from harness.bands import Measured
 from harness.claim import ACCURACY, DIFFERENCE, SHARE, Claim
+from harness.costs import placeholder_data
 from harness.data import DataSpec
 from harness.stats import mean
 from harness.supernet.study import (
@@ -23,6 +24,7 @@ from harness.supernet.study import (
     NAIVE,
     GridConfig,
     RuleConfig,
+    cell_job,
     grid_cells,
     plot_cosine,
     rule_study,
@@ -115,6 +117,9 @@ def _grid(evidence, profile, load_data, executor):
     """The grid every trained NASViT claim reads (trained once, then cached)."""
     cfg = profile.pick(GRID_CONFIGS)
     evidence.record_config(cfg, seeds=cfg.seeds)
+    full = GRID_CONFIGS[profile.name]  # a dry run prints what the unshrunk grid would cost
+    evidence.full_size_jobs(lambda: [cell_job(full, c, placeholder_data(full.data, full.resolution),
+                                              "cpu") for c in grid_cells(full)])
     runs = run_cells(cfg, grid_cells(cfg), device=profile.device,
                      load=lambda: load_data(cfg.data, cfg.resolution),
                      use_cache=not profile.dry_run, executor=executor)

@@ -133,6 +133,7 @@ class RunState:
     config: pytest.Config
     rows: list[Any] = field(default_factory=list)
     regen_log: list[str] = field(default_factory=list)
+    estimates: dict[str, Any] = field(default_factory=dict)  # dry run: claim -> costs.Estimate
     datasets: dict[Any, Any] = field(default_factory=dict)
     _profile: Any = None
     _executor: Any = None
@@ -302,6 +303,7 @@ def evidence(request: pytest.FixtureRequest) -> Evidence:
     torch.manual_seed(0)  # checks seed themselves; this only pins anything they forget
     ev = Evidence(claim, state.profile.device, state.run_dir / claim.id)
     ev.noise = state.noise(claim.id)
+    ev.estimating = state.profile.dry_run
     request.node.stash[EVIDENCE] = ev
     return ev
 
@@ -397,6 +399,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         else:
             row = reporting.error_row(claim.id, claim.statement, _short(report), "ERROR", seconds)
         state.rows.append(row)
+        if ev is not None and ev.full_size is not None:
+            state.estimates[claim.id] = ev.full_size
     elif report.when == "setup" and (report.skipped or report.failed):
         status = "SKIPPED" if report.skipped else "ERROR"
         state.rows.append(reporting.error_row(claim.id, claim.statement, _short(report), status, 0.0))
@@ -438,10 +442,27 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     except Exception as e:  # noqa: BLE001 - the results above are written; say what failed
         tr.write_line(f"report.html not written: {type(e).__name__}: {e} "
                       f"(retry: nox -s report -- {state.run_dir})", red=True)
+    if state.estimates:
+        _print_estimates(tr, state)
     if state.regen_log:
         tr.section("references regenerated (old -> new)")
         for line in state.regen_log:
             tr.write_line(line)
+
+
+def _print_estimates(tr, state: RunState) -> None:
+    """A dry run's estimate of each claim's training at full size (harness/costs.py)."""
+    from harness.costs import H100_MACS_PER_SECOND, Estimate
+
+    p = state.profile
+    tr.section(f"estimated GPU time of the {p.name} profile's training runs (one H100 at "
+               f"{H100_MACS_PER_SECOND / 1e12:g} TMAC/s; harness/costs.py)")
+    total = Estimate()
+    for claim_id, est in sorted(state.estimates.items()):
+        tr.write_line(f"{claim_id:40s} {est.runs:4d} runs  {est.gpu_hours:8.2f} GPU-h")
+        total = total.merged(est)
+    tr.write_line(f"{'all (runs shared by claims counted once)':40s} {total.runs:4d} runs  "
+                  f"{total.gpu_hours:8.2f} GPU-h")
 
 
 def _free_cuda() -> None:

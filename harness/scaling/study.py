@@ -280,6 +280,15 @@ def train_scaled(cfg: ScaledTrainingConfig, nets: dict[str, models.Config], *, d
 
     Records come back keyed by (name, seed); finished cells are read from the cache, and the
     rest train through ``executor`` (``harness.executors``: serial, processes or Slurm)."""
+    jobs = scaled_jobs(cfg, nets, device=device, load_data=load_data)
+    records = run_jobs(list(jobs.values()), executor=executor, use_cache=use_cache,
+                       progress=progress)
+    return dict(zip(jobs, records))
+
+
+def scaled_jobs(cfg: ScaledTrainingConfig, nets: dict[str, models.Config], *, device: str,
+                load_data) -> dict[tuple[str, int], TrainJob]:
+    """One training run per network in ``nets`` and seed, keyed by (name, seed)."""
     from harness.profiles import device_class
 
     jobs = {}
@@ -294,9 +303,7 @@ def train_scaled(cfg: ScaledTrainingConfig, nets: dict[str, models.Config], *, d
                                           data.train, data.test, recipe, device,
                                           desc=f"{name} seed {seed}",
                                           cost=flops)
-    records = run_jobs(list(jobs.values()), executor=executor, use_cache=use_cache,
-                       progress=progress)
-    return dict(zip(jobs, records))
+    return jobs
 
 
 def accuracy_table(records: dict[tuple[str, str, int], TrainRecord]) -> pd.DataFrame:
