@@ -21,6 +21,7 @@ from harness.agc.study import (
     RuleConfig,
     StepTimingConfig,
     benefit_table,
+    cell_job,
     grid_cells,
     grid_summary,
     plot_grid,
@@ -42,6 +43,7 @@ from harness.agc.verdicts import (
 )
 from harness.bands import Measured, mean_accuracy
 from harness.claim import DIFFERENCE, RATIO, Claim
+from harness.costs import placeholder_data
 from harness.data import DataSpec
 from harness.train import TrainConfig
 
@@ -140,11 +142,11 @@ FULL_GRID = GridConfig(
 GRID_CONFIGS = {"smoke": SMOKE_GRID, "full": FULL_GRID}
 
 
-def grid_runs(cfg: GridConfig, cells, profile, load_data, workers):
+def grid_runs(cfg: GridConfig, cells, profile, load_data, executor):
     """The runs of ``cells``: cached on disk (not for dry runs), side by side on the CPU."""
     return run_cells(cfg, cells, device=profile.device,
                      load=lambda: load_data(cfg.data, cfg.resolution),
-                     use_cache=not profile.dry_run, workers=workers)
+                     use_cache=not profile.dry_run, executor=executor)
 
 
 # Bands come from measured noise (harness.bands): every metric under three CPU kernel paths,
@@ -167,12 +169,15 @@ def _count_tol(cfg: GridConfig) -> Measured:
     return Measured(what="seeds that diverged", domain=(0, len(cfg.seeds)))
 
 
-def _grid(evidence, profile, load_data, workers) -> tuple[GridConfig, pd.DataFrame]:
+def _grid(evidence, profile, load_data, executor) -> tuple[GridConfig, pd.DataFrame]:
     """The batch × method × λ grid the four grid claims share (trained once, then cached),
     with its baseline: the BN twin at the smallest batch must have learned the task."""
     cfg = profile.pick(GRID_CONFIGS)
     evidence.record_config(cfg, seeds=cfg.seeds)
-    runs = grid_runs(cfg, grid_cells(cfg), profile, load_data, workers)
+    full = GRID_CONFIGS[profile.name]  # a dry run prints what the unshrunk grid would cost
+    evidence.full_size_jobs(lambda: [cell_job(full, c, placeholder_data(full.data, full.resolution),
+                                              "cpu") for c in grid_cells(full)])
+    runs = grid_runs(cfg, grid_cells(cfg), profile, load_data, executor)
     b = min(cfg.batch_sizes)
     evidence.baseline(accuracies(runs, BN, b), cfg.chance, f"the BN twin at B={b}")
     return cfg, runs
@@ -191,8 +196,8 @@ STABILIZES = Claim(
 
 
 @pytest.mark.claim(STABILIZES)
-def test_stabilizes_large_batch(evidence, profile, load_data, workers):
-    cfg, runs = _grid(evidence, profile, load_data, workers)
+def test_stabilizes_large_batch(evidence, profile, load_data, executor):
+    cfg, runs = _grid(evidence, profile, load_data, executor)
     summary = grid_summary(runs)
     print(summary.to_string(index=False))
     evidence.table("grid_runs.csv", runs)
@@ -222,8 +227,8 @@ SMALL_BATCH_BENEFIT = Claim(
 
 
 @pytest.mark.claim(SMALL_BATCH_BENEFIT)
-def test_small_batch_benefit_small(evidence, profile, load_data, workers):
-    cfg, runs = _grid(evidence, profile, load_data, workers)
+def test_small_batch_benefit_small(evidence, profile, load_data, executor):
+    cfg, runs = _grid(evidence, profile, load_data, executor)
     evidence.table("benefit.csv", benefit_table(runs))
     j = judge_small_batch_benefit(runs)
     for name, benefit in (("benefit_smallest_batch", j.benefit_smallest_batch),
@@ -244,8 +249,8 @@ LAMBDA_SHRINKS = Claim(
 
 
 @pytest.mark.claim(LAMBDA_SHRINKS)
-def test_lambda_shrinks_with_batch(evidence, profile, load_data, workers):
-    cfg, runs = _grid(evidence, profile, load_data, workers)
+def test_lambda_shrinks_with_batch(evidence, profile, load_data, executor):
+    cfg, runs = _grid(evidence, profile, load_data, executor)
     evidence.table("best_lambda.csv", benefit_table(runs))
     j = judge_lambda_shrinks(runs, cfg)
     evidence.metric("best_lambda_smallest_batch", j.best_lambda_smallest_batch,
@@ -269,10 +274,10 @@ SKIP_FINAL = Claim(
 
 
 @pytest.mark.claim(SKIP_FINAL)
-def test_skip_final_layer(evidence, profile, load_data, workers):
-    cfg, runs = _grid(evidence, profile, load_data, workers)
+def test_skip_final_layer(evidence, profile, load_data, executor):
+    cfg, runs = _grid(evidence, profile, load_data, executor)
     lam = best_lambdas(runs)[cfg.batch_sizes[-1]]
-    extra = grid_runs(cfg, skip_final_cells(cfg, lam), profile, load_data, workers)
+    extra = grid_runs(cfg, skip_final_cells(cfg, lam), profile, load_data, executor)
     both = pd.concat([runs, extra], ignore_index=True)
     evidence.table("skip_final.csv", grid_summary(both[both.batch_size == cfg.batch_sizes[-1]]))
     j = judge_skip_final_layer(both)
@@ -330,7 +335,7 @@ RATIO_TOL = Measured(what="ratio of two step times, interleaved in one process (
 
 
 @pytest.mark.claim(BN_COSTS)
-def test_bn_costs(evidence, profile, load_data, workers):
+def test_bn_costs(evidence, profile, load_data, executor):
     cfg = profile.pick(BN_COST_CONFIGS)
     evidence.record_config(cfg, seeds=cfg.accuracy.seeds)
     times = time_bn_vs_nf(cfg.timing, profile.device)
@@ -339,7 +344,7 @@ def test_bn_costs(evidence, profile, load_data, workers):
     compiled = float(times.compiled_bn_over_nf.median()) if "compiled_bn_over_nf" in times \
         else None
     ratio = eager if compiled is None else compiled  # the verdict reads the deployed pair
-    tiny = grid_runs(cfg.accuracy, tiny_batch_cells(cfg.accuracy), profile, load_data, workers)
+    tiny = grid_runs(cfg.accuracy, tiny_batch_cells(cfg.accuracy), profile, load_data, executor)
     evidence.table("tiny_batch.csv", grid_summary(tiny))
     j = judge_bn_costs(ratio, tiny, cfg.degrade_margin)
     evidence.baseline(j.bn_ref.seeds, cfg.accuracy.chance, f"the BN twin at B={j.reference_batch}")

@@ -25,12 +25,14 @@ import pytest
 
 from harness.bands import Measured
 from harness.claim import ACCURACY, CORRELATION, EXACT, RATIO, SHARE, Claim, Tolerance
+from harness.costs import placeholder_data
 from harness.data import DataSpec
 from harness.decompose import deploy
 from harness.decompose.study import (
     DecompStudyConfig,
     DeployConfig,
     accuracy,
+    base_jobs,
     decompose_all,
     decomposition_tables,
     plot_damage,
@@ -84,25 +86,28 @@ _NETS: dict = {}  # per run: the trained networks, and the tables the decomp cla
 _TABLES: dict = {}
 
 
-def _trained(evidence, profile, load_data, workers):
+def _trained(evidence, profile, load_data, executor):
     """The network trained once per seed (cached with its weights), its accuracy recorded as
     the baseline; the data. Shared by every claim of the family in a run."""
     cfg = profile.pick(STUDY)
     evidence.record_config(cfg, seeds=cfg.seeds)
+    full = STUDY[profile.name]  # a dry run prints what the unshrunk runs would cost
+    evidence.full_size_jobs(lambda: base_jobs(full, placeholder_data(full.data, full.resolution),
+                                              "cpu"))
     data = load_data(cfg.data, cfg.resolution)
     key = (cfg, profile.device)
     if key not in _NETS:
         _NETS[key] = trained_models(cfg, data, device=profile.device,
-                                    use_cache=not profile.dry_run, workers=workers)
+                                    use_cache=not profile.dry_run, executor=executor)
     nets = _NETS[key]
     evidence.baseline([accuracy(net, data, cfg, profile.device) for net in nets.values()],
                       cfg.chance, f"the trained {cfg.model}")
     return cfg, data, nets
 
 
-def _study(evidence, profile, load_data, workers):
+def _study(evidence, profile, load_data, executor):
     """The trained networks and the damage and strategy tables (computed once per run)."""
-    cfg, data, nets = _trained(evidence, profile, load_data, workers)
+    cfg, data, nets = _trained(evidence, profile, load_data, executor)
     key = (cfg, profile.device)
     if key not in _TABLES:
         _TABLES[key] = decomposition_tables(nets, data, cfg, profile.device)
@@ -132,8 +137,8 @@ LAYER_ERROR_PREDICTS_DAMAGE = Claim(
 
 
 @pytest.mark.claim(LAYER_ERROR_PREDICTS_DAMAGE)
-def test_layer_error_predicts_damage(evidence, profile, load_data, workers):
-    cfg, _, damage, _ = _study(evidence, profile, load_data, workers)
+def test_layer_error_predicts_damage(evidence, profile, load_data, executor):
+    cfg, _, damage, _ = _study(evidence, profile, load_data, executor)
     judged = judge_damage_ranking(damage, cfg)
     evidence.metric("rho_mean", mean(judged.rho), Measured(
         what="per-seed Spearman ρ(layer error, single-layer accuracy drop), mean over rank "
@@ -163,8 +168,8 @@ SELECTIVE_KEEPS_ERROR_LOW = Claim(
 
 
 @pytest.mark.claim(SELECTIVE_KEEPS_ERROR_LOW)
-def test_selective_keeps_error_low(evidence, profile, load_data, workers):
-    cfg, _, _, strategies = _study(evidence, profile, load_data, workers)
+def test_selective_keeps_error_low(evidence, profile, load_data, executor):
+    cfg, _, _, strategies = _study(evidence, profile, load_data, executor)
     judged = judge_selective(strategies, cfg)
     evidence.metric("acc_original", mean(judged.original), _acc("the trained network"),
                     samples=judged.original)
@@ -196,8 +201,8 @@ PRUNING_HELPS = Claim(
 
 
 @pytest.mark.claim(PRUNING_HELPS)
-def test_pruning_helps_decomposition(evidence, profile, load_data, workers):
-    cfg, _, _, strategies = _study(evidence, profile, load_data, workers)
+def test_pruning_helps_decomposition(evidence, profile, load_data, executor):
+    cfg, _, _, strategies = _study(evidence, profile, load_data, executor)
     judged = judge_pruning_helps(strategies, cfg)
     evidence.metric("removed_selective", mean(judged.selective_removed), _share("selective"),
                     samples=judged.selective_removed)
@@ -229,8 +234,8 @@ PRUNING_NO_SPEEDUP = Claim(
 
 
 @pytest.mark.claim(PRUNING_NO_SPEEDUP)
-def test_pruning_no_speedup(evidence, profile, load_data, workers):
-    cfg, _, nets = _trained(evidence, profile, load_data, workers)
+def test_pruning_no_speedup(evidence, profile, load_data, executor):
+    cfg, _, nets = _trained(evidence, profile, load_data, executor)
     dep = profile.pick(DEPLOY)
     net = nets[cfg.seeds[0]]
     table = deploy.pruning_costs(net, dep.sparsities, dep.batch, cfg.resolution,
@@ -304,10 +309,10 @@ FP16_SPEEDUP = Claim(
 
 
 @pytest.mark.claim(FP16_SPEEDUP)
-def test_fp16_speedup(evidence, profile, load_data, workers):
+def test_fp16_speedup(evidence, profile, load_data, executor):
     import torch
 
-    cfg, _, nets = _trained(evidence, profile, load_data, workers)
+    cfg, _, nets = _trained(evidence, profile, load_data, executor)
     dep = profile.pick(DEPLOY)
     setup = dep.setup(profile.device)
     net = nets[cfg.seeds[0]]
@@ -344,8 +349,8 @@ DECOMPOSED_SPEEDUP_SMALL = Claim(
 
 
 @pytest.mark.claim(DECOMPOSED_SPEEDUP_SMALL)
-def test_decomposed_speedup_small(evidence, profile, load_data, workers):
-    cfg, _, nets = _trained(evidence, profile, load_data, workers)
+def test_decomposed_speedup_small(evidence, profile, load_data, executor):
+    cfg, _, nets = _trained(evidence, profile, load_data, executor)
     dep = profile.pick(DEPLOY)
     net = nets[cfg.seeds[0]]
     # Every conv decomposed, so the flops saving is the largest this rank rule gives.

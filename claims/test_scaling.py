@@ -19,6 +19,7 @@ import pytest
 from harness import models, scaling, stats
 from harness.bands import Measured
 from harness.claim import ACCURACY, CORRELATION, EXACT, RATIO, SHARE, Claim, Tolerance
+from harness.costs import placeholder_data
 from harness.data import DataSpec
 from harness.scaling.study import (
     DISPATCH_BOUND_BELOW,
@@ -36,6 +37,7 @@ from harness.scaling.study import (
     plot_runtime_vs_complexity,
     runtime_population,
     scaled_config,
+    scaled_jobs,
     train_scaled,
 )
 from harness.scaling.verdicts import dWr_verdict, order_verdict
@@ -332,21 +334,25 @@ def _record_budgets(evidence, nets: dict, base_name: str = "base0") -> dict:
     return ratios
 
 
-def _train_cells(cfg, cells, profile, load_data, use_cache, workers):
+def _train_cells(cfg, cells, profile, load_data, use_cache, executor, evidence):
+    full = TRAINED[profile.name]  # a dry run prints what the unshrunk runs would cost
+    evidence.full_size_jobs(lambda: list(scaled_jobs(
+        full, {f"{m}/{st}": scaled_config(full.bases[int(m.removeprefix("base"))], st, full.s)
+               for (m, st) in cells}, device="cpu", load_data=placeholder_data).values()))
     records = train_scaled(cfg, {f"{m}/{st}": net for (m, st), net in cells.items()},
                            device=profile.device, load_data=load_data, use_cache=use_cache,
-                           workers=workers)
+                           executor=executor)
     return {(*name.split("/"), seed): rec for (name, seed), rec in records.items()}
 
 
 @pytest.mark.claim(DWR_MATCHES_DWR_FASTER)
-def test_dWr_matches_dwr_faster(evidence, profile, load_data, use_cache, workers):
+def test_dWr_matches_dwr_faster(evidence, profile, load_data, use_cache, executor):
     cfg = profile.pick(TRAINED)
     evidence.record_config(cfg, cfg.seeds)
     base = cfg.bases[0]
     nets = {("base0", st): scaled_config(base, st, cfg.s) for st in ("base", *cfg.strategies)}
     budgets = _record_budgets(evidence, nets)
-    table = accuracy_table(_train_cells(cfg, nets, profile, load_data, use_cache, workers))
+    table = accuracy_table(_train_cells(cfg, nets, profile, load_data, use_cache, executor, evidence))
     evidence.table("accuracy.csv", table)
     chance = 1 / base.num_classes  # a diverged run counts as chance
     acc = {st: table[table.strategy == st].test_acc.fillna(chance).tolist()
@@ -387,13 +393,13 @@ ORDER_PRESERVED = Claim(
 
 
 @pytest.mark.claim(ORDER_PRESERVED)
-def test_order_preserved(evidence, profile, load_data, use_cache, workers):
+def test_order_preserved(evidence, profile, load_data, use_cache, executor):
     cfg = profile.pick(TRAINED)
     evidence.record_config(cfg, cfg.seeds)
     nets = {(f"base{i}", st): scaled_config(b, st, cfg.s)
             for i, b in enumerate(cfg.bases[:2]) for st in ("base", "dWr")}
     _record_budgets(evidence, nets)
-    table = accuracy_table(_train_cells(cfg, nets, profile, load_data, use_cache, workers))
+    table = accuracy_table(_train_cells(cfg, nets, profile, load_data, use_cache, executor, evidence))
     evidence.table("accuracy.csv", table)
 
     def acc(model, st):

@@ -13,6 +13,7 @@ import pytest
 
 from harness.bands import Measured, mean_accuracy
 from harness.claim import DIFFERENCE, SHARE, Claim, Tolerance
+from harness.costs import placeholder_data
 from harness.data import DataSpec
 from harness.sparse.study import (
     DENSE,
@@ -20,6 +21,7 @@ from harness.sparse.study import (
     STATIC,
     GridConfig,
     InvariantConfig,
+    cell_job,
     cell_summary,
     grid_cells,
     invariant_study,
@@ -111,14 +113,17 @@ FULL_GRID = GridConfig(
 GRID_CONFIGS = {"smoke": SMOKE_GRID, "full": FULL_GRID}
 
 
-def _grid(evidence, profile, load_data, workers):
+def _grid(evidence, profile, load_data, executor):
     """The grid every trained ITOP claim reads (trained once, then cached), with its baseline:
     the dense network must have learned the task."""
     cfg = profile.pick(GRID_CONFIGS)
     evidence.record_config(cfg, seeds=cfg.seeds)
+    full = GRID_CONFIGS[profile.name]  # a dry run prints what the unshrunk grid would cost
+    evidence.full_size_jobs(lambda: [cell_job(full, c, placeholder_data(full.data, full.resolution),
+                                              "cpu") for c in grid_cells(full)])
     runs = run_cells(cfg, grid_cells(cfg), device=profile.device,
                      load=lambda: load_data(cfg.data, cfg.resolution),
-                     use_cache=not profile.dry_run, workers=workers)
+                     use_cache=not profile.dry_run, executor=executor)
     evidence.baseline(values(runs, DENSE, cfg.batch_size), cfg.chance, "the dense network")
     return cfg, runs
 
@@ -143,8 +148,8 @@ REACHES_DENSE = Claim(
 
 
 @pytest.mark.claim(REACHES_DENSE)
-def test_reaches_dense(evidence, profile, load_data, workers):
-    cfg, runs = _grid(evidence, profile, load_data, workers)
+def test_reaches_dense(evidence, profile, load_data, executor):
+    cfg, runs = _grid(evidence, profile, load_data, executor)
     summary = cell_summary(runs)
     evidence.table("grid_summary.csv", summary)
     evidence.table("grid_runs.csv", runs.drop(columns="rs_curve"))
@@ -172,8 +177,8 @@ STATIC_BELOW = Claim(
 
 
 @pytest.mark.claim(STATIC_BELOW)
-def test_static_below_dst(evidence, profile, load_data, workers):
-    cfg, runs = _grid(evidence, profile, load_data, workers)
+def test_static_below_dst(evidence, profile, load_data, executor):
+    cfg, runs = _grid(evidence, profile, load_data, executor)
     j = judge_static_below_dst(runs, cfg)
     evidence.metric("acc_static", mean(j.static), mean_accuracy("static mask"), key=True,
                     samples=list(j.static))
@@ -201,8 +206,8 @@ TRACKS_RS = Claim(
 
 
 @pytest.mark.claim(TRACKS_RS)
-def test_accuracy_tracks_rs(evidence, profile, load_data, workers):
-    cfg, runs = _grid(evidence, profile, load_data, workers)
+def test_accuracy_tracks_rs(evidence, profile, load_data, executor):
+    cfg, runs = _grid(evidence, profile, load_data, executor)
     j = judge_accuracy_tracks_rs(runs, cfg)
     for dt, acc, rs in zip(j.intervals, j.acc, j.rs):
         evidence.metric(f"acc_set_dt{dt}", mean(acc), mean_accuracy(f"SET ΔT={dt}"),
@@ -223,8 +228,8 @@ SET_EXPLORES = Claim(
 
 
 @pytest.mark.claim(SET_EXPLORES)
-def test_set_explores_more(evidence, profile, load_data, workers):
-    cfg, runs = _grid(evidence, profile, load_data, workers)
+def test_set_explores_more(evidence, profile, load_data, executor):
+    cfg, runs = _grid(evidence, profile, load_data, executor)
     j = judge_set_explores_more(runs, cfg)
     evidence.metric("rs_set", mean(j.set_rs), _rs_tol("SET"), key=True, samples=list(j.set_rs))
     evidence.metric("rs_rigl", mean(j.rigl_rs), _rs_tol("RigL"), key=True,
@@ -247,8 +252,8 @@ SMALL_BATCH = Claim(
 
 
 @pytest.mark.claim(SMALL_BATCH)
-def test_small_batch_more_exploration(evidence, profile, load_data, workers):
-    cfg, runs = _grid(evidence, profile, load_data, workers)
+def test_small_batch_more_exploration(evidence, profile, load_data, executor):
+    cfg, runs = _grid(evidence, profile, load_data, executor)
     j = judge_small_batch_more_exploration(runs, cfg)
     for tag, b, rs, acc in (("smallest", j.smallest, j.rs_small, j.acc_small),
                             ("largest", j.largest, j.rs_large, j.acc_large)):

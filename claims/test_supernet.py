@@ -15,6 +15,7 @@ import pytest
 
 from harness.bands import Measured, mean_accuracy
 from harness.claim import DIFFERENCE, SHARE, Claim
+from harness.costs import placeholder_data
 from harness.data import DataSpec
 from harness.stats import mean
 from harness.supernet.study import (
@@ -23,6 +24,7 @@ from harness.supernet.study import (
     NAIVE,
     GridConfig,
     RuleConfig,
+    cell_job,
     grid_cells,
     plot_cosine,
     rule_study,
@@ -119,13 +121,16 @@ FULL_GRID = GridConfig(
 GRID_CONFIGS = {"smoke": SMOKE_GRID, "full": FULL_GRID}
 
 
-def _grid(evidence, profile, load_data, workers):
+def _grid(evidence, profile, load_data, executor):
     """The grid every trained NASViT claim reads (trained once, then cached)."""
     cfg = profile.pick(GRID_CONFIGS)
     evidence.record_config(cfg, seeds=cfg.seeds)
+    full = GRID_CONFIGS[profile.name]  # a dry run prints what the unshrunk grid would cost
+    evidence.full_size_jobs(lambda: [cell_job(full, c, placeholder_data(full.data, full.resolution),
+                                              "cpu") for c in grid_cells(full)])
     runs = run_cells(cfg, grid_cells(cfg), device=profile.device,
                      load=lambda: load_data(cfg.data, cfg.resolution),
-                     use_cache=not profile.dry_run, workers=workers)
+                     use_cache=not profile.dry_run, executor=executor)
     return cfg, runs
 
 
@@ -148,8 +153,8 @@ CONFLICTS_MORE = Claim(
 
 
 @pytest.mark.claim(CONFLICTS_MORE)
-def test_transformer_conflicts_more(evidence, profile, load_data, workers):
-    cfg, runs = _grid(evidence, profile, load_data, workers)
+def test_transformer_conflicts_more(evidence, profile, load_data, executor):
+    cfg, runs = _grid(evidence, profile, load_data, executor)
     evidence.table("grid_summary.csv", summary_table(runs))
     evidence.table("grid_runs.csv", runs.drop(columns=["cos", "cos_steps"]))
     evidence.figure("cosine_vs_step.png", plot_cosine(runs))
@@ -182,8 +187,8 @@ PROJECTION_HELPS = Claim(
 
 
 @pytest.mark.claim(PROJECTION_HELPS)
-def test_projection_helps(evidence, profile, load_data, workers):
-    cfg, runs = _grid(evidence, profile, load_data, workers)
+def test_projection_helps(evidence, profile, load_data, executor):
+    cfg, runs = _grid(evidence, profile, load_data, executor)
     evidence.baseline(values(runs, HYBRID, NAIVE), cfg.chance,
                       "the hybrid supernet's largest subnet, naive sandwich")
     j = judge_projection_helps(runs, cfg)
@@ -213,8 +218,8 @@ UNDERPERFORMS = Claim(
 
 
 @pytest.mark.claim(UNDERPERFORMS)
-def test_naive_supernet_underperforms(evidence, profile, load_data, workers):
-    cfg, runs = _grid(evidence, profile, load_data, workers)
+def test_naive_supernet_underperforms(evidence, profile, load_data, executor):
+    cfg, runs = _grid(evidence, profile, load_data, executor)
     j = judge_naive_underperforms(runs, cfg)
     evidence.baseline(j.standalone["smallest"], cfg.chance,
                       "the hybrid's smallest subnet trained alone")

@@ -1,9 +1,8 @@
 """Files written whole or not at all: a temporary file beside the target, flushed to disk, then
 one rename. A reader (or a run killed midway) sees the old file or the new one, never half.
 
-Used for references, noise tables, speed baselines and reports. (The training cache writes
-its entries with its own few lines: the loop's source is part of every cache key, so it does
-not import this module.)"""
+Used for references, noise tables, speed baselines, reports and the training cache's entries
+(how a file is written does not change a run, so this module is not part of the cache's key)."""
 
 from __future__ import annotations
 

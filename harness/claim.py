@@ -9,6 +9,7 @@ the verdict. The plugin compares the evidence with the stored reference and rend
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -162,6 +163,20 @@ class Evidence:
         # ``bands.Measured`` band spec into a Tolerance. Set by the plugin's fixture.
         self.noise: Any = None
         self.observed: dict[str, float | None] = {}
+        # On a dry run: the GPU time the check's runs would take at full size
+        # (``harness.costs.Estimate``). ``estimating`` is set by the plugin's fixture.
+        self.estimating = False
+        self.full_size: Any = None
+
+    def full_size_jobs(self, jobs: Callable[[], Sequence[Any]]) -> None:
+        """On a dry run, the ``TrainJob``s this check trains at full size (``jobs()``: built
+        from the un-shrunk config on ``costs.placeholder_data``), so the plugin can print their
+        estimated GPU time. Elsewhere nothing is built."""
+        if not self.estimating:
+            return
+        from harness.costs import Estimate
+
+        self.full_size = (self.full_size or Estimate()).add(jobs())
 
     def metric(
         self,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import math
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -55,7 +56,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="recompute training runs instead of reusing cached records")
     g.addoption("--workers", default="auto", type=_workers_option,
                 help="processes for CPU training runs (default auto: one per usable core, or "
-                     "$HARNESS_WORKERS; CUDA runs are serial)")
+                     "$HARNESS_WORKERS; CUDA runs are serial); with --executor processes on "
+                     "CUDA: GPUs used, one process each")
+    g.addoption("--executor", default=None, choices=["local", "processes", "slurm"],
+                help="where un-cached training runs go: local (serial, in this process), "
+                     "processes (spawned workers: one per core, or one per GPU), slurm (one "
+                     "job per run through submitit). Default: processes for CPU runs with more "
+                     "than one worker, else local")
+    g.addoption("--executor-option", action="append", default=[], metavar="KEY=VALUE",
+                type=_executor_option,
+                help="a slurm executor option (repeatable): partition, gpus, timeout_min, "
+                     "array_parallelism, mem_gb, cpus_per_task, cluster=local|debug (run the "
+                     "submitit path on this machine), folder (job logs), or any submitit "
+                     "parameter, e.g. slurm_qos=high")
+    g.addoption("--cell-timeout", default=None, type=_seconds_option, metavar="SECONDS",
+                help="stop a training run that takes longer than this and report it (the "
+                     "other runs go on; the failed ones are listed at the end)")
 
 
 def _workers_option(value: str) -> int | str:
@@ -66,9 +82,41 @@ def _workers_option(value: str) -> int | str:
     return int(value)
 
 
+def _executor_option(value: str) -> str:
+    from harness.executors import parse_option
+    from harness.profiles import UsageError
+
+    try:
+        parse_option(value)
+    except UsageError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return value
+
+
+def _seconds_option(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not seconds > 0 or math.isinf(seconds):
+        raise argparse.ArgumentTypeError(f"positive seconds, not {value!r}")
+    return seconds
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "claim(spec): an executable check of one published claim")
     config.stash[RUN] = RunState(config)
+    opt = config.option
+    if opt.executor or opt.executor_option:  # a bad combination is a usage error up front
+        from harness.executors import spec_from_options
+        from harness.profiles import UsageError
+
+        try:
+            spec_from_options(opt.executor, opt.executor_option, cell_timeout=opt.cell_timeout,
+                              workers=None if opt.workers == "auto" else opt.workers,
+                              device="cpu")  # the device only picks defaults
+        except UsageError as e:
+            raise pytest.UsageError(str(e)) from None
     if config.option.no_cache:
         # Nothing from before this run is reused, but claims that share a training run (and
         # the worker processes) still share it within the run: a fresh, private cache.
@@ -85,8 +133,10 @@ class RunState:
     config: pytest.Config
     rows: list[Any] = field(default_factory=list)
     regen_log: list[str] = field(default_factory=list)
+    estimates: dict[str, Any] = field(default_factory=dict)  # dry run: claim -> costs.Estimate
     datasets: dict[Any, Any] = field(default_factory=dict)
     _profile: Any = None
+    _executor: Any = None
     _run_dir: Path | None = None
     _env: dict[str, Any] | None = None
 
@@ -103,6 +153,24 @@ class RunState:
                 raise pytest.UsageError(str(e)) from None
             self._profile = Profile(name, device, dry_run=opt.dry_run)
         return self._profile
+
+    @property
+    def executor(self):
+        """The ``ExecutorSpec`` of ``--executor``, ``--executor-option``, ``--workers`` and
+        ``--cell-timeout``."""
+        if self._executor is None:
+            from harness.executors import spec_from_options
+            from harness.profiles import UsageError
+
+            opt = self.config.option
+            try:
+                self._executor = spec_from_options(
+                    opt.executor, opt.executor_option,
+                    workers=None if opt.workers == "auto" else opt.workers,
+                    cell_timeout=opt.cell_timeout, device=self.profile.device)
+            except UsageError as e:
+                raise pytest.UsageError(str(e)) from None
+        return self._executor
 
     @property
     def run_dir(self) -> Path:
@@ -217,12 +285,10 @@ def use_cache(request: pytest.FixtureRequest) -> bool:
 
 
 @pytest.fixture
-def workers(request: pytest.FixtureRequest) -> int:
-    """How many processes train a claim's runs side by side (records do not depend on it)."""
-    from harness.train import default_workers
-
-    value = request.config.option.workers
-    return default_workers(request.config.stash[RUN].profile.device) if value == "auto" else value
+def executor(request: pytest.FixtureRequest):
+    """Where a claim's un-cached training runs go (``harness.executors.ExecutorSpec``); records
+    do not depend on it."""
+    return request.config.stash[RUN].executor
 
 
 @pytest.fixture
@@ -237,6 +303,7 @@ def evidence(request: pytest.FixtureRequest) -> Evidence:
     torch.manual_seed(0)  # checks seed themselves; this only pins anything they forget
     ev = Evidence(claim, state.profile.device, state.run_dir / claim.id)
     ev.noise = state.noise(claim.id)
+    ev.estimating = state.profile.dry_run
     request.node.stash[EVIDENCE] = ev
     return ev
 
@@ -332,6 +399,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         else:
             row = reporting.error_row(claim.id, claim.statement, _short(report), "ERROR", seconds)
         state.rows.append(row)
+        if ev is not None and ev.full_size is not None:
+            state.estimates[claim.id] = ev.full_size
     elif report.when == "setup" and (report.skipped or report.failed):
         status = "SKIPPED" if report.skipped else "ERROR"
         state.rows.append(reporting.error_row(claim.id, claim.statement, _short(report), status, 0.0))
@@ -373,10 +442,27 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     except Exception as e:  # noqa: BLE001 - the results above are written; say what failed
         tr.write_line(f"report.html not written: {type(e).__name__}: {e} "
                       f"(retry: nox -s report -- {state.run_dir})", red=True)
+    if state.estimates:
+        _print_estimates(tr, state)
     if state.regen_log:
         tr.section("references regenerated (old -> new)")
         for line in state.regen_log:
             tr.write_line(line)
+
+
+def _print_estimates(tr, state: RunState) -> None:
+    """A dry run's estimate of each claim's training at full size (harness/costs.py)."""
+    from harness.costs import H100_MACS_PER_SECOND, Estimate
+
+    p = state.profile
+    tr.section(f"estimated GPU time of the {p.name} profile's training runs (one H100 at "
+               f"{H100_MACS_PER_SECOND / 1e12:g} TMAC/s; harness/costs.py)")
+    total = Estimate()
+    for claim_id, est in sorted(state.estimates.items()):
+        tr.write_line(f"{claim_id:40s} {est.runs:4d} runs  {est.gpu_hours:8.2f} GPU-h")
+        total = total.merged(est)
+    tr.write_line(f"{'all (runs shared by claims counted once)':40s} {total.runs:4d} runs  "
+                  f"{total.gpu_hours:8.2f} GPU-h")
 
 
 def _free_cuda() -> None:

@@ -24,6 +24,7 @@ Sections: config -> optimizer and schedule -> the loop -> evaluation -> the on-d
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -38,6 +39,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from harness import atomic, executors
+from harness.executors import CellsFailed, ExecutorSpec, default_workers  # noqa: F401
 from harness.jsonable import to_jsonable
 
 # ----------------------------------------------------------------------------- config
@@ -424,13 +427,19 @@ def _imports_of(path: Path) -> set[str]:
     return {n for n in found if _module_file(n) is not None}
 
 
+# Modules that decide how and where runs are scheduled and how files are written, never what a
+# run computes (tested: every executor gives the same record). They stay out of the key, so
+# editing them keeps the cache warm.
+_NOT_RUN_CODE = frozenset({_HARNESS_ROOT / "executors.py", _HARNESS_ROOT / "atomic.py"})
+
+
 def _closure(files: set[Path]) -> set[Path]:
-    """``files`` and every harness module they import, transitively."""
+    """``files`` and every harness module they import, transitively (but ``_NOT_RUN_CODE``)."""
     seen: set[Path] = set()
     todo = list(files)
     while todo:
         f = todo.pop()
-        if f in seen:
+        if f in seen or f in _NOT_RUN_CODE:
             continue
         seen.add(f)
         if f.suffix == ".py":
@@ -500,16 +509,22 @@ def cached(key: dict[str, Any], run: Callable[[], TrainRecord], *, enabled: bool
            directory: Path | None = None, code: str | None = None,
            hashed: str | None = None) -> TrainRecord:
     """``run()``'s record, reused from disk when the same key finished before. ``hashed``: the
-    key's ``cache_key`` when the caller has it already (``run_jobs``)."""
+    key's ``cache_key`` when the caller has it already (``run_jobs``).
+
+    One process trains a key at a time: a lock file per key (``filelock``) makes a concurrent
+    run with the same cache wait, then read the first one's record instead of training it
+    again. The entry is written atomically, so a run killed midway leaves none or a whole one."""
+    from filelock import FileLock
+
     path = _cache_path(hashed or cache_key(key, code), directory)
-    hit = _load_cached(path) if enabled else None
-    if hit is not None:
-        return hit
-    rec = run()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"key": to_jsonable(key), "record": to_jsonable(asdict(rec))}))
-    os.replace(tmp, path)
+    with FileLock(path.with_suffix(".lock")):
+        hit = _load_cached(path) if enabled else None
+        if hit is not None:
+            return hit
+        rec = run()
+        atomic.write_text(path, json.dumps({"key": to_jsonable(key),
+                                            "record": to_jsonable(asdict(rec))}))
     return rec
 
 
@@ -574,30 +589,22 @@ class TrainJob:
         return code_fingerprint(self.model_fn, *self.before_step, *self.after_step, *extra)
 
 
-def default_workers(device: str) -> int:
-    """Processes for CPU runs: one per usable core (each run pins its own threads); CUDA: 1."""
-    if device != "cpu":
-        return 1
-    env = os.environ.get("HARNESS_WORKERS")
-    if env:
-        return max(1, int(env))
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def run_jobs(jobs: Sequence[TrainJob], *, workers: int = 1, use_cache: bool = True,
-             directory: Path | None = None, progress: bool | None = None) -> list[TrainRecord]:
+def run_jobs(jobs: Sequence[TrainJob], *, executor: ExecutorSpec | None = None,
+             use_cache: bool = True, directory: Path | None = None,
+             progress: bool | None = None) -> list[TrainRecord]:
     """The records of ``jobs``, in order: cached ones read back, the rest trained (once per
-    distinct key: duplicates share the record).
+    distinct key: duplicates share the record) by ``executor`` (default: ``local``, serial in
+    this process; see ``harness.executors`` for ``processes`` and ``slurm``).
 
-    With ``workers > 1`` (CPU jobs only) the runs go to that many spawned processes. Each run
-    seeds itself and pins its CPU threads, so its record is bit-identical to a serial run's;
-    only wall time changes (the runs no longer share a core). A worker's error is re-raised.
+    Each cell writes its record to the cache and this process reads it back from there, so a
+    killed run resumes with what had finished, and every executor returns the same record: each
+    run seeds itself and pins its CPU threads, so a record from a worker process is
+    bit-identical to a serial run's; only the measured fields (``MEASURED_FIELDS``) change.
+    Cells that fail (an error, a worker that dies, ``cell_timeout``) are raised together as one
+    ``CellsFailed`` after the others have finished.
     """
-    from harness.progress import progress_bar
-
+    spec = executor or ExecutorSpec()
+    directory = directory or cache_dir()  # resolved here: a Slurm job may not share our env
     keys = [cache_key(job.key, job.code()) for job in jobs]
     first_of: dict[str, int] = {}  # jobs with equal keys train once and share the record
     for i, key in enumerate(keys):
@@ -610,55 +617,69 @@ def run_jobs(jobs: Sequence[TrainJob], *, workers: int = 1, use_cache: bool = Tr
         if hit is not None:
             out[i] = hit
     todo = [i for i in first_of.values() if i not in out]
-    n_proc = min(workers, len(todo))
-    if n_proc <= 1 or any(jobs[i].device != "cpu" for i in todo):
-        for i in todo:
-            out[i] = _run_job(jobs[i], keys[i], use_cache, directory, progress)
-        return [out[first_of[key]] for key in keys]
-
-    import concurrent.futures as cf
-    import multiprocessing as mp
-
-    # spawn, not fork: a forked child inherits the parent's torch thread pools and locks.
-    with cf.ProcessPoolExecutor(n_proc, mp_context=mp.get_context("spawn")) as pool, \
-            progress_bar(len(todo), f"{len(todo)} runs on {n_proc} processes", progress) as bar:
-        # Longest first, so the workers finish at about the same time.
-        order = sorted(todo, key=lambda i: -jobs[i].cost)
-        futures = {pool.submit(_run_job, jobs[i], keys[i], use_cache, directory, False): i for i in order}
-        try:
-            for fut in cf.as_completed(futures):
-                out[futures[fut]] = fut.result()
-                bar.update(1)
-        except BaseException:
-            for fut in futures:
-                fut.cancel()
-            raise
+    in_process = spec.name == "local"
+    cells = [executors.Cell(_label(jobs[i], keys[i]),
+                            functools.partial(_run_job, jobs[i], keys[i], use_cache, directory,
+                                              progress if in_process else False),
+                            cost=jobs[i].cost, device=jobs[i].device) for i in todo]
+    outcomes = executors.run_cells(cells, spec, progress=progress,
+                                   log_dir=directory.parent / "submitit")
+    failures = []
+    for i, cell, trained in zip(todo, cells, outcomes, strict=True):
+        if isinstance(trained, executors.CellFailure):
+            failures.append(trained)
+            continue
+        rec = _load_cached(_cache_path(keys[i], directory))  # what the cell wrote
+        if rec is None:
+            failures.append(executors.CellFailure(cell.label, "the run finished but left no "
+                                                  "readable cache entry"))
+            continue
+        rec.from_cache = not trained  # False: trained just now (maybe by a concurrent run)
+        out[i] = rec
+    if failures:
+        raise CellsFailed(failures)
     return [out[first_of[key]] for key in keys]
 
 
+# What a run measures about the machine, not what its key determines: the fields that differ
+# between two runs of one key (in another process, on a loaded core). Everything else is
+# bit-identical whichever executor ran it.
+MEASURED_FIELDS = ("epoch_seconds", "images_per_second", "peak_memory_mb", "train_seconds",
+                   "from_cache")
+
+
+def _label(job: TrainJob, hashed: str) -> str:
+    """A failed cell's name in messages: its description, cache key and (shortened) config."""
+    doc = json.dumps(to_jsonable(job.key), sort_keys=True)
+    return f"{job.desc} [cache key {hashed}] {doc if len(doc) <= 300 else doc[:297] + '...'}"
+
+
 def run_table(cells: Sequence[Any], job: Callable[[Any], TrainJob],
-              row: Callable[[Any, TrainRecord], dict[str, Any]], *, workers: int = 1,
-              use_cache: bool = True):
+              row: Callable[[Any, TrainRecord], dict[str, Any]], *,
+              executor: ExecutorSpec | None = None, use_cache: bool = True):
     """A study's grid: one job per cell through ``run_jobs``, one table row per cell (a
     ``pandas.DataFrame``, in the cells' order)."""
     import pandas as pd
 
     cells = list(cells)
-    records = run_jobs([job(c) for c in cells], workers=workers, use_cache=use_cache)
+    records = run_jobs([job(c) for c in cells], executor=executor, use_cache=use_cache)
     return pd.DataFrame([row(c, r) for c, r in zip(cells, records, strict=True)])
 
 
 def _run_job(job: TrainJob, hashed: str, use_cache: bool, directory: Path | None,
-             progress: bool | None) -> TrainRecord:
+             progress: bool | None) -> bool:
+    """Train ``job`` into its cache entry (a cell's call, in whatever process runs it); False
+    when a finished record was there already (a concurrent run trained it while this waited)."""
     after = list(job.after_step)
     if job.keep_weights:
         after.append(SaveWeights(str(_weights_path(hashed, directory))))
         use_cache = use_cache and _weights_ok(hashed, directory)
-    return cached(job.key, lambda: train(job.model_fn, job.train_set, job.test_set, job.cfg,
-                                         device=job.device, before_step=job.before_step,
-                                         after_step=after, progress=progress, desc=job.desc,
-                                         step_fn=job.step_fn),
-                  enabled=use_cache, directory=directory, hashed=hashed)
+    rec = cached(job.key, lambda: train(job.model_fn, job.train_set, job.test_set, job.cfg,
+                                        device=job.device, before_step=job.before_step,
+                                        after_step=after, progress=progress, desc=job.desc,
+                                        step_fn=job.step_fn),
+                 enabled=use_cache, directory=directory, hashed=hashed)
+    return not rec.from_cache
 
 
 # ----------------------------------------------------------------- trained weights

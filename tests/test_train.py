@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import pytest
@@ -8,6 +9,7 @@ from hypothesis import strategies as st
 
 from harness import train as tr
 from harness.data import synthetic_dataset
+from harness.executors import ExecutorSpec
 
 
 @pytest.fixture(scope="module")
@@ -176,16 +178,26 @@ def _jobs(data, seeds=(0, 1, 2)) -> list[tr.TrainJob]:
             for s in seeds]
 
 
+PROCESSES = ExecutorSpec("processes", workers=2)
+
+
+def _determined(rec: tr.TrainRecord) -> dict:
+    """Every field a run's key determines: all but the machine's measurements."""
+    return {k: v for k, v in dataclasses.asdict(rec).items() if k not in tr.MEASURED_FIELDS}
+
+
 @pytest.mark.slow
-def test_parallel_runs_match_serial_runs_exactly(data, tmp_path):
-    serial = tr.run_jobs(_jobs(data), workers=1, directory=tmp_path / "a", progress=False)
-    parallel = tr.run_jobs(_jobs(data), workers=2, directory=tmp_path / "b", progress=False)
-    assert [r.test_acc for r in serial] == [r.test_acc for r in parallel]  # same order, bits
-    assert [r.loss_curve for r in serial] == [r.loss_curve for r in parallel]
+def test_records_from_worker_processes_are_bit_identical_to_local_ones(data, tmp_path):
+    serial = tr.run_jobs(_jobs(data), directory=tmp_path / "a", progress=False)
+    parallel = tr.run_jobs(_jobs(data), executor=PROCESSES, directory=tmp_path / "b",
+                           progress=False)
+    assert [_determined(r) for r in serial] == [_determined(r) for r in parallel]  # bits, order
+    assert {"test_acc", "test_loss", "loss_curve", "steps", "extra"} <= _determined(serial[0]).keys()
     assert len({r.test_acc for r in serial}) > 1  # the seeds differ: order would show
-    again = tr.run_jobs(_jobs(data), workers=2, directory=tmp_path / "b", progress=False)
+    assert not any(r.from_cache for r in serial + parallel)
+    again = tr.run_jobs(_jobs(data), executor=PROCESSES, directory=tmp_path / "b", progress=False)
     assert all(r.from_cache for r in again)
-    assert [r.test_acc for r in again] == [r.test_acc for r in parallel]
+    assert [_determined(r) for r in again] == [_determined(r) for r in parallel]
 
 
 @pytest.mark.slow
@@ -194,8 +206,12 @@ def test_a_failing_worker_run_is_reraised(data, tmp_path):
     bad_images = data.train[0][:, :1]  # one channel where the model expects three
     jobs[1] = tr.TrainJob(jobs[1].key, jobs[1].model_fn, (bad_images, data.train[1]), data.test,
                           jobs[1].cfg)
-    with pytest.raises(RuntimeError, match="channels"):
-        tr.run_jobs(jobs, workers=2, directory=tmp_path, progress=False)
+    with pytest.raises(tr.CellsFailed, match="channels") as failed:
+        tr.run_jobs(jobs, executor=PROCESSES, directory=tmp_path, progress=False)
+    (failure,) = failed.value.failures
+    assert "\"seed\": 1" in failure.label  # which cell: its config
+    (ok,) = tr.run_jobs(jobs[:1], directory=tmp_path, progress=False)
+    assert ok.from_cache  # the other cell finished and kept its record
 
 
 def test_default_workers(monkeypatch):
@@ -214,7 +230,7 @@ def test_jobs_with_equal_keys_train_once(data, tmp_path, monkeypatch):
     twin = tr.TrainJob(dict(jobs[0].key), jobs[0].model_fn, data.train, data.test, jobs[0].cfg)
     cfg = tr.TrainConfig(epochs=0.2, batch_size=64)
     jobs = [tr.TrainJob(j.key, j.model_fn, j.train_set, j.test_set, cfg) for j in (jobs[0], twin)]
-    a, b = tr.run_jobs(jobs, workers=1, directory=tmp_path, progress=False)
+    a, b = tr.run_jobs(jobs, directory=tmp_path, progress=False)
     assert len(calls) == 1 and a is b
 
 

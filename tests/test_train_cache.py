@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -180,3 +181,185 @@ def test_kept_weights_come_back_with_the_record_and_a_missing_or_corrupt_file_re
     (no_weights,) = tr.run_jobs([plain], directory=tmp_path)
     with pytest.raises(ValueError, match="without keep_weights"):
         tr.trained_weights(no_weights, tmp_path)
+
+
+# ------------------------------------------------ surviving interruption and concurrent runs
+# Real processes, as on a cluster: a run killed midway (SIGINT, SIGKILL to its whole process
+# group, as Slurm or the OOM killer would) leaves only whole cache entries, and the rerun reuses
+# them; two runs sharing a cache train a key once.
+
+RUN_SCRIPT = textwrap.dedent("""
+    import json, os, sys, time
+    import torch, torch.nn as nn
+    from harness import train as tr
+    from harness.executors import ExecutorSpec
+
+    class SlowStep:  # a cell takes ~0.8 s, so a kill lands between cells
+        def __call__(self, state):
+            time.sleep(0.1)
+
+    def model():
+        return nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+
+    def main(executor, out):
+        g = torch.Generator().manual_seed(0)
+        x, y = torch.randn(64, 3, 2, 2, generator=g), torch.randint(0, 3, (64,), generator=g)
+        jobs = [tr.TrainJob({"interrupt": seed}, model, (x, y), (x, y),
+                            tr.TrainConfig(epochs=1, batch_size=8, warmup_epochs=0, seed=seed),
+                            before_step=[SlowStep()], desc=f"seed {seed}")
+                for seed in range(8)]
+        spec = ExecutorSpec(executor, workers=2 if executor == "processes" else None)
+        records = tr.run_jobs(jobs, executor=spec, progress=False)
+        keys = [tr.cache_key(j.key, j.code()) for j in jobs]
+        with open(out, "w") as f:
+            json.dump([{"key": k, "acc": r.test_acc, "loss": r.test_loss,
+                        "curve": r.loss_curve, "from_cache": r.from_cache}
+                       for k, r in zip(keys, records)], f)
+
+    if __name__ == "__main__":
+        main(sys.argv[1], sys.argv[2])
+""")
+
+
+def _script(tmp_path: Path, text: str, name: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def _start(script: Path, cache: Path, *args: str) -> subprocess.Popen:
+    # Its own process group, so a kill reaches the workers too, as a scheduler's would.
+    return subprocess.Popen([sys.executable, str(script), *args], cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": str(REPO), "HARNESS_CACHE": str(cache)},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def _run(script: Path, cache: Path, *args: str) -> None:
+    proc = _start(script, cache, *args)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> list[dict]:
+    tmp = tmp_path_factory.mktemp("uninterrupted")
+    script = _script(tmp, RUN_SCRIPT, "cells.py")
+    _run(script, tmp / "cache", "processes", str(tmp / "out.json"))
+    return json.loads((tmp / "out.json").read_text())
+
+
+def _wait_for_an_entry(cache: Path, proc: subprocess.Popen) -> None:
+    for _ in range(1200):
+        if list(cache.glob("*.json")):
+            return
+        assert proc.poll() is None, proc.stdout.read()
+        import time
+
+        time.sleep(0.05)
+    raise AssertionError("no cache entry appeared within 60 s")
+
+
+@pytest.mark.parametrize(("sig", "executor"), [(signal.SIGINT, "processes"),
+                                               (signal.SIGKILL, "processes"),
+                                               (signal.SIGINT, "local")])
+def test_a_killed_run_leaves_whole_entries_and_the_rerun_reuses_them(tmp_path, uninterrupted, sig,
+                                                                      executor):
+    script, cache, out = _script(tmp_path, RUN_SCRIPT, "cells.py"), tmp_path / "cache", tmp_path / "o"
+    proc = _start(script, cache, executor, str(out))
+    _wait_for_an_entry(cache, proc)
+    os.killpg(proc.pid, sig)
+    proc.communicate(timeout=60)
+    assert proc.returncode != 0 and not out.exists()
+    finished = {p.stem for p in cache.glob("*.json")}
+    assert 0 < len(finished) < 8, "the kill should land midway"
+    for p in cache.glob("*.json"):
+        json.loads(p.read_text())  # whole, or not there at all
+    assert {p.suffix for p in cache.iterdir()} <= {".json", ".lock", ".tmp"}  # tmp never read
+
+    _run(script, cache, executor, str(out))
+    rerun = json.loads(out.read_text())
+    assert {r["key"] for r in rerun if r["from_cache"]} == finished
+    drop = ("from_cache",)
+    assert ([{k: v for k, v in r.items() if k not in drop} for r in rerun]
+            == [{k: v for k, v in r.items() if k not in drop} for r in uninterrupted])
+
+
+CONCURRENT_SCRIPT = textwrap.dedent("""
+    import json, os, sys, time
+    import torch, torch.nn as nn
+    from harness import train as tr
+
+    def model():
+        with open(os.environ["MARKERS"], "a") as f:  # one line per run that really trains
+            f.write(f"{os.getpid()}\\n")
+        time.sleep(2)  # hold the key's lock long enough for the other run to queue behind it
+        return nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+
+    if __name__ == "__main__":
+        ready = os.path.join(os.path.dirname(os.environ["MARKERS"]), f"ready-{os.getpid()}")
+        open(ready, "w").close()
+        while len([n for n in os.listdir(os.path.dirname(ready)) if n.startswith("ready-")]) < 2:
+            time.sleep(0.01)  # both runs start the cell together
+        g = torch.Generator().manual_seed(0)
+        x, y = torch.randn(32, 3, 2, 2, generator=g), torch.randint(0, 3, (32,), generator=g)
+        job = tr.TrainJob({"shared": 1}, model, (x, y), (x, y),
+                          tr.TrainConfig(epochs=1, batch_size=8, warmup_epochs=0))
+        (rec,) = tr.run_jobs([job], progress=False)
+        with open(sys.argv[1], "w") as f:
+            json.dump({"acc": rec.test_acc, "curve": rec.loss_curve,
+                       "from_cache": rec.from_cache}, f)
+""")
+
+
+def test_two_runs_sharing_a_cache_train_a_key_once(tmp_path, monkeypatch):
+    script, cache = _script(tmp_path, CONCURRENT_SCRIPT, "shared.py"), tmp_path / "cache"
+    (tmp_path / "sync").mkdir()
+    monkeypatch.setenv("MARKERS", str(tmp_path / "sync" / "markers"))
+    procs = [_start(script, cache, str(tmp_path / f"out{i}.json")) for i in range(2)]
+    for p in procs:
+        out, _ = p.communicate(timeout=120)
+        assert p.returncode == 0, out
+    assert len((tmp_path / "sync" / "markers").read_text().split()) == 1  # trained once
+    a, b = (json.loads((tmp_path / f"out{i}.json").read_text()) for i in range(2))
+    assert sorted([a["from_cache"], b["from_cache"]]) == [False, True]  # the other one waited
+    assert (a["acc"], a["curve"]) == (b["acc"], b["curve"])  # and read the first one's record
+    assert len(list(cache.glob("*.json"))) == 1
+
+
+@pytest.mark.parametrize("content", ['{"key": {}, "record": {"test_acc": 0.5, "st',
+                                     json.dumps({"key": {}, "record": {"accuracy": 1}})])
+def test_run_jobs_recomputes_a_corrupt_entry_with_a_warning(tmp_path, content):
+    x, y = torch.randn(16, 3, 2, 2), torch.randint(0, 3, (16,))
+    job = tr.TrainJob({"corrupt-run": 1}, _linear, (x, y), (x, y),
+                      tr.TrainConfig(epochs=1, batch_size=8, warmup_epochs=0))
+    (first,) = tr.run_jobs([job], directory=tmp_path)
+    (entry,) = tmp_path.glob("*.json")
+    entry.write_text(content)  # truncated JSON, or a record of the wrong schema
+    with pytest.warns(tr.CorruptCacheEntry, match="corrupt training-cache entry"):
+        (again,) = tr.run_jobs([job], directory=tmp_path)
+    assert not again.from_cache and again.test_acc == first.test_acc  # recomputed, same run
+    assert entry.with_suffix(".corrupt").read_text() == content
+    (third,) = tr.run_jobs([job], directory=tmp_path)
+    assert third.from_cache
+
+
+def _exit_in_model():
+    os._exit(7)
+
+
+def test_a_cell_whose_worker_dies_fails_with_its_config_and_the_others_keep_theirs(tmp_path):
+    from harness.executors import ExecutorSpec
+
+    x, y = torch.randn(16, 3, 2, 2), torch.randint(0, 3, (16,))
+    cfg = tr.TrainConfig(epochs=1, batch_size=8, warmup_epochs=0)
+    good = tr.TrainJob({"dies": 0}, _linear, (x, y), (x, y), cfg, desc="good cell")
+    bad = tr.TrainJob({"dies": 1}, _exit_in_model, (x, y), (x, y), cfg, desc="dying cell")
+    with pytest.raises(tr.CellsFailed) as failed:
+        tr.run_jobs([bad, good], executor=ExecutorSpec("processes", workers=1),
+                    directory=tmp_path, progress=False)
+    (failure,) = failed.value.failures
+    assert "dying cell" in failure.label and '"dies": 1' in failure.label
+    assert "exit status 7" in failure.error and "dying cell" in str(failed.value)
+    (kept,) = tr.run_jobs([good], directory=tmp_path)
+    assert kept.from_cache

@@ -44,6 +44,7 @@ from harness.agc.rule import (
 )
 from harness.agc.verdicts import AGC, BN, NF, accuracies, best_lambdas
 from harness.data import DatasetSplits, DataSpec
+from harness.executors import ExecutorSpec
 from harness.profiles import device_class
 from harness.stats import mean
 from harness.train import StepHook, StepState, TrainConfig, TrainJob, TrainRecord, autocast_dtype, run_table
@@ -328,12 +329,12 @@ def run_cells(
     device: str,
     load: Callable[[], DatasetSplits],
     use_cache: bool = True,
-    workers: int = 1,
+    executor: ExecutorSpec | None = None,
 ) -> pd.DataFrame:
     """Run (or reuse) every cell through ``train.run_jobs``; one row per cell, in order."""
     data = load()
     return run_table(cells, lambda c: cell_job(cfg, c, data, device),
-                     lambda c, r: _row(cfg, c, r), workers=workers, use_cache=use_cache)
+                     lambda c, r: _row(cfg, c, r), executor=executor, use_cache=use_cache)
 
 
 def _row(cfg: GridConfig, cell: Cell, rec: TrainRecord) -> dict[str, Any]:

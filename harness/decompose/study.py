@@ -25,6 +25,7 @@ from harness.decompose.tucker import (
     decompose_model,
     pointwise,
 )
+from harness.executors import ExecutorSpec
 from harness.profiles import device_class
 from harness.train import TrainConfig, TrainJob, evaluate, run_jobs, trained_weights
 
@@ -70,8 +71,20 @@ def _build(cfg: DecompStudyConfig) -> nn.Module:
 
 
 def trained_models(cfg: DecompStudyConfig, data: DatasetSplits, *, device: str,
-                   use_cache: bool = True, workers: int = 1) -> dict[int, nn.Module]:
+                   use_cache: bool = True,
+                   executor: ExecutorSpec | None = None) -> dict[int, nn.Module]:
     """The network trained once per seed (weights cached with the run), in eval mode."""
+    out = {}
+    for seed, rec in zip(cfg.seeds, run_jobs(base_jobs(cfg, data, device), executor=executor,
+                                             use_cache=use_cache), strict=True):
+        model = _build(cfg)
+        model.load_state_dict(trained_weights(rec))
+        out[seed] = model.to(device).eval()
+    return out
+
+
+def base_jobs(cfg: DecompStudyConfig, data: DatasetSplits, device: str) -> list[TrainJob]:
+    """One training run of the network per seed, its weights kept with the record."""
     jobs = []
     for seed in cfg.seeds:
         recipe = dataclasses.replace(cfg.train, seed=seed, cpu_threads=cfg.cpu_threads)
@@ -80,13 +93,7 @@ def trained_models(cfg: DecompStudyConfig, data: DatasetSplits, *, device: str,
                "device_class": device_class(device)}
         jobs.append(TrainJob(key, functools.partial(_build, cfg), data.train, data.test, recipe,
                              device, desc=f"{cfg.model} seed {seed}", keep_weights=True))
-    out = {}
-    for seed, rec in zip(cfg.seeds, run_jobs(jobs, workers=workers, use_cache=use_cache),
-                         strict=True):
-        model = _build(cfg)
-        model.load_state_dict(trained_weights(rec))
-        out[seed] = model.to(device).eval()
-    return out
+    return jobs
 
 
 def accuracy(model: nn.Module, data: DatasetSplits, cfg: DecompStudyConfig, device: str) -> float:

@@ -20,6 +20,7 @@ import torch
 from harness import models, scaling, stats, timing
 from harness.complexity import Complexity
 from harness.data import DataSpec
+from harness.executors import ExecutorSpec
 from harness.train import TrainConfig, TrainJob, TrainRecord, autocast_dtype, run_jobs
 
 # ------------------------------------------------------------------ runtime population
@@ -273,12 +274,21 @@ def flops_ratio(base: models.Config, net: models.Config) -> float:
 
 
 def train_scaled(cfg: ScaledTrainingConfig, nets: dict[str, models.Config], *, device: str,
-                 load_data, use_cache: bool, workers: int = 1,
+                 load_data, use_cache: bool, executor: ExecutorSpec | None = None,
                  progress: bool | None = None) -> dict[tuple[str, int], TrainRecord]:
     """Train every network in ``nets`` once per seed with the config's recipe.
 
-    Records come back keyed by (name, seed); finished cells are read from the cache, and with
-    ``workers > 1`` the rest train side by side in that many processes (CPU only)."""
+    Records come back keyed by (name, seed); finished cells are read from the cache, and the
+    rest train through ``executor`` (``harness.executors``: serial, processes or Slurm)."""
+    jobs = scaled_jobs(cfg, nets, device=device, load_data=load_data)
+    records = run_jobs(list(jobs.values()), executor=executor, use_cache=use_cache,
+                       progress=progress)
+    return dict(zip(jobs, records))
+
+
+def scaled_jobs(cfg: ScaledTrainingConfig, nets: dict[str, models.Config], *, device: str,
+                load_data) -> dict[tuple[str, int], TrainJob]:
+    """One training run per network in ``nets`` and seed, keyed by (name, seed)."""
     from harness.profiles import device_class
 
     jobs = {}
@@ -293,9 +303,7 @@ def train_scaled(cfg: ScaledTrainingConfig, nets: dict[str, models.Config], *, d
                                           data.train, data.test, recipe, device,
                                           desc=f"{name} seed {seed}",
                                           cost=flops)
-    records = run_jobs(list(jobs.values()), workers=workers, use_cache=use_cache,
-                       progress=progress)
-    return dict(zip(jobs, records))
+    return jobs
 
 
 def accuracy_table(records: dict[tuple[str, str, int], TrainRecord]) -> pd.DataFrame:

@@ -27,6 +27,7 @@ import torch
 
 from harness import models
 from harness.data import DatasetSplits, DataSpec, synthetic_dataset
+from harness.executors import ExecutorSpec
 from harness.profiles import device_class
 from harness.sparse.known_bad import KNOWN_BAD
 from harness.sparse.masks import DynamicSparse, SparseConfig
@@ -284,11 +285,11 @@ def cell_job(cfg: GridConfig, cell: Cell, data: DatasetSplits, device: str) -> T
 
 def run_cells(cfg: GridConfig, cells: Iterable[Cell], *, device: str,
               load: Callable[[], DatasetSplits], use_cache: bool = True,
-              workers: int = 1) -> pd.DataFrame:
+              executor: ExecutorSpec | None = None) -> pd.DataFrame:
     """Run (or reuse) every cell through ``train.run_jobs``; one row per cell, in order."""
     data = load()
     return run_table(cells, lambda c: cell_job(cfg, c, data, device),
-                     lambda c, r: _row(cfg, c, r), workers=workers, use_cache=use_cache)
+                     lambda c, r: _row(cfg, c, r), executor=executor, use_cache=use_cache)
 
 
 def _row(cfg: GridConfig, cell: Cell, rec: TrainRecord) -> dict[str, Any]:

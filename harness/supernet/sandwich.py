@@ -111,6 +111,12 @@ class Sandwich:
     _params: list[nn.Parameter] = field(default_factory=list, init=False, repr=False)
     _gen: torch.Generator | None = field(default=None, init=False, repr=False)
 
+    @property
+    def forward_passes(self) -> int:
+        """Forward/backward passes a step runs (the largest, the smallest and the random
+        subnets; harness.costs counts each as the full net's, an upper bound)."""
+        return 2 + self.cfg.n_random
+
     def start(self, run: RunStart) -> None:
         if not isinstance(run.model, Supernet):
             raise TypeError(f"the sandwich rule trains a Supernet, not a "

@@ -30,6 +30,7 @@ from torch import Tensor
 
 from harness import models
 from harness.data import DatasetSplits, DataSpec, synthetic_dataset
+from harness.executors import ExecutorSpec
 from harness.models.supernet import MODEL_CFGS, Arch, build_subnet, extract, middle, sample
 from harness.profiles import device_class
 from harness.supernet.known_bad import KNOWN_BAD
@@ -287,13 +288,13 @@ def evaluate_subnet(cfg: GridConfig, net: str, weights: dict[str, Tensor], which
 
 def run_cells(cfg: GridConfig, cells: Iterable[Cell], *, device: str,
               load: Callable[[], DatasetSplits], use_cache: bool = True,
-              workers: int = 1) -> pd.DataFrame:
+              executor: ExecutorSpec | None = None) -> pd.DataFrame:
     """Run (or reuse) every cell through ``train.run_jobs``, then evaluate the subnets of each
     sandwich run. One row per (run, evaluated subnet): net, method, seed, arch, acc (a
     diverged run at chance), and the run's conflict summary (sandwich runs)."""
     data = load()
     cells = list(cells)
-    records = run_jobs([cell_job(cfg, c, data, device) for c in cells], workers=workers,
+    records = run_jobs([cell_job(cfg, c, data, device) for c in cells], executor=executor,
                        use_cache=use_cache)
     rows: list[dict[str, Any]] = []
     for cell, rec in zip(cells, records, strict=True):

@@ -79,3 +79,34 @@ def test_the_invariant_runs_take_the_configured_steps():
     assert seen == []
     got = study._probed_run(study.DynamicSparse, hook.cfg, LAWS, data, seen)
     assert got.curve[-1][0] == LAWS.steps - 2 and got.updates == LAWS.steps // 2 - 1
+
+
+def test_a_claims_cells_run_through_submitit_match_serial_runs(tmp_path, monkeypatch):
+    # The ITOP claims' own full grid, shrunk as --profile full --dry-run shrinks it; three of its
+    # cells through the slurm executor on submitit's local cluster (each cell a job in its own
+    # process, as on Slurm), and the same cells serially: the same table.
+    import importlib.util
+    from pathlib import Path
+
+    import pandas as pd
+
+    from harness.executors import ExecutorSpec
+
+    path = Path(__file__).resolve().parents[2] / "claims" / "test_sparse.py"
+    spec = importlib.util.spec_from_file_location("_itop_claims", path)
+    claims = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(claims)
+    dry = claims.FULL_GRID.dry_run()
+    cells = study.grid_cells(dry)[:3]
+
+    def load():
+        return load_dataset(dry.data, dry.resolution, None)
+
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "serial" / "cache"))
+    serial = study.run_cells(dry, cells, device="cpu", load=load)
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "slurm" / "cache"))
+    slurm = study.run_cells(dry, cells, device="cpu", load=load,
+                            executor=ExecutorSpec("slurm", (("cluster", "local"),)))
+    pd.testing.assert_frame_equal(serial, slurm)
+    assert len(list((tmp_path / "slurm" / "cache").glob("*.json"))) == 3
+    assert len(list((tmp_path / "slurm" / "submitit").iterdir())) >= 3  # one job folder a cell

@@ -1,0 +1,160 @@
+"""harness.executors: the spec from the command line, and each executor's contract: results in
+order, a failing or dying cell fails alone (with its error), a hanging cell is stopped, CUDA
+workers are pinned one GPU each. The cells here are tiny functions (no torch in the workers);
+the same executors running real training cells are tested in tests/test_train_cache.py and
+below with a real study's cells through submitit."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from harness import executors as ex
+from harness.profiles import UsageError
+
+# ------------------------------------------------------------------ cells (module level: they
+# must pickle into spawned workers)
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def fail(x: int) -> int:
+    raise ValueError(f"bad input {x}")
+
+
+def exit_hard(code: int) -> int:
+    os._exit(code)
+
+
+def kill_self(_: int) -> int:
+    os.kill(os.getpid(), signal.SIGKILL)
+    return 0
+
+
+def hang(_: int) -> int:
+    time.sleep(600)
+    return 0
+
+
+def visible_devices(_: int) -> str | None:
+    return os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+def cell(fn, x, device: str = "cpu") -> ex.Cell:
+    import functools
+
+    return ex.Cell(f"{fn.__name__}({x})", functools.partial(fn, x), cost=x, device=device)
+
+
+# --------------------------------------------------------------------------- the spec
+
+
+def test_the_default_spec_follows_the_device_and_workers():
+    assert ex.spec_from_options(None, [], workers=3, cell_timeout=None, device="cpu") == \
+        ex.ExecutorSpec("processes", workers=3)
+    assert ex.spec_from_options(None, [], workers=1, cell_timeout=None, device="cpu").name == "local"
+    assert ex.spec_from_options(None, [], workers=None, cell_timeout=5, device="cuda") == \
+        ex.ExecutorSpec("local", cell_timeout=5)
+    slurm = ex.spec_from_options("slurm", ["partition=gpu", "timeout_min=30", "gpus=1",
+                                           "array_parallelism=16", "slurm_qos=high"],
+                                 workers=None, cell_timeout=None, device="cuda")
+    assert ex.submitit_parameters(slurm) == {"slurm_partition": "gpu", "timeout_min": 30,
+                                             "gpus_per_node": 1, "slurm_array_parallelism": 16,
+                                             "slurm_qos": "high"}
+    timed = ex.ExecutorSpec("slurm", (("cluster", "local"),), cell_timeout=90)
+    assert ex.submitit_parameters(timed) == {"timeout_min": 2}  # the limit covers the timeout
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("bogus", []), "unknown executor 'bogus'"),
+    (("slurm", ["partition"]), "takes key=value"),
+    (("slurm", ["=gpu"]), "takes key=value"),
+    (("slurm", ["nonsense=1"]), "unknown slurm executor option 'nonsense'"),
+    (("slurm", ["cluster=aws"]), "cluster='aws'"),
+    (("local", ["partition=gpu"]), "--executor local takes no --executor-option"),
+    ((None, ["partition=gpu"]), "needs --executor slurm"),
+])
+def test_bad_executor_input_is_a_usage_error(args, message):
+    with pytest.raises(UsageError, match=message):
+        ex.spec_from_options(*args, workers=None, cell_timeout=None, device="cpu")
+
+
+def test_workers_belong_to_processes_and_timeouts_are_positive():
+    with pytest.raises(UsageError, match="--workers sets the processes of --executor processes"):
+        ex.spec_from_options("slurm", [], workers=2, cell_timeout=None, device="cpu")
+    with pytest.raises(UsageError, match="positive"):
+        ex.ExecutorSpec("local", cell_timeout=0)
+
+
+def test_cuda_workers_are_pinned_one_gpu_each():
+    assert ex.visible_gpus({}, count=3) == ["0", "1", "2"]
+    assert ex.visible_gpus({"CUDA_VISIBLE_DEVICES": "4, 6"}, count=8) == ["4", "6"]
+    assert ex.visible_gpus({"CUDA_VISIBLE_DEVICES": ""}, count=8) == []  # none visible
+    assert ex.worker_gpus(2, ["4", "6", "7"]) == ["4", "6"]
+    with pytest.raises(UsageError, match="3 CUDA workers for 2 visible GPU"):
+        ex.worker_gpus(3, ["4", "6"])
+
+
+def test_each_cuda_worker_sees_only_its_gpu(monkeypatch):
+    # No GPU needed: the cell reads the variable the worker set before anything touched CUDA.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    cells = [cell(visible_devices, i, device="cuda") for i in range(4)]
+    got = ex.run_cells(cells, ex.ExecutorSpec("processes"), progress=False)
+    assert set(got) == {"3", "5"}
+
+
+# ----------------------------------------------------------------- running, failing, hanging
+
+
+@pytest.mark.parametrize("name", ["local", "processes"])
+def test_results_come_back_in_order_and_a_failure_fails_only_its_cell(name):
+    cells = [cell(square, 2), cell(fail, 3), cell(square, 4)]
+    got = ex.run_cells(cells, ex.ExecutorSpec(name, workers=2 if name == "processes" else None),
+                       progress=False)
+    assert got[0] == 4 and got[2] == 16
+    assert isinstance(got[1], ex.CellFailure) and got[1].label == "fail(3)"
+    assert got[1].error == "ValueError: bad input 3" and "Traceback" in got[1].detail
+
+
+@pytest.mark.parametrize(("fn", "how"), [(exit_hard, "died with exit status 3"),
+                                         (kill_self, "killed by SIGKILL")])
+def test_a_worker_that_dies_fails_its_cell_and_a_fresh_worker_takes_the_rest(fn, how):
+    cells = [cell(fn, 3), cell(square, 2), cell(square, 1)]
+    got = ex.run_cells(cells, ex.ExecutorSpec("processes", workers=1), progress=False)
+    assert isinstance(got[0], ex.CellFailure) and how in got[0].error
+    assert got[1:] == [4, 1]
+
+
+@pytest.mark.parametrize("name", ["local", "processes"])
+def test_a_hanging_cell_is_stopped_at_the_timeout_and_reported(name):
+    cells = [cell(hang, 0), cell(square, 3)]
+    got = ex.run_cells(cells, ex.ExecutorSpec(name, workers=1 if name == "processes" else None,
+                                              cell_timeout=1.0), progress=False)
+    assert isinstance(got[0], ex.CellFailure) and "timed out after 1 s" in got[0].error
+    assert got[1] == 9
+
+
+def test_cells_failed_lists_every_failure():
+    err = ex.CellsFailed([ex.CellFailure("a seed 0", "ValueError: x"),
+                          ex.CellFailure("b seed 1", "its worker process was killed by SIGKILL")])
+    assert isinstance(err, RuntimeError)
+    assert "2 cell(s) failed" in str(err) and "a seed 0" in str(err) and "SIGKILL" in str(err)
+
+
+def test_the_slurm_path_runs_through_submitit_locally(tmp_path):
+    spec = ex.ExecutorSpec("slurm", (("cluster", "local"), ("timeout_min", "5")))
+    got = ex.run_cells([cell(square, 3), cell(fail, 1)], spec, log_dir=tmp_path)
+    assert got[0] == 9
+    assert isinstance(got[1], ex.CellFailure) and "bad input 1" in got[1].error
+    assert list(tmp_path.iterdir())  # submitit's job folders (logs) are kept there
+
+
+def test_options_submitit_rejects_are_a_usage_error(tmp_path):
+    spec = ex.ExecutorSpec("slurm", (("cluster", "local"), ("slurm_nonsense", "1")))
+    with pytest.raises(UsageError, match="rejected by submitit"):
+        ex.run_cells([cell(square, 1)], spec, log_dir=tmp_path)
