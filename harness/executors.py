@@ -449,7 +449,11 @@ def _job_error(e: Exception) -> str:
 
 
 def _run_slurm(cells: Sequence[Cell], spec: ExecutorSpec, log_dir: Path) -> list[Any]:
-    import submitit
+    try:
+        import submitit
+    except ImportError:
+        raise UsageError("--executor slurm needs submitit: pip install -e '.[slurm]' (or "
+                         "pip install submitit)") from None
 
     opts = spec.option_dict
     folder = Path(opts.get("folder", log_dir)) / "%j"

@@ -158,3 +158,12 @@ def test_options_submitit_rejects_are_a_usage_error(tmp_path):
     spec = ex.ExecutorSpec("slurm", (("cluster", "local"), ("slurm_nonsense", "1")))
     with pytest.raises(UsageError, match="rejected by submitit"):
         ex.run_cells([cell(square, 1)], spec, log_dir=tmp_path)
+
+
+def test_slurm_without_submitit_says_how_to_install_it(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "submitit", None)  # import submitit -> ImportError
+    spec = ex.ExecutorSpec("slurm", (("cluster", "local"),))
+    with pytest.raises(UsageError, match=r"pip install -e '\.\[slurm\]'"):
+        ex.run_cells([cell(square, 1)], spec, log_dir=tmp_path)
