@@ -61,12 +61,18 @@ CLAIM_FILE = textwrap.dedent("""
 """)
 
 
+def _default_sigint() -> None:
+    """In the child, before exec: SIGINT's default action, so Python installs its Ctrl-C
+    handler even when this test runs where SIGINT is ignored (a shell's background job)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(tmp: Path, *args: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "pytest", str(tmp / "test_demo_claims.py"), "-q",
            "-p", "no:cacheprovider", "--profile", "smoke", "--device", "cpu",
            "--references-dir", str(tmp / "refs"), "--results-dir", str(tmp / "results"), *args]
     return subprocess.Popen(cmd, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True,
+                            text=True, start_new_session=True, preexec_fn=_default_sigint,
                             env={**os.environ, "PYTHONPATH": str(REPO),
                                  "HARNESS_CACHE": str(tmp / "cache")})
 

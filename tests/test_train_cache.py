@@ -227,12 +227,18 @@ def _script(tmp_path: Path, text: str, name: str) -> Path:
     return path
 
 
+def _default_sigint() -> None:
+    """In the child, before exec: SIGINT's default action, so Python installs its Ctrl-C
+    handler even when this test runs where SIGINT is ignored (a shell's background job)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(script: Path, cache: Path, *args: str) -> subprocess.Popen:
     # Its own process group, so a kill reaches the workers too, as a scheduler's would.
     return subprocess.Popen([sys.executable, str(script), *args], cwd=REPO,
                             env={**os.environ, "PYTHONPATH": str(REPO), "HARNESS_CACHE": str(cache)},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_default_sigint)
 
 
 def _run(script: Path, cache: Path, *args: str) -> None:
