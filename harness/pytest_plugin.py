@@ -93,6 +93,20 @@ def _executor_option(value: str) -> str:
     return value
 
 
+def _executor_spec(opt: argparse.Namespace, device: str):
+    """The ``ExecutorSpec`` the executor options ask for on ``device``; bad input is a
+    ``pytest.UsageError``."""
+    from harness.executors import spec_from_options
+    from harness.profiles import UsageError
+
+    try:
+        return spec_from_options(opt.executor, opt.executor_option,
+                                 workers=None if opt.workers == "auto" else opt.workers,
+                                 cell_timeout=opt.cell_timeout, device=device)
+    except UsageError as e:
+        raise pytest.UsageError(str(e)) from None
+
+
 def _seconds_option(value: str) -> float:
     try:
         seconds = float(value)
@@ -108,15 +122,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[RUN] = RunState(config)
     opt = config.option
     if opt.executor or opt.executor_option:  # a bad combination is a usage error up front
-        from harness.executors import spec_from_options
-        from harness.profiles import UsageError
-
-        try:
-            spec_from_options(opt.executor, opt.executor_option, cell_timeout=opt.cell_timeout,
-                              workers=None if opt.workers == "auto" else opt.workers,
-                              device="cpu")  # the device only picks defaults
-        except UsageError as e:
-            raise pytest.UsageError(str(e)) from None
+        _executor_spec(opt, "cpu")  # the device only picks defaults
     if config.option.no_cache:
         # Nothing from before this run is reused, but claims that share a training run (and
         # the worker processes) still share it within the run: a fresh, private cache.
@@ -159,17 +165,7 @@ class RunState:
         """The ``ExecutorSpec`` of ``--executor``, ``--executor-option``, ``--workers`` and
         ``--cell-timeout``."""
         if self._executor is None:
-            from harness.executors import spec_from_options
-            from harness.profiles import UsageError
-
-            opt = self.config.option
-            try:
-                self._executor = spec_from_options(
-                    opt.executor, opt.executor_option,
-                    workers=None if opt.workers == "auto" else opt.workers,
-                    cell_timeout=opt.cell_timeout, device=self.profile.device)
-            except UsageError as e:
-                raise pytest.UsageError(str(e)) from None
+            self._executor = _executor_spec(self.config.option, self.profile.device)
         return self._executor
 
     @property

@@ -40,7 +40,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from harness import atomic, executors
-from harness.executors import CellsFailed, ExecutorSpec, default_workers  # noqa: F401
+from harness.executors import CellsFailed, ExecutorSpec
 from harness.jsonable import to_jsonable
 
 # ----------------------------------------------------------------------------- config

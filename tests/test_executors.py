@@ -167,3 +167,11 @@ def test_slurm_without_submitit_says_how_to_install_it(tmp_path, monkeypatch):
     spec = ex.ExecutorSpec("slurm", (("cluster", "local"),))
     with pytest.raises(UsageError, match=r"pip install -e '\.\[slurm\]'"):
         ex.run_cells([cell(square, 1)], spec, log_dir=tmp_path)
+
+
+def test_default_workers(monkeypatch):
+    assert ex.default_workers("cuda") == 1
+    monkeypatch.setenv("HARNESS_WORKERS", "3")
+    assert ex.default_workers("cpu") == 3
+    monkeypatch.delenv("HARNESS_WORKERS")
+    assert ex.default_workers("cpu") >= 1

@@ -14,11 +14,12 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
+
+from tests.killable import default_sigint, wait_for_an_entry
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -61,18 +62,12 @@ CLAIM_FILE = textwrap.dedent("""
 """)
 
 
-def _default_sigint() -> None:
-    """In the child, before exec: SIGINT's default action, so Python installs its Ctrl-C
-    handler even when this test runs where SIGINT is ignored (a shell's background job)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def _start(tmp: Path, *args: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "pytest", str(tmp / "test_demo_claims.py"), "-q",
            "-p", "no:cacheprovider", "--profile", "smoke", "--device", "cpu",
            "--references-dir", str(tmp / "refs"), "--results-dir", str(tmp / "results"), *args]
     return subprocess.Popen(cmd, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True, preexec_fn=_default_sigint,
+                            text=True, start_new_session=True, preexec_fn=default_sigint,
                             env={**os.environ, "PYTHONPATH": str(REPO),
                                  "HARNESS_CACHE": str(tmp / "cache")})
 
@@ -123,11 +118,7 @@ def test_a_killed_claims_run_resumes_and_ends_as_an_uninterrupted_one(tmp_path, 
     args = ("--executor", executor) + (("--workers", "2") if executor == "processes" else ())
 
     proc = _start(tmp_path, "--strict-references", *args)
-    for _ in range(1200):  # until the first cell's entry lands
-        if list(cache.glob("*.json")):
-            break
-        assert proc.poll() is None, proc.stdout.read()
-        time.sleep(0.05)
+    wait_for_an_entry(cache, proc)
     os.killpg(proc.pid, sig)
     proc.communicate(timeout=60)
     assert proc.returncode != 0

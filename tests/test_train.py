@@ -214,14 +214,6 @@ def test_a_failing_worker_run_is_reraised(data, tmp_path):
     assert ok.from_cache  # the other cell finished and kept its record
 
 
-def test_default_workers(monkeypatch):
-    assert tr.default_workers("cuda") == 1
-    monkeypatch.setenv("HARNESS_WORKERS", "3")
-    assert tr.default_workers("cpu") == 3
-    monkeypatch.delenv("HARNESS_WORKERS")
-    assert tr.default_workers("cpu") >= 1
-
-
 def test_jobs_with_equal_keys_train_once(data, tmp_path, monkeypatch):
     calls = []
     real = tr._run_job

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from harness import train as tr
+from tests.killable import default_sigint, wait_for_an_entry
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -227,18 +228,12 @@ def _script(tmp_path: Path, text: str, name: str) -> Path:
     return path
 
 
-def _default_sigint() -> None:
-    """In the child, before exec: SIGINT's default action, so Python installs its Ctrl-C
-    handler even when this test runs where SIGINT is ignored (a shell's background job)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def _start(script: Path, cache: Path, *args: str) -> subprocess.Popen:
     # Its own process group, so a kill reaches the workers too, as a scheduler's would.
     return subprocess.Popen([sys.executable, str(script), *args], cwd=REPO,
                             env={**os.environ, "PYTHONPATH": str(REPO), "HARNESS_CACHE": str(cache)},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, preexec_fn=_default_sigint)
+                            start_new_session=True, preexec_fn=default_sigint)
 
 
 def _run(script: Path, cache: Path, *args: str) -> None:
@@ -255,17 +250,6 @@ def uninterrupted(tmp_path_factory) -> list[dict]:
     return json.loads((tmp / "out.json").read_text())
 
 
-def _wait_for_an_entry(cache: Path, proc: subprocess.Popen) -> None:
-    for _ in range(1200):
-        if list(cache.glob("*.json")):
-            return
-        assert proc.poll() is None, proc.stdout.read()
-        import time
-
-        time.sleep(0.05)
-    raise AssertionError("no cache entry appeared within 60 s")
-
-
 @pytest.mark.parametrize(("sig", "executor"), [(signal.SIGINT, "processes"),
                                                (signal.SIGKILL, "processes"),
                                                (signal.SIGINT, "local")])
@@ -273,7 +257,7 @@ def test_a_killed_run_leaves_whole_entries_and_the_rerun_reuses_them(tmp_path, u
                                                                       executor):
     script, cache, out = _script(tmp_path, RUN_SCRIPT, "cells.py"), tmp_path / "cache", tmp_path / "o"
     proc = _start(script, cache, executor, str(out))
-    _wait_for_an_entry(cache, proc)
+    wait_for_an_entry(cache, proc)
     os.killpg(proc.pid, sig)
     proc.communicate(timeout=60)
     assert proc.returncode != 0 and not out.exists()
