@@ -43,7 +43,7 @@ from harness.agc.verdicts import (
 )
 from harness.bands import Measured, mean_accuracy
 from harness.claim import DIFFERENCE, RATIO, Claim
-from harness.costs import placeholder_data
+from harness.costs import placeholder_jobs
 from harness.data import DataSpec
 from harness.train import TrainConfig
 
@@ -174,9 +174,8 @@ def _grid(evidence, profile, load_data, executor) -> tuple[GridConfig, pd.DataFr
     with its baseline: the BN twin at the smallest batch must have learned the task."""
     cfg = profile.pick(GRID_CONFIGS)
     evidence.record_config(cfg, seeds=cfg.seeds)
-    full = GRID_CONFIGS[profile.name]  # a dry run prints what the unshrunk grid would cost
-    evidence.full_size_jobs(lambda: [cell_job(full, c, placeholder_data(full.data, full.resolution),
-                                              "cpu") for c in grid_cells(full)])
+    full = profile.unshrunk(GRID_CONFIGS)  # a dry run prints what the full grid would cost
+    evidence.full_size_jobs(lambda: placeholder_jobs(full, grid_cells(full), cell_job))
     runs = grid_runs(cfg, grid_cells(cfg), profile, load_data, executor)
     b = min(cfg.batch_sizes)
     evidence.baseline(accuracies(runs, BN, b), cfg.chance, f"the BN twin at B={b}")

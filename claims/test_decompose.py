@@ -91,7 +91,7 @@ def _trained(evidence, profile, load_data, executor):
     the baseline; the data. Shared by every claim of the family in a run."""
     cfg = profile.pick(STUDY)
     evidence.record_config(cfg, seeds=cfg.seeds)
-    full = STUDY[profile.name]  # a dry run prints what the unshrunk runs would cost
+    full = profile.unshrunk(STUDY)  # a dry run prints what the full-size runs would cost
     evidence.full_size_jobs(lambda: base_jobs(full, placeholder_data(full.data, full.resolution),
                                               "cpu"))
     data = load_data(cfg.data, cfg.resolution)

@@ -335,7 +335,7 @@ def _record_budgets(evidence, nets: dict, base_name: str = "base0") -> dict:
 
 
 def _train_cells(cfg, cells, profile, load_data, use_cache, executor, evidence):
-    full = TRAINED[profile.name]  # a dry run prints what the unshrunk runs would cost
+    full = profile.unshrunk(TRAINED)  # a dry run prints what the full-size runs would cost
     evidence.full_size_jobs(lambda: list(scaled_jobs(
         full, {f"{m}/{st}": scaled_config(full.bases[int(m.removeprefix("base"))], st, full.s)
                for (m, st) in cells}, device="cpu", load_data=placeholder_data).values()))

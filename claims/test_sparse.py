@@ -13,7 +13,7 @@ import pytest
 
 from harness.bands import Measured, mean_accuracy
 from harness.claim import DIFFERENCE, SHARE, Claim, Tolerance
-from harness.costs import placeholder_data
+from harness.costs import placeholder_jobs
 from harness.data import DataSpec
 from harness.sparse.study import (
     DENSE,
@@ -118,9 +118,8 @@ def _grid(evidence, profile, load_data, executor):
     the dense network must have learned the task."""
     cfg = profile.pick(GRID_CONFIGS)
     evidence.record_config(cfg, seeds=cfg.seeds)
-    full = GRID_CONFIGS[profile.name]  # a dry run prints what the unshrunk grid would cost
-    evidence.full_size_jobs(lambda: [cell_job(full, c, placeholder_data(full.data, full.resolution),
-                                              "cpu") for c in grid_cells(full)])
+    full = profile.unshrunk(GRID_CONFIGS)  # a dry run prints what the full grid would cost
+    evidence.full_size_jobs(lambda: placeholder_jobs(full, grid_cells(full), cell_job))
     runs = run_cells(cfg, grid_cells(cfg), device=profile.device,
                      load=lambda: load_data(cfg.data, cfg.resolution),
                      use_cache=not profile.dry_run, executor=executor)

@@ -17,8 +17,9 @@ claim's estimated GPU time) and for the README's "Running at paper scale" table
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -174,3 +175,13 @@ def _hours(h: float) -> str:
 
 if __name__ == "__main__":
     print(paper_scale_markdown())
+
+
+def placeholder_jobs(cfg: Any, cells: Iterable[Any],
+                     cell_job: Callable[[Any, Any, DatasetSplits, str], TrainJob]
+                     ) -> list[TrainJob]:
+    """A grid study's jobs, ``cell_job(cfg, cell, data, "cpu")`` per cell, built on
+    ``placeholder_data`` for ``cfg.data`` at ``cfg.resolution``: what a dry run estimates at
+    full size, without loading the data or training anything."""
+    data = placeholder_data(cfg.data, cfg.resolution)
+    return [cell_job(cfg, cell, data, "cpu") for cell in cells]

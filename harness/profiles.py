@@ -10,6 +10,7 @@ shrinks it to one step on tiny inputs so the full profile's cells run in CI with
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -71,6 +72,10 @@ class Profile:
         except KeyError:
             raise UsageError(f"this claim defines no {self.name!r} profile") from None
         return config.dry_run() if self.dry_run else config  # type: ignore[attr-defined]
+
+    def unshrunk(self, configs: Mapping[str, C]) -> C:
+        """This profile's config as defined, never shrunk: what a dry run's estimate prices."""
+        return dataclasses.replace(self, dry_run=False).pick(configs)
 
     @property
     def device_class(self) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from pathlib import Path
 
@@ -43,3 +44,20 @@ def test_a_jobs_work_is_counted_at_full_size_without_data():
     twice = costs.estimate([job, job])
     assert twice.runs == 1  # one key, one run
     assert twice.gpu_hours == pytest.approx(work.gpu_seconds() / 3600)
+
+
+def test_placeholder_jobs_build_each_cell_on_full_size_placeholder_data():
+    @dataclasses.dataclass(frozen=True)
+    class Grid:
+        data: DataSpec
+        resolution: int
+
+    seen = []
+
+    def cell_job(cfg, cell, data, device):
+        seen.append((cell, data.train[0].shape, device))
+        return cell
+
+    grid = Grid(DataSpec("cifar10", train_size=4000), 32)
+    assert costs.placeholder_jobs(grid, ["a", "b"], cell_job) == ["a", "b"]
+    assert seen == [("a", (4000, 3, 32, 32), "cpu"), ("b", (4000, 3, 32, 32), "cpu")]

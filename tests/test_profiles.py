@@ -36,5 +36,13 @@ def test_pick_chooses_the_profile_and_shrinks_on_dry_run():
         Profile("full", "cpu").pick({"smoke": Cfg(1)})
 
 
+def test_unshrunk_is_the_config_as_defined_even_on_a_dry_run():
+    configs = {"smoke": Cfg(10), "full": Cfg(1000)}
+    assert Profile("full", "cpu", dry_run=True).unshrunk(configs) == Cfg(1000)
+    assert Profile("smoke", "cpu").unshrunk(configs) == Cfg(10)
+    with pytest.raises(UsageError, match="no 'full' profile"):
+        Profile("full", "cpu", dry_run=True).unshrunk({"smoke": Cfg(1)})
+
+
 def test_cpu_device_class():
     assert Profile("smoke", "cpu").device_class == "cpu"
