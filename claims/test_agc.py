@@ -276,6 +276,8 @@ SKIP_FINAL = Claim(
 def test_skip_final_layer(evidence, profile, load_data, executor):
     cfg, runs = _grid(evidence, profile, load_data, executor)
     lam = best_lambdas(runs)[cfg.batch_sizes[-1]]
+    full = profile.unshrunk(GRID_CONFIGS)  # λ is only known after the grid; it costs the same
+    evidence.full_size_jobs(lambda: placeholder_jobs(full, skip_final_cells(full, lam), cell_job))
     extra = grid_runs(cfg, skip_final_cells(cfg, lam), profile, load_data, executor)
     both = pd.concat([runs, extra], ignore_index=True)
     evidence.table("skip_final.csv", grid_summary(both[both.batch_size == cfg.batch_sizes[-1]]))
@@ -343,6 +345,8 @@ def test_bn_costs(evidence, profile, load_data, executor):
     compiled = float(times.compiled_bn_over_nf.median()) if "compiled_bn_over_nf" in times \
         else None
     ratio = eager if compiled is None else compiled  # the verdict reads the deployed pair
+    full = profile.unshrunk(BN_COST_CONFIGS).accuracy
+    evidence.full_size_jobs(lambda: placeholder_jobs(full, tiny_batch_cells(full), cell_job))
     tiny = grid_runs(cfg.accuracy, tiny_batch_cells(cfg.accuracy), profile, load_data, executor)
     evidence.table("tiny_batch.csv", grid_summary(tiny))
     j = judge_bn_costs(ratio, tiny, cfg.degrade_margin)
