@@ -314,6 +314,11 @@ BN_COST_CONFIGS = {
                                 resolution=16, rounds=7, min_run_time=0.25,
                                 model_overrides=SMOKE_GRID.model_overrides),
         degrade_margin=0.03,
+        # On 2-core CPUs the ratio sits near 1 and moves with the machine and the run: medians
+        # 0.82-0.99 over nine smoke runs here (3 kernel paths; rounds within a run 0.87-1.05),
+        # above 1 on the CI machine, where the earlier rule (> 1) flipped the verdict. Within
+        # ±25% of 1 the CPU cannot tell which step is faster; it shows a cost of that size.
+        speed_margin=0.25,
     ),
     "full": BNCostConfig(
         # B=8 against B=128 on a 4000-image subset: 500 steps/epoch at B=8 (~1 min in all).
@@ -327,6 +332,9 @@ BN_COST_CONFIGS = {
                                 resolution=32, rounds=5, min_run_time=1.0, amp="bf16",
                                 channels_last=True, compile=True),
         degrade_margin=0.02,
+        # A GPU step timed compiled over 5 rounds of ≥1 s is steadier than the CPU's (not yet
+        # measured on a GPU); BN costing under 5% of a step is not the drawback the paper names.
+        speed_margin=0.05,
     ),
 }
 
@@ -349,7 +357,7 @@ def test_bn_costs(evidence, profile, load_data, executor):
     evidence.full_size_jobs(lambda: placeholder_jobs(full, tiny_batch_cells(full), cell_job))
     tiny = grid_runs(cfg.accuracy, tiny_batch_cells(cfg.accuracy), profile, load_data, executor)
     evidence.table("tiny_batch.csv", grid_summary(tiny))
-    j = judge_bn_costs(ratio, tiny, cfg.degrade_margin)
+    j = judge_bn_costs(ratio, tiny, cfg.degrade_margin, cfg.speed_margin)
     evidence.baseline(j.bn_ref.seeds, cfg.accuracy.chance, f"the BN twin at B={j.reference_batch}")
     evidence.metric("bn_over_nf_step_time", eager, RATIO_TOL, key=compiled is None,
                     paper="> 1")

@@ -390,6 +390,9 @@ class BNCostConfig:
     accuracy: GridConfig  # NF and BN cells only; its lambdas are unused
     timing: StepTimingConfig
     degrade_margin: float  # accuracy drop that counts as "degrades", fixed a priori
+    # How far time(BN)/time(NF) must sit from 1 to say which step is faster: the spread the
+    # ratio shows between machines and runs of this profile (``verdicts.step_time_decision``).
+    speed_margin: float
 
     def dry_run(self) -> BNCostConfig:
         return dataclasses.replace(self, accuracy=self.accuracy.dry_run(),

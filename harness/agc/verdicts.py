@@ -257,9 +257,19 @@ def judge_skip_final_layer(runs: pd.DataFrame) -> SkipFinalJudgement:
     return SkipFinalJudgement(test.decided, reason, b, lam, Samples.of(skip), Samples.of(clip))
 
 
-def judge_bn_costs(step_ratio: float, tiny: pd.DataFrame,
-                   degrade_margin: float) -> BNCostJudgement:
-    """(a) BN's training step is slower than NF's: time(BN)/time(NF) > 1; (b) from the larger
+def step_time_decision(step_ratio: float, speed_margin: float) -> bool | None:
+    """Is NF's step faster than BN's? True when time(BN)/time(NF) exceeds 1 + ``speed_margin``,
+    False when it is below 1 − ``speed_margin``, None in between: a ratio inside the zone that
+    the same pair moves by between machines and runs cannot say which is faster."""
+    if step_ratio > 1.0 + speed_margin:
+        return True
+    return False if step_ratio < 1.0 - speed_margin else None
+
+
+def judge_bn_costs(step_ratio: float, tiny: pd.DataFrame, degrade_margin: float,
+                   speed_margin: float) -> BNCostJudgement:
+    """(a) BN's training step is slower than NF's: time(BN)/time(NF) > 1 + ``speed_margin``
+    (``step_time_decision``; below 1 − ``speed_margin`` refutes it); (b) from the larger
     to the tiny batch of ``tiny``, BN degrades (the larger beats the tiny batch, one-sided 95%,
     by a mean of at least ``degrade_margin``) while NF does not (its tiny-batch accuracy is
     within ``degrade_margin`` of the larger batch's, ``stats.within_margin``)."""
@@ -269,10 +279,11 @@ def judge_bn_costs(step_ratio: float, tiny: pd.DataFrame,
     bn_drop = stats.beats(bn_r, bn_t)
     bn_degrades = stats.clearly_above(bn_drop, degrade_margin)
     nf_keeps = stats.within_margin(nf_t, nf_r, degrade_margin)
-    faster = step_ratio > 1.0
+    faster = step_time_decision(step_ratio, speed_margin)
     holds = stats.all_of(faster, bn_degrades, nf_keeps.decided)
-    reason = (f"(a) step time BN/NF = {step_ratio:.3f} → NF {'faster' if faster else 'not faster'}"
-              f"; (b) B={ref}→{small}: BN {stats.mean(bn_r):.4f}→{stats.mean(bn_t):.4f} "
+    reason = (f"(a) step time BN/NF = {step_ratio:.3f} vs 1±{speed_margin:g} → NF "
+              + word(faster, "faster", "slower", "undecided (within the margin)")
+              + f"; (b) B={ref}→{small}: BN {stats.mean(bn_r):.4f}→{stats.mean(bn_t):.4f} "
               f"({word(bn_degrades, 'degrades', f'no drop ≥{degrade_margin:g}', 'undecided')}: "
               f"{bn_drop}; detectable ±{bn_drop.detectable:.3f}), NF {stats.mean(nf_r):.4f}→"
               f"{stats.mean(nf_t):.4f} ({word(nf_keeps.decided, 'holds up', 'degrades')}: "

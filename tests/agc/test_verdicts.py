@@ -4,6 +4,8 @@ its claim must fail or cannot be decided."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from harness.agc import verdicts
 from harness.claim import Claim, Evidence, Verdict
@@ -84,11 +86,24 @@ def test_skip_final_rule_fails_when_clipping_the_head_is_as_good():
 def test_bn_costs_rule():
     tiny = fake_runs({(NF, 4, None): [0.70, 0.71], (NF, 64, None): [0.705, 0.715],
                       (BN, 4, None): [0.50, 0.52], (BN, 64, None): [0.72, 0.73]})
-    assert verdicts.judge_bn_costs(1.3, tiny, 0.03).holds
-    assert verdicts.judge_bn_costs(0.95, tiny, 0.03).holds is False  # NF not faster
+    assert verdicts.judge_bn_costs(1.3, tiny, 0.03, 0.25).holds
+    assert verdicts.judge_bn_costs(0.7, tiny, 0.03, 0.25).holds is False  # NF clearly slower
+    # near 1 the CPU cannot tell which step is faster: undecided, not refuted
+    assert verdicts.judge_bn_costs(0.95, tiny, 0.03, 0.25).holds is None
+    assert verdicts.judge_bn_costs(1.04, tiny, 0.03, 0.25).holds is None
+    assert verdicts.judge_bn_costs(0.95, tiny, 0.03, 0.02).holds is False  # a steadier clock
     bn_fine = fake_runs({(NF, 4, None): [0.70, 0.71], (NF, 64, None): [0.705, 0.715],
                          (BN, 4, None): [0.72, 0.725], (BN, 64, None): [0.72, 0.73]})
-    assert not verdicts.judge_bn_costs(1.3, bn_fine, 0.03).holds
+    assert not verdicts.judge_bn_costs(1.3, bn_fine, 0.03, 0.25).holds
+
+
+@given(ratio=st.floats(0.01, 100.0), margin=st.floats(0.0, 0.9))
+def test_step_time_decision_is_monotone_and_symmetric_about_one(ratio, margin):
+    decided = verdicts.step_time_decision(ratio, margin)
+    assert decided is (True if ratio > 1 + margin else False if ratio < 1 - margin else None)
+    # a slower BN step can only move the decision towards "NF faster"
+    order = {False: 0, None: 1, True: 2}
+    assert order[verdicts.step_time_decision(ratio * 1.5, margin)] >= order[decided]
 
 
 def test_undecided_comparisons_are_inconclusive_with_the_detectable_difference():
