@@ -276,13 +276,16 @@ CIFAR_OTHER_BASE = models.config_of("effnet_tiny", resolution=32)
 
 TRAINED = {
     # Smoke: 3 seeds of 4000 generated images ("medium": learnable at 16 px, docs/data.md),
-    # 6 epochs; 18 runs side by side on the 2 cores. Seed σ of a net's accuracy measured over 5
+    # 6 epochs; 15 runs side by side on the 2 cores. Seed σ of a net's accuracy measured over 5
     # seeds of this design: 0.02-0.05, so the Welch bound on dWr − dwr with 3 seeds each
     # detects about ±0.07 (the reason states the design's own figure).
+    # Only the strategies the verdict reads are trained here (w, 3 runs and ~35 s of the budget
+    # on 2 cores, was context: "dWr beats w"); the full profile trains w too.
     "smoke": ScaledTrainingConfig(
-        bases=(SMALL_BASE, OTHER_SMALL_BASE), s=4.0, strategies=("w", "dwr", "dWr"),
+        bases=(SMALL_BASE, OTHER_SMALL_BASE), s=4.0, strategies=("dwr", "dWr"),
         data=DataSpec("synthetic", train_size=4000, test_size=1000, difficulty="medium"),
-        train=TrainConfig(epochs=6, batch_size=64, lr=0.1, warmup_epochs=1),
+        # NHWC: 14-30% faster steps on the CPU than NCHW for these nets (same math).
+        train=TrainConfig(epochs=6, batch_size=64, lr=0.1, warmup_epochs=1, channels_last=True),
         seeds=(0, 1, 2), accuracy_margin=0.03, timing_batch=32),
     # Full: CIFAR-10, 3 seeds; recipe as the paper's (SGD 0.9, warm-up, label smoothing 0.1,
     # mixed precision), shortened to 15 epochs so 15 runs fit in ~5 GPU minutes.
@@ -303,9 +306,9 @@ RATIO_TOL = Measured(
     domain=RATIO, floor_rel=0.1)
 CPU_TIMING = (
     "speed is GPU-scoped; on the 2-core CPU these ratios swing with load and kernel path: 3 "
-    "kernel-path runs of this design gave dWr/dwr inference 0.62-0.74, w/dwr 0.58-0.71, epoch "
-    "0.47-0.70 (the earlier design, with training beside the timing: 0.65-1.28, 0.57-1.20, "
-    "0.45-0.72), more than any band that still excludes a real change; the benchmarks gate "
+    "kernel-path runs and a regeneration of this design (NHWC) gave dWr/dwr inference "
+    "0.69-0.82, epoch 0.58-0.84 (NCHW before: inference 0.62-0.74, w/dwr 0.58-0.71, epoch "
+    "0.47-0.70), more than any band that still excludes a real change; the benchmarks gate "
     "speed")
 
 
@@ -366,8 +369,9 @@ def test_dWr_matches_dwr_faster(evidence, profile, load_data, use_cache, executo
                             cfg.train.channels_last)
     epoch = table.groupby("strategy").seconds_per_epoch.median()
     ratios = {"inference_ratio_dWr_over_dwr": times["dWr"] / times["dwr"],
-              "inference_ratio_w_over_dwr": times["w"] / times["dwr"],
               "epoch_time_ratio_dWr_over_dwr": epoch["dWr"] / epoch["dwr"]}
+    if "w" in times:
+        ratios["inference_ratio_w_over_dwr"] = times["w"] / times["dwr"]
     for name, ratio in ratios.items():
         if profile.device == "cuda":
             evidence.metric(name, ratio, RATIO_TOL, key=name.startswith("inference_ratio_dWr"))

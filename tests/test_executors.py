@@ -41,6 +41,16 @@ def hang(_: int) -> int:
     return 0
 
 
+def pid(_: int) -> int:
+    return os.getpid()
+
+
+def interrupt_parent(_: int) -> int:
+    os.kill(os.getppid(), signal.SIGINT)  # Ctrl-C reaches the parent mid-cell
+    time.sleep(30)
+    return 0
+
+
 def visible_devices(_: int) -> str | None:
     return os.environ.get("CUDA_VISIBLE_DEVICES")
 
@@ -137,6 +147,26 @@ def test_a_hanging_cell_is_stopped_at_the_timeout_and_reported(name):
                                               cell_timeout=1.0), progress=False)
     assert isinstance(got[0], ex.CellFailure) and "timed out after 1 s" in got[0].error
     assert got[1] == 9
+
+
+def test_workers_are_reused_across_calls_until_what_they_inherit_changes(monkeypatch):
+    spec = ex.ExecutorSpec("processes", workers=1)
+    first = ex.run_cells([cell(pid, 0)], spec, progress=False)
+    assert ex.run_cells([cell(pid, 1)], spec, progress=False) == first  # no new spawn
+    # A worker spawned earlier would not see this variable (HARNESS_CACHE, a kernel path...):
+    # a changed environment replaces it.
+    monkeypatch.setenv("HARNESS_POOL_TEST", "1")
+    second = ex.run_cells([cell(pid, 2)], spec, progress=False)
+    assert second != first
+    ex.shutdown_workers()
+    assert ex.run_cells([cell(pid, 3)], spec, progress=False) != second
+
+
+def test_an_interrupted_call_leaves_no_worker_behind():
+    spec = ex.ExecutorSpec("processes", workers=1)
+    with pytest.raises(KeyboardInterrupt):
+        ex.run_cells([cell(interrupt_parent, 0)], spec, progress=False)
+    assert ex._POOL.slots == [] and ex._POOL.key is None
 
 
 def test_cells_failed_lists_every_failure():

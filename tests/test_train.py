@@ -54,6 +54,24 @@ def test_training_is_deterministic_on_cpu(data):
     assert a.loss_curve == b.loss_curve and a.test_acc == b.test_acc
 
 
+def test_channels_last_on_the_cpu_trains_nhwc_and_follows_the_nchw_run(data):
+    """Same math in another layout: the weights stay NHWC through the steps, the run is
+    deterministic, and it tracks the NCHW run closely (other kernels, so not bit for bit)."""
+    seen = []
+
+    def layout(state):
+        seen.append(state.model[0].weight.is_contiguous(memory_format=torch.channels_last))
+
+    nhwc = dataclasses.replace(CFG, channels_last=True)
+    a = tr.train(small_cnn, data.train, data.test, nhwc, progress=False, after_step=[layout])
+    b = tr.train(small_cnn, data.train, data.test, nhwc, progress=False)
+    nchw = tr.train(small_cnn, data.train, data.test, CFG, progress=False)
+    assert seen and all(seen)
+    assert a.loss_curve == b.loss_curve and a.test_acc == b.test_acc
+    assert a.loss_curve[0][1] == pytest.approx(nchw.loss_curve[0][1], rel=1e-4)
+    assert a.test_acc == pytest.approx(nchw.test_acc, abs=0.05)
+
+
 def test_divergence_is_a_result_not_a_crash(data):
     exploding = tr.TrainConfig(epochs=3, batch_size=64, lr=1e8, warmup_epochs=0, check_every=2,
                                momentum=0.0, label_smoothing=0.0)

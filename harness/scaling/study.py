@@ -320,10 +320,10 @@ def inference_times(nets: dict[str, models.Config], batch: int, device: str,
                     min_run_time: float, amp: str | None = None,
                     channels_last: bool = False) -> dict[str, float]:
     """Median seconds per batch for each network, measured back to back in one run, in the
-    precision and layout the networks train in (``amp``, ``channels_last``: CUDA only)."""
+    precision and layout the networks train in (``amp``: CUDA only; ``channels_last``: any
+    device, as in training)."""
     setup = timing.TimingSetup(device=device, amp_dtype=autocast_dtype(amp, device),
-                               channels_last=channels_last and device == "cuda",
-                               min_run_time=min_run_time)
+                               channels_last=channels_last, min_run_time=min_run_time)
     out = {}
     for name, net in nets.items():
         torch.manual_seed(0)

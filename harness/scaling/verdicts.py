@@ -20,7 +20,8 @@ class DWrJudgement:
     holds: bool | None
     reason: str
     comparable: stats.OneSided  # acc(dWr) − acc(dwr) against −margin
-    dWr_beats_w: stats.OneSided  # acc(dWr) − acc(w) against 0 (reported, not judged)
+    dWr_beats_w: stats.OneSided | None  # acc(dWr) − acc(w) against 0 (reported, not judged;
+    # None when w was not trained)
     inference_ratio: float  # time(dWr) / time(dwr), one forward pass
     epoch_ratio: float  # seconds per epoch, dWr / dwr
 
@@ -28,21 +29,23 @@ class DWrJudgement:
 def dWr_verdict(acc: Accuracies, times: Mapping[str, float], epoch: Mapping[str, float],
                 margin: float, judge_speed: bool) -> DWrJudgement:
     """dWr's accuracy within ``margin`` of dwr's (one-sided 95% Welch over seeds); on GPUs also
-    faster than dwr in inference and per epoch. dWr-vs-w and w-vs-dwr are reported alongside.
+    faster than dwr in inference and per epoch. dWr-vs-w and w-vs-dwr are reported alongside
+    where ``acc`` and ``times`` have w (the verdict never reads it).
 
     True: holds; False: refuted (dWr clearly worse by more than the margin, or slower on a
     GPU); None: the seeds cannot tell either way."""
     comparable = stats.within_margin(acc["dWr"], acc["dwr"], margin)
-    over_w = stats.beats(acc["dWr"], acc["w"])
+    over_w = stats.beats(acc["dWr"], acc["w"]) if "w" in acc else None
     inference, per_epoch = times["dWr"] / times["dwr"], epoch["dWr"] / epoch["dwr"]
     holds = comparable.decided
     if judge_speed and not (inference < 1 and per_epoch < 1):
         holds = False
     word = {True: "within", False: "clearly outside", None: "undecided"}[comparable.decided]
     reason = (f"acc dWr−dwr: {comparable} (margin {margin}; {word}; the design detects "
-              f"±{comparable.detectable:.3f}); dWr beats w: {over_w.holds} ({over_w}); "
-              f"runtime dWr/dwr: inference {inference:.2f}, epoch {per_epoch:.2f}; "
-              f"w/dwr inference {times['w'] / times['dwr']:.2f}"
+              f"±{comparable.detectable:.3f}); "
+              + (f"dWr beats w: {over_w.holds} ({over_w}); " if over_w is not None else "")
+              + f"runtime dWr/dwr: inference {inference:.2f}, epoch {per_epoch:.2f}"
+              + (f"; w/dwr inference {times['w'] / times['dwr']:.2f}" if "w" in times else "")
               + ("" if judge_speed else " (speed is GPU-scoped: reported, not judged, on the CPU)"))
     return DWrJudgement(holds, reason, comparable, over_w, inference, per_epoch)
 

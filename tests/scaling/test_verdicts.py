@@ -46,6 +46,18 @@ def test_dWr_verdict_fails_on_gpu_when_dWr_is_slower():
     assert claims.dWr_verdict(GOOD_ACC, slow, FAST, 0.02, judge_speed=False).holds  # not judged
 
 
+def test_dWr_verdict_without_w_decides_the_same_and_reports_no_w():
+    # The smoke design trains only what the verdict reads (dwr, dWr); w is context.
+    no_w_acc = {k: v for k, v in GOOD_ACC.items() if k != "w"}
+    no_w_times = {k: v for k, v in FAST.items() if k != "w"}
+    with_w = claims.dWr_verdict(GOOD_ACC, FAST, FAST, 0.02, judge_speed=True)
+    without = claims.dWr_verdict(no_w_acc, no_w_times, no_w_times, 0.02, judge_speed=True)
+    assert without.holds == with_w.holds and without.dWr_beats_w is None
+    assert "beats w" not in without.reason and "w/dwr" not in without.reason
+    worse = {**no_w_acc, "dWr": [0.45, 0.455]}
+    assert claims.dWr_verdict(worse, no_w_times, no_w_times, 0.02, judge_speed=False).holds is False
+
+
 def test_order_verdict():
     assert claims.order_verdict({"a": [0.6, 0.61], "b": [0.5, 0.51]},
                                 {"a": [0.7, 0.71], "b": [0.6, 0.61]}).holds
