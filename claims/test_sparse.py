@@ -94,7 +94,9 @@ SMOKE_GRID = GridConfig(
     data=DataSpec("synthetic", train_size=4000, test_size=1000, difficulty="medium"),
     resolution=16, sparsity=0.9, batch_size=64,
     intervals=(64, 16, 4), ref_interval=16, batch_sizes=(32, 64, 128), seeds=(0, 1, 2),
-    train=TrainConfig(epochs=8, lr=0.1, warmup_epochs=0.5, check_every=8),
+    # NHWC: this VGG steps ~20% faster on the CPU than NCHW (oneDNN's NHWC convolutions and
+    # batch norm); masks index weights logically, whatever their layout.
+    train=TrainConfig(epochs=8, lr=0.1, warmup_epochs=0.5, check_every=8, channels_last=True),
 )
 
 FULL_GRID = GridConfig(

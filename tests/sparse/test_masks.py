@@ -128,6 +128,28 @@ def test_regrown_weights_start_at_zero_with_zero_momentum(kw, seed):
     run_steps(DynamicSparse(cfg), 12, seed, check=check)
 
 
+@PROPS
+@given(seed=st.integers(0, 50), n=st.integers(1, 30))
+def test_prune_and_grow_pick_the_same_weights_whatever_the_memory_layout(seed, n):
+    # NHWC training (channels_last) must pick the weights NCHW would for the same values.
+    hook = DynamicSparse(SparseConfig(sparsity=0.8, growth="gradient"))
+    run_steps(hook, 0, seed)
+    mask = hook.masks[0]  # the hidden conv's
+    active = int(mask.sum())
+    n = min(n, active, mask.numel() - active)
+    g = torch.Generator().manual_seed(seed)
+    values, grad = torch.randn(mask.shape, generator=g), torch.randn(mask.shape, generator=g)
+    picks = []
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        w = values.contiguous(memory_format=fmt)
+        w.grad = grad.contiguous(memory_format=fmt)
+        assert w.is_contiguous(memory_format=fmt)
+        kept = hook.prune(w, mask, n)
+        picks.append((kept, hook.grow(w, kept, n)))
+    assert not values.contiguous(memory_format=torch.channels_last).is_contiguous()
+    assert torch.equal(picks[0][0], picks[1][0]) and torch.equal(picks[0][1], picks[1][1])
+
+
 def test_a_static_mask_keeps_the_rate_at_the_density():
     hook = DynamicSparse(SparseConfig(0.9, static=True))
     rates = []
