@@ -45,12 +45,6 @@ def pid(_: int) -> int:
     return os.getpid()
 
 
-def interrupt_parent(_: int) -> int:
-    os.kill(os.getppid(), signal.SIGINT)  # Ctrl-C reaches the parent mid-cell
-    time.sleep(30)
-    return 0
-
-
 def visible_devices(_: int) -> str | None:
     return os.environ.get("CUDA_VISIBLE_DEVICES")
 
@@ -162,11 +156,21 @@ def test_workers_are_reused_across_calls_until_what_they_inherit_changes(monkeyp
     assert ex.run_cells([cell(pid, 3)], spec, progress=False) != second
 
 
-def test_an_interrupted_call_leaves_no_worker_behind():
+def test_an_interrupted_call_leaves_no_worker_behind(monkeypatch):
+    import multiprocessing.connection as mpc
+
     spec = ex.ExecutorSpec("processes", workers=1)
+    (worker,) = ex.run_cells([cell(pid, 0)], spec, progress=False)
+
+    def ctrl_c(*args, **kwargs):  # Ctrl-C while a cell is in flight (no real signal: a
+        raise KeyboardInterrupt   # runner such as nox may start pytest with SIGINT ignored)
+
+    monkeypatch.setattr(mpc, "wait", ctrl_c)
     with pytest.raises(KeyboardInterrupt):
-        ex.run_cells([cell(interrupt_parent, 0)], spec, progress=False)
+        ex.run_cells([cell(square, 2)], spec, progress=False)
     assert ex._POOL.slots == [] and ex._POOL.key is None
+    with pytest.raises(ProcessLookupError):  # stopped and reaped
+        os.kill(worker, 0)
 
 
 def test_cells_failed_lists_every_failure():
