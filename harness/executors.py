@@ -367,10 +367,10 @@ def _pool(gpus: Sequence[str | None]) -> list[_Slot]:
     return _POOL.slots
 
 
-def shutdown_workers() -> None:
-    """Stop the pooled worker processes (also done at exit)."""
+def shutdown_workers(hard: bool = False) -> None:
+    """Stop the pooled worker processes (also done at exit); ``hard``: kill them at once."""
     for s in _POOL.slots:
-        s.stop()
+        s.stop(hard=hard)
     _POOL.key, _POOL.slots = None, []
 
 
@@ -445,9 +445,7 @@ def _run_processes(cells: Sequence[Cell], spec: ExecutorSpec, n: int,
                     bar.update(1)
     finally:
         if any(s.cell is not None for s in slots):  # interrupted mid-cell: stop them all now
-            for s in slots:
-                s.stop(hard=True)
-            shutdown_workers()
+            shutdown_workers(hard=True)
     return results
 
 

@@ -203,11 +203,11 @@ class GridConfig:
     cpu_threads: int = 1  # fixed, so CPU runs are bit-reproducible and comparable
     eps: float = DEFAULT_EPS
     model_overrides: tuple[tuple[str, Any], ...] = ()  # (field, value) pairs for both twins
-    # Verdict margins in accuracy (fractions), fixed before any result was seen; they do not
-    # change a run, so they are not part of the cells' cache keys.
     # BN only at the largest batch: the verdicts and the baseline read BN there alone, its
     # smaller-batch cells only draw the plot's BN line (False: BN at every batch).
     bn_largest_batch_only: bool = False
+    # Verdict margins in accuracy (fractions), fixed before any result was seen; they do not
+    # change a run, so they are not part of the cells' cache keys.
     clearly_below: float = 0.05  # NF without AGC "ends clearly below" BN by at least this
     bn_margin: float = 0.03  # NF+AGC is "close to" BN: not worse by more than this
     learned_margin: float = 0.05  # a comparison says something only above chance + this
