@@ -28,6 +28,7 @@ from harness.agc.study import (
     rule_study,
     run_cells,
     skip_final_cells,
+    step_timing_cost,
     time_bn_vs_nf,
     tiny_batch_cells,
 )
@@ -357,6 +358,7 @@ def test_bn_costs(evidence, profile, load_data, executor):
     ratio = eager if compiled is None else compiled  # the verdict reads the deployed pair
     full = profile.unshrunk(BN_COST_CONFIGS).accuracy
     evidence.full_size_jobs(lambda: placeholder_jobs(full, tiny_batch_cells(full), cell_job))
+    evidence.full_size_phases(lambda: step_timing_cost(profile.unshrunk(BN_COST_CONFIGS).timing))
     tiny = grid_runs(cfg.accuracy, tiny_batch_cells(cfg.accuracy), profile, load_data, executor)
     evidence.table("tiny_batch.csv", grid_summary(tiny))
     j = judge_bn_costs(ratio, tiny, cfg.degrade_margin, cfg.speed_margin)

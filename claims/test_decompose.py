@@ -23,6 +23,7 @@ import math
 
 import pytest
 
+from harness import timing
 from harness.bands import Measured
 from harness.claim import ACCURACY, CORRELATION, EXACT, RATIO, SHARE, Claim, Tolerance
 from harness.costs import placeholder_data
@@ -34,7 +35,9 @@ from harness.decompose.study import (
     accuracy,
     base_jobs,
     decompose_all,
+    decomposition_cost,
     decomposition_tables,
+    deploy_cost,
     plot_damage,
     plot_depthwise,
     plot_strategies,
@@ -79,7 +82,7 @@ DEPLOY = {
                           sizes=(8, 32), grid_batch=8, rounds=3, min_run_time=0.1),
     "full": DeployConfig(batch=256, sparsities=(0.5, 0.9), channels=(16, 64, 256, 512),
                          sizes=(8, 32, 56), grid_batch=64, rounds=5, min_run_time=0.3,
-                         amp="bf16"),
+                         amp="bf16", channels_last=True),  # as the network trains (STUDY)
 }
 
 _NETS: dict = {}  # per run: the trained networks, and the tables the decomp claims read
@@ -108,6 +111,7 @@ def _trained(evidence, profile, load_data, executor):
 def _study(evidence, profile, load_data, executor):
     """The trained networks and the damage and strategy tables (computed once per run)."""
     cfg, data, nets = _trained(evidence, profile, load_data, executor)
+    evidence.full_size_phases(lambda: decomposition_cost(profile.unshrunk(STUDY)))
     key = (cfg, profile.device)
     if key not in _TABLES:
         _TABLES[key] = decomposition_tables(nets, data, cfg, profile.device)
@@ -237,6 +241,7 @@ PRUNING_NO_SPEEDUP = Claim(
 def test_pruning_no_speedup(evidence, profile, load_data, executor):
     cfg, _, nets = _trained(evidence, profile, load_data, executor)
     dep = profile.pick(DEPLOY)
+    evidence.full_size_phases(lambda: deploy_cost(profile.unshrunk(DEPLOY), profile.unshrunk(STUDY)))
     net = nets[cfg.seeds[0]]
     table = deploy.pruning_costs(net, dep.sparsities, dep.batch, cfg.resolution,
                                  dep.setup(profile.device), dep.rounds)
@@ -267,9 +272,10 @@ DEPTHWISE_NOT_ALWAYS_FASTER = Claim(
 @pytest.mark.claim(DEPTHWISE_NOT_ALWAYS_FASTER)
 def test_depthwise_not_always_faster(evidence, profile):
     dep = profile.pick(DEPLOY)
+    evidence.full_size_phases(lambda: deploy_cost(profile.unshrunk(DEPLOY), profile.unshrunk(STUDY)))
     evidence.record_config(dep)
-    grid = deploy.depthwise_grid(dep.channels, dep.sizes, dep.grid_batch,
-                                 dep.setup(profile.device), dep.rounds)
+    setup = dep.setup(profile.device)
+    grid = deploy.depthwise_grid(dep.channels, dep.sizes, dep.grid_batch, setup, dep.rounds)
     judged = judge_depthwise(grid, dep)
     # The two cells that decide the verdict are guarded; the rest are shown (sub-millisecond
     # convs on a shared CPU: a cell moved by 20% between two runs of one kernel path).
@@ -293,10 +299,44 @@ def test_depthwise_not_always_faster(evidence, profile):
     evidence.metric("slower_cells", judged.slower_cells, Measured(
         what="cells where the separable block is not faster", domain=(0, judged.cells),
         floor=1))
+    # The dispatch-bound rule, timed after the grid (its ratios are timed as before).
+    grid = grid.merge(deploy.depthwise_doubling(dep.channels, dep.sizes, dep.grid_batch, setup),
+                      on=["channels", "size"])
+    bound = _record_depthwise_doubling(evidence, grid, deciding, profile.device)
+    holds, reason = judged.holds, judged.reason
+    if bound and judged.max_flops_ratio <= dep.flops_far_fewer:  # the timing would decide
+        holds = None
+        reason += (f"; but the deciding cell(s) {bound} timed dispatch-bound (t(2B)/t(B) < "
+                   f"{timing.DISPATCH_BOUND_BELOW}): their ratios follow kernel launches, so "
+                   "they cannot decide; raise grid_batch")
     evidence.table("depthwise.csv", grid)
     evidence.table("crossover.csv", cross)
     evidence.figure("depthwise.png", plot_depthwise(grid))
-    evidence.decide(judged.holds, judged.reason)
+    evidence.decide(holds, reason)
+
+
+DOUBLING_WHY = ("smallest t(2B)/t(B) over the grid's cells (standard conv and separable block): "
+                "2 when the device's work sets the time, towards 1 when kernel launches do")
+
+
+def _record_depthwise_doubling(evidence, grid, deciding, device: str) -> str:
+    """The dispatch-bound rule on the depthwise grid. On CUDA the smallest t(2B)/t(B) is
+    guarded, every dispatch-bound cell noted, and the deciding ones among them returned (they
+    then cannot decide the verdict); on the CPU only reported (returns '')."""
+    low = float(grid.doubling.min())
+    if device != "cuda":
+        evidence.observe("min_batch_doubling", low, DOUBLING_WHY + "; on the CPU only reported "
+                         "(the verdict's cells stay as they were decided)")
+        return ""
+    evidence.metric("min_batch_doubling", low, Measured(
+        what=DOUBLING_WHY + " (GPU timing)", domain=(0, math.inf), floor=0.2))
+    flagged = grid[grid.dispatch_bound]
+    if len(flagged):
+        evidence.note(f"dispatch-bound cells (t(2B)/t(B) < {timing.DISPATCH_BOUND_BELOW}): "
+                      + ", ".join(f"{r.channels} ch {r.size} px ({r.doubling:.2f})"
+                                  for r in flagged.itertuples()))
+    return ", ".join(f"{r.channels} ch {r.size} px" for r in flagged.itertuples()
+                     if (r.channels, r.size) in deciding)
 
 
 FP16_SPEEDUP = Claim(
@@ -314,6 +354,7 @@ def test_fp16_speedup(evidence, profile, load_data, executor):
 
     cfg, _, nets = _trained(evidence, profile, load_data, executor)
     dep = profile.pick(DEPLOY)
+    evidence.full_size_phases(lambda: deploy_cost(profile.unshrunk(DEPLOY), profile.unshrunk(STUDY)))
     setup = dep.setup(profile.device)
     net = nets[cfg.seeds[0]]
     speedups = {}
@@ -352,6 +393,7 @@ DECOMPOSED_SPEEDUP_SMALL = Claim(
 def test_decomposed_speedup_small(evidence, profile, load_data, executor):
     cfg, _, nets = _trained(evidence, profile, load_data, executor)
     dep = profile.pick(DEPLOY)
+    evidence.full_size_phases(lambda: deploy_cost(profile.unshrunk(DEPLOY), profile.unshrunk(STUDY)))
     net = nets[cfg.seeds[0]]
     # Every conv decomposed, so the flops saving is the largest this rank rule gives.
     decomposed = decompose_all(net, cfg)

@@ -29,6 +29,7 @@ from harness.supernet.study import (
     plot_cosine,
     rule_study,
     run_cells,
+    subnet_evaluation_cost,
     summary_table,
     values,
 )
@@ -137,6 +138,7 @@ def _grid(evidence, profile, load_data, executor):
     evidence.record_config(cfg, seeds=cfg.seeds)
     full = profile.unshrunk(GRID_CONFIGS)  # a dry run prints what the full grid would cost
     evidence.full_size_jobs(lambda: placeholder_jobs(full, grid_cells(full), cell_job))
+    evidence.full_size_phases(lambda: {"nasvit.subnets": subnet_evaluation_cost(full)})
     runs = run_cells(cfg, grid_cells(cfg), device=profile.device,
                      load=lambda: load_data(cfg.data, cfg.resolution),
                      use_cache=not profile.dry_run, executor=executor)

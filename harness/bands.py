@@ -37,11 +37,11 @@ from typing import Any
 
 from harness import atomic
 from harness.claim import ACCURACY, Tolerance, _fmt
-from harness.environment import KERNEL_SETTINGS
+from harness.environment import CUDA_KERNEL_SETTINGS, KERNEL_SETTINGS
 
 K = 3.0
 SCHEMA = 1
-REFERENCE_SETTING = "native"  # references are regenerated under the native kernels
+REFERENCE_SETTING = "native"  # references are regenerated under the native kernels (CPU and CUDA)
 
 
 class NoiseError(Exception):
@@ -204,14 +204,18 @@ def pooled_sd(groups: Sequence[Sequence[float]]) -> float:
 
 def collect(run_dirs: Sequence[Path], root: Path, profile: str, device_class: str) -> list[str]:
     """Merge the claims of ``run_dirs`` (one ``nox -s noise`` run per kernel path, each a
-    results folder with ``claims.json``) into the claims' noise files; returns change lines."""
+    results folder with ``claims.json``) into the claims' noise files; returns change lines.
+    A ``cuda-*`` device class takes the CUDA settings (``CUDA_KERNEL_SETTINGS``, measured by
+    ``nox -s calibrate``), any other the CPU kernel paths."""
+    known = CUDA_KERNEL_SETTINGS if device_class.startswith("cuda") else KERNEL_SETTINGS
     tables: dict[str, dict[str, Any]] = {}
     for run_dir in run_dirs:
         doc = json.loads((Path(run_dir) / "claims.json").read_text())
         env = doc.get("environment", {})
         setting = env.get("kernel_setting", "custom")
-        if setting not in KERNEL_SETTINGS:
-            raise NoiseError(f"{run_dir}: ran under an unnamed kernel setting {env.get('kernel_path')}")
+        if setting not in known:
+            raise NoiseError(f"{run_dir}: ran under an unnamed kernel setting {env.get('kernel_path')} "
+                             f"(known on {device_class}: {', '.join(known)})")
         for row in doc["claims"]:
             if not row.get("metrics"):
                 continue

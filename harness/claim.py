@@ -168,15 +168,33 @@ class Evidence:
         self.estimating = False
         self.full_size: Any = None
 
-    def full_size_jobs(self, jobs: Callable[[], Sequence[Any]]) -> None:
+    def full_size_jobs(self, jobs: Callable[[], Sequence[Any]],
+                       cells_per_gpu: int | None = None) -> None:
         """On a dry run, the ``TrainJob``s this check trains at full size (``jobs()``: built
         from the un-shrunk config on ``costs.placeholder_data``), so the plugin can print their
-        estimated GPU time. Elsewhere nothing is built."""
+        estimated GPU time. ``cells_per_gpu``: how many share a GPU at once (default
+        ``executors.CELLS_PER_GPU``; 1 for a check that reads the runs' timings). Elsewhere
+        nothing is built."""
+        if not self.estimating:
+            return
+        from harness.costs import Estimate
+        from harness.executors import CELLS_PER_GPU
+
+        n = CELLS_PER_GPU if cells_per_gpu is None else cells_per_gpu
+        self.full_size = (self.full_size or Estimate()).add(jobs(), concurrency=n)
+
+    def full_size_phases(self, phases: Callable[[], dict[str, Any]]) -> None:
+        """On a dry run, the check's other priced phases at full size (``phases()``: key ->
+        ``costs.Phase``; timing, evaluation, compilation, decomposition): the same key in two
+        claims is one phase, done once. Elsewhere nothing is built."""
         if not self.estimating:
             return
         from harness.costs import Estimate
 
-        self.full_size = (self.full_size or Estimate()).add(jobs())
+        est = self.full_size or Estimate()
+        for key, phase in phases().items():
+            est.add_phase(key, phase)
+        self.full_size = est
 
     def metric(
         self,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -50,24 +51,119 @@ KERNEL_SETTINGS: dict[str, dict[str, str]] = {
 PORTABILITY_SETTING = "avx2"
 
 
-def kernel_path() -> dict[str, Any]:
+def kernel_path(device: str = "cpu") -> dict[str, Any]:
     """The CPU kernel path in force: the two variables as set, and ATen's resolved capability
-    (what actually runs: a machine without AVX-512 resolves to AVX2 with nothing set)."""
+    (what actually runs: a machine without AVX-512 resolves to AVX2 with nothing set). On
+    ``cuda`` also the CUDA setting (``cuda_kernel_path``) under ``"cuda"``; the CPU part is the
+    same dict either way (it enters the training cache key as is)."""
     import torch
 
     path: dict[str, Any] = {v: os.environ.get(v) for v in KERNEL_VARIABLES}
     path["aten_capability"] = torch.backends.cpu.get_cpu_capability()
+    if device == "cuda":
+        path["cuda"] = cuda_kernel_path()
     return path
 
 
-def kernel_setting_name(path: dict[str, Any] | None = None) -> str:
-    """The name in ``KERNEL_SETTINGS`` of the variables in force, or ``custom``."""
+def kernel_setting_name(path: dict[str, Any] | None = None, device: str = "cpu") -> str:
+    """The name in ``KERNEL_SETTINGS`` of the variables in force, or ``custom``; on ``cuda``
+    the name in ``CUDA_KERNEL_SETTINGS`` of the CUDA setting in force."""
+    if device == "cuda":
+        cuda = (path or {}).get("cuda") or cuda_kernel_path()
+        resolved = {k: cuda.get(k) for k in ("tf32", "deterministic")}
+        for name, setting in CUDA_KERNEL_SETTINGS.items():
+            config = cuda_kernel_config(setting)
+            if {k: config[k] for k in resolved} == resolved:
+                return name
+        return "custom"
     path = kernel_path() if path is None else path
     given = {v: path.get(v) for v in KERNEL_VARIABLES if path.get(v)}
     for name, setting in KERNEL_SETTINGS.items():
         if given == setting:
             return name
     return "custom"
+
+
+# The CUDA counterpart: which GPU kernels run. TF32 (10-bit mantissa matmuls and convolutions
+# on Ampere and later) and cuDNN's autotuner change the arithmetic of a trained run the way
+# another CPU does; deterministic algorithms pin the reduction order. These settings are the
+# paths `nox -s calibrate` measures on a GPU (harness.calibrate), and every CUDA training run
+# applies the one in force (``apply_cuda_kernel_setting``):
+# - native: TF32 allowed for matmuls and cuDNN, cudnn.benchmark on (what a user gets for speed);
+# - no-tf32: full fp32 matmuls and convolutions, cudnn.benchmark on;
+# - deterministic: deterministic algorithms (warn only where none exists), cudnn.benchmark off,
+#   CUBLAS_WORKSPACE_CONFIG=:4096:8 (cuBLAS needs it for reproducible reductions).
+CUDA_KERNEL_VARIABLES = ("HARNESS_CUDA_TF32", "HARNESS_CUDA_DETERMINISTIC")
+CUDA_KERNEL_SETTINGS: dict[str, dict[str, str]] = {
+    "native": {},
+    "no-tf32": {"HARNESS_CUDA_TF32": "0"},
+    "deterministic": {"HARNESS_CUDA_DETERMINISTIC": "1"},
+}
+CUBLAS_WORKSPACE = ":4096:8"
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise ValueError(f"{name}={env.get(name)!r}: use 1 or 0 "
+                     f"(the CUDA kernel settings: {', '.join(CUDA_KERNEL_SETTINGS)})")
+
+
+def cuda_kernel_config(env: Mapping[str, str] | None = None) -> dict[str, bool]:
+    """The CUDA setting the variables ask for (default: ``os.environ``): TF32 allowed (default
+    yes), deterministic algorithms (default no); cudnn.benchmark is on unless deterministic."""
+    env = os.environ if env is None else env
+    deterministic = _flag(env, "HARNESS_CUDA_DETERMINISTIC", False)
+    return {"tf32": _flag(env, "HARNESS_CUDA_TF32", True), "deterministic": deterministic,
+            "cudnn_benchmark": not deterministic}
+
+
+def cuda_kernel_path() -> dict[str, Any]:
+    """The CUDA setting in force: the variables as set and what they resolve to."""
+    return {**{v: os.environ.get(v) for v in CUDA_KERNEL_VARIABLES}, **cuda_kernel_config()}
+
+
+def apply_cuda_kernel_setting(env: Mapping[str, str] | None = None) -> dict[str, bool]:
+    """Set torch's CUDA flags to the setting the variables ask for (``cuda_kernel_config``):
+    ``torch.backends.cuda.matmul.allow_tf32``, ``torch.backends.cudnn.allow_tf32``,
+    ``cudnn.benchmark`` and ``torch.use_deterministic_algorithms(..., warn_only=True)``.
+    Deterministic also sets ``CUBLAS_WORKSPACE_CONFIG`` (unless set) for cuBLAS, which reads
+    it when its first handle is made: call this before any CUDA work. Returns the setting."""
+    import torch
+
+    config = cuda_kernel_config(env)
+    if config["deterministic"]:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    torch.backends.cuda.matmul.allow_tf32 = config["tf32"]
+    torch.backends.cudnn.allow_tf32 = config["tf32"]
+    torch.backends.cudnn.benchmark = config["cudnn_benchmark"]
+    torch.use_deterministic_algorithms(config["deterministic"], warn_only=True)
+    return config
+
+
+def settings_for(device: str) -> dict[str, dict[str, str]]:
+    """The kernel settings whose noise makes a band on ``device``."""
+    return CUDA_KERNEL_SETTINGS if device == "cuda" else KERNEL_SETTINGS
+
+
+def setting_environment(device: str, name: str,
+                        base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``base`` (default ``os.environ``) with the kernel variables of ``device`` set to the
+    setting ``name`` and every other kernel variable of that device removed."""
+    env = dict(os.environ if base is None else base)
+    variables = CUDA_KERNEL_VARIABLES if device == "cuda" else KERNEL_VARIABLES
+    for v in variables:
+        env.pop(v, None)
+    env.update(settings_for(device)[name])
+    if device == "cuda" and cuda_kernel_config(env)["deterministic"]:
+        env.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    return env
 
 
 def capture(device: str = "cpu") -> dict[str, Any]:
@@ -86,8 +182,8 @@ def capture(device: str = "cpu") -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(),
         "harness_commit": git_commit(),
-        "kernel_path": kernel_path(),
-        "kernel_setting": kernel_setting_name(),
+        "kernel_path": kernel_path(device),
+        "kernel_setting": kernel_setting_name(device=device),
     }
     if device == "cuda" and torch.cuda.is_available():
         env["device_name"] = torch.cuda.get_device_name(0)

@@ -64,6 +64,12 @@ SUBMITIT_GENERIC = ("name", "timeout_min", "mem_gb", "nodes", "cpus_per_task", "
 SUBMITIT_CLUSTERS = ("slurm", "local", "debug")
 
 
+# The full profile's CUDA training runs per GPU: its CIFAR nets are launch-bound (the host's
+# kernel dispatch, not the GPU, sets a step's time; harness/costs.py prices both), so four
+# processes interleave their launches on one GPU. The cost model assumes the same number.
+CELLS_PER_GPU = 4
+
+
 @dataclass(frozen=True)
 class ExecutorSpec:
     """Which executor runs a study's un-cached cells, and how.
@@ -71,12 +77,16 @@ class ExecutorSpec:
     ``options``: ``key=value`` pairs for the executor (slurm only; see ``SLURM_ALIASES``).
     ``workers``: processes at once (``processes``; None: one per core, or one per GPU).
     ``cell_timeout``: seconds a cell may run before it is stopped and reported (None: no
-    limit)."""
+    limit). ``cells_per_gpu``: CUDA workers pinned to each GPU (``processes``). Small nets
+    are launch-bound: one process leaves the GPU idle while its host dispatches kernels, and
+    several interleave. Their records are the same; only their timings (epoch seconds) are
+    skewed, so a study that reads those runs with 1."""
 
     name: str = "local"
     options: tuple[tuple[str, str], ...] = ()
     workers: int | None = None
     cell_timeout: float | None = None
+    cells_per_gpu: int = 1
 
     def __post_init__(self) -> None:
         if self.name not in EXECUTORS:
@@ -84,6 +94,8 @@ class ExecutorSpec:
                              f"{', '.join(EXECUTORS)}")
         if self.workers is not None and self.workers < 1:
             raise UsageError(f"workers must be at least 1, not {self.workers}")
+        if self.cells_per_gpu < 1:
+            raise UsageError(f"cells per GPU must be at least 1, not {self.cells_per_gpu}")
         if self.cell_timeout is not None and not self.cell_timeout > 0:
             raise UsageError(f"a cell timeout must be positive seconds, not {self.cell_timeout}")
         if self.options and self.name != "slurm":
@@ -121,22 +133,28 @@ def parse_option(text: str) -> tuple[str, str]:
 
 
 def spec_from_options(name: str | None, options: Sequence[str], *, workers: int | None,
-                      cell_timeout: float | None, device: str) -> ExecutorSpec:
+                      cell_timeout: float | None, device: str,
+                      cells_per_gpu: int = 1) -> ExecutorSpec:
     """The spec the command line asks for. Without ``--executor``: ``processes`` for CPU runs
-    with more than one worker (``--workers``, default one per core), else ``local`` (CUDA runs
-    are serial unless ``--executor processes`` asks for one worker per GPU)."""
+    with more than one worker (``--workers``, default one per core), and for CUDA runs with
+    more than one cell per GPU (``--cells-per-gpu``); else ``local``."""
     pairs = tuple(parse_option(o) for o in options)
     if name is None:
         if pairs:
             raise UsageError("--executor-option needs --executor slurm")
+        if device == "cuda":
+            shared = cells_per_gpu > 1 or (workers or 1) > 1
+            return ExecutorSpec("processes" if shared else "local",
+                                workers=workers if shared else None, cell_timeout=cell_timeout,
+                                cells_per_gpu=cells_per_gpu)
         n = workers if workers is not None else default_workers(device)
-        name = "processes" if device == "cpu" and n > 1 else "local"
+        name = "processes" if n > 1 else "local"
         return ExecutorSpec(name, workers=n if name == "processes" else None,
                             cell_timeout=cell_timeout)
     if workers is not None and name != "processes":
         raise UsageError(f"--workers sets the processes of --executor processes, not of "
                          f"--executor {name}")
-    return ExecutorSpec(name, pairs, workers, cell_timeout)
+    return ExecutorSpec(name, pairs, workers, cell_timeout, cells_per_gpu)
 
 
 def default_workers(device: str) -> int:
@@ -194,7 +212,7 @@ def run_cells(cells: Sequence[Cell], spec: ExecutorSpec, *, progress: bool | Non
         return []
     if spec.name == "slurm":
         return _run_slurm(cells, spec, log_dir or Path(".cache") / "submitit")
-    workers = spec.workers or _default_processes(cells)
+    workers = spec.workers or _default_processes(cells, spec.cells_per_gpu)
     if spec.name == "processes" and min(workers, len(cells)) >= 1:
         return _run_processes(cells, spec, min(workers, len(cells)), progress)
     return _run_local(cells, spec)
@@ -269,18 +287,20 @@ def visible_gpus(env: dict[str, str] | None = None, count: int | None = None) ->
     return [str(i) for i in range(count)]
 
 
-def worker_gpus(n_workers: int, gpus: Sequence[str]) -> list[str | None]:
-    """The ``CUDA_VISIBLE_DEVICES`` of each worker: one GPU each. More workers than GPUs
-    would share a GPU and skew each other's timings: a clear error instead."""
-    if n_workers > len(gpus):
+def worker_gpus(n_workers: int, gpus: Sequence[str], per_gpu: int = 1) -> list[str | None]:
+    """The ``CUDA_VISIBLE_DEVICES`` of each worker: at most ``per_gpu`` workers share a GPU,
+    spread round-robin. More would skew each other's timings beyond what was asked: a clear
+    error instead."""
+    if n_workers > per_gpu * len(gpus):
         raise UsageError(f"{n_workers} CUDA workers for {len(gpus)} visible GPU(s) "
-                         f"({','.join(gpus) or 'none'}); use --workers {max(1, len(gpus))} or fewer")
-    return list(gpus[:n_workers])
+                         f"({','.join(gpus) or 'none'}) at {per_gpu} per GPU; use --workers "
+                         f"{max(1, per_gpu * len(gpus))} or fewer, or more --cells-per-gpu")
+    return [gpus[i % len(gpus)] for i in range(n_workers)]
 
 
-def _default_processes(cells: Sequence[Cell]) -> int:
+def _default_processes(cells: Sequence[Cell], per_gpu: int = 1) -> int:
     if any(c.device == "cuda" for c in cells):
-        return max(1, len(visible_gpus()))
+        return max(1, per_gpu * len(visible_gpus()))
     return default_workers("cpu")
 
 
@@ -385,7 +405,7 @@ def _run_processes(cells: Sequence[Cell], spec: ExecutorSpec, n: int,
     from harness.progress import progress_bar
 
     cuda = any(c.device == "cuda" for c in cells)
-    gpus = worker_gpus(n, visible_gpus()) if cuda else [None] * n
+    gpus = worker_gpus(n, visible_gpus(), spec.cells_per_gpu) if cuda else [None] * n
     # spawn, not fork: a forked child inherits the parent's torch thread pools and locks.
     ctx = mp.get_context("spawn")
     slots = _pool(gpus)

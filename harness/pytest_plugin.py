@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -69,6 +70,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      "array_parallelism, mem_gb, cpus_per_task, cluster=local|debug (run the "
                      "submitit path on this machine), folder (job logs), or any submitit "
                      "parameter, e.g. slurm_qos=high")
+    g.addoption("--cells-per-gpu", default="auto", type=_workers_option, metavar="N",
+                help="CUDA training runs that share one GPU at once, each in its own process "
+                     "(default auto: 4 on the full profile, whose small nets are launch-bound, "
+                     "else 1); claims that read training times run theirs one per GPU")
     g.addoption("--cell-timeout", default=None, type=_seconds_option, metavar="SECONDS",
                 help="stop a training run that takes longer than this and report it (the "
                      "other runs go on; the failed ones are listed at the end)")
@@ -96,13 +101,17 @@ def _executor_option(value: str) -> str:
 def _executor_spec(opt: argparse.Namespace, device: str):
     """The ``ExecutorSpec`` the executor options ask for on ``device``; bad input is a
     ``pytest.UsageError``."""
-    from harness.executors import spec_from_options
+    from harness.executors import CELLS_PER_GPU, spec_from_options
     from harness.profiles import UsageError
 
+    per_gpu = opt.cells_per_gpu
+    if per_gpu == "auto":
+        per_gpu = CELLS_PER_GPU if opt.profile in ("full", "auto") and device == "cuda" else 1
     try:
         return spec_from_options(opt.executor, opt.executor_option,
                                  workers=None if opt.workers == "auto" else opt.workers,
-                                 cell_timeout=opt.cell_timeout, device=device)
+                                 cell_timeout=opt.cell_timeout, device=device,
+                                 cells_per_gpu=per_gpu)
     except UsageError as e:
         raise pytest.UsageError(str(e)) from None
 
@@ -123,6 +132,8 @@ def pytest_configure(config: pytest.Config) -> None:
     opt = config.option
     if opt.executor or opt.executor_option:  # a bad combination is a usage error up front
         _executor_spec(opt, "cpu")  # the device only picks defaults
+    if opt.device == "cuda" and not opt.dry_run:  # the CUDA kernel setting, before any CUDA work
+        _apply_cuda_kernel_setting()
     if config.option.no_cache:
         # Nothing from before this run is reused, but claims that share a training run (and
         # the worker processes) still share it within the run: a fresh, private cache.
@@ -130,6 +141,17 @@ def pytest_configure(config: pytest.Config) -> None:
         import tempfile
 
         os.environ["HARNESS_CACHE"] = tempfile.mkdtemp(prefix="harness-no-cache-")
+
+
+def _apply_cuda_kernel_setting() -> None:
+    """The CUDA kernel setting its variables name (``HARNESS_CUDA_TF32``,
+    ``HARNESS_CUDA_DETERMINISTIC``; harness/environment.py); a bad value is a usage error."""
+    from harness.environment import apply_cuda_kernel_setting
+
+    try:
+        apply_cuda_kernel_setting()
+    except ValueError as e:
+        raise pytest.UsageError(str(e)) from None
 
 
 @dataclass
@@ -140,11 +162,13 @@ class RunState:
     rows: list[Any] = field(default_factory=list)
     regen_log: list[str] = field(default_factory=list)
     estimates: dict[str, Any] = field(default_factory=dict)  # dry run: claim -> costs.Estimate
+    estimate_problems: list[str] = field(default_factory=list)  # over budget, or a stale store
     datasets: dict[Any, Any] = field(default_factory=dict)
     _profile: Any = None
     _executor: Any = None
     _run_dir: Path | None = None
     _env: dict[str, Any] | None = None
+    no_references: str | None = None  # what to say when nothing is stored for the device class
 
     @property
     def profile(self):
@@ -158,6 +182,8 @@ class RunState:
             except UsageError as e:
                 raise pytest.UsageError(str(e)) from None
             self._profile = Profile(name, device, dry_run=opt.dry_run)
+            if device == "cuda" and opt.device == "auto":  # --device cuda applied it already
+                _apply_cuda_kernel_setting()
         return self._profile
 
     @property
@@ -238,6 +264,33 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """A claims run with no references for its device class says so before anything runs (and
+    again after the table): every row would be NO_REFERENCE, gating nothing."""
+    import os
+
+    config = session.config
+    opt = config.option
+    if opt.dry_run or opt.regen_references or os.environ.get("HARNESS_CALIBRATING"):
+        return
+    if not any(i.get_closest_marker("claim") is not None for i in session.items):
+        return
+    from harness.calibrate import has_references, no_references_message
+
+    state = config.stash[RUN]
+    try:
+        p = state.profile
+        dclass = p.device_class
+    except pytest.UsageError:
+        return  # reported where the claims use the profile, as ever
+    if has_references(state.references_root, p.name, dclass):
+        return
+    state.no_references = no_references_message(p.name, p.device, dclass)
+    tr = config.pluginmanager.get_plugin("terminalreporter")
+    if tr is not None:
+        tr.write_line(state.no_references, yellow=True, bold=True)
 
 
 @pytest.fixture
@@ -421,6 +474,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     p = state.profile
     tr.section(f"claims: profile {p.name}{' (dry run)' if p.dry_run else ''} on {p.device_class}")
     tr.write_line(reporting.terminal_table(state.rows, width=max(120, tr._tw.fullwidth)))
+    if state.no_references:
+        tr.write_line(f"\n{state.no_references}", yellow=True, bold=True)
     context = {
         "profile": p.name,
         "dry_run": p.dry_run,
@@ -446,19 +501,88 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
             tr.write_line(line)
 
 
-def _print_estimates(tr, state: RunState) -> None:
-    """A dry run's estimate of each claim's training at full size (harness/costs.py)."""
-    from harness.costs import H100_MACS_PER_SECOND, Estimate
+def _settle_estimate(state: RunState) -> None:
+    """A dry run's estimate of the profile at full size (harness/costs.py). With
+    ``--regen-references`` it is stored (``reference_results/<profile>/estimate.json``, shown
+    old -> new); otherwise a stored estimate it no longer matches fails the run, as a moved
+    reference does, and so does a total over the budget."""
+    from harness import atomic, costs
 
     p = state.profile
-    tr.section(f"estimated GPU time of the {p.name} profile's training runs (one H100 at "
-               f"{H100_MACS_PER_SECOND / 1e12:g} TMAC/s; harness/costs.py)")
-    total = Estimate()
-    for claim_id, est in sorted(state.estimates.items()):
-        tr.write_line(f"{claim_id:40s} {est.runs:4d} runs  {est.gpu_hours:8.2f} GPU-h")
-        total = total.merged(est)
-    tr.write_line(f"{'all (runs shared by claims counted once)':40s} {total.runs:4d} runs  "
-                  f"{total.gpu_hours:8.2f} GPU-h")
+    record = costs.estimate_record(state.estimates)
+    state.run_dir.mkdir(parents=True, exist_ok=True)
+    (state.run_dir / "estimate.json").write_text(json.dumps(record, indent=1) + "\n")
+    total = record["total_minutes"]
+    path = costs.estimate_path(state.references_root, p.name)
+    stored = costs.load_estimate(state.references_root, p.name)
+    if state.config.option.regen_references:
+        atomic.write_json(path, record, indent=1)
+        old = "none" if stored is None else f"{stored['total_minutes']:g} min"
+        state.regen_log += [f"{path}: total {old} -> {total:g} min"] + [
+            f"  {f}: {(stored or {}).get('families', {}).get(f, 'none')} -> {m:g} min"
+            for f, m in record["families"].items()]
+    elif stored is not None and not _same_estimate(stored, record):
+        state.estimate_problems.append(
+            f"the stored estimate {path} ({stored['total_minutes']:g} min: {stored['families']}) "
+            f"no longer matches the model's ({total:g} min: {record['families']}); if the change "
+            f"is intended: nox -s claims -- --profile {p.name} --dry-run --regen-references")
+    from harness.memory import PLANNING_BUDGET_BYTES
+
+    for fam, est in costs.by_family(state.estimates).items():
+        if est.peak_bytes() > PLANNING_BUDGET_BYTES:
+            state.estimate_problems.append(
+                f"{fam}: predicted peak {est.peak_bytes() / 2**30:.1f} GiB at once exceeds the "
+                f"{PLANNING_BUDGET_BYTES / 1e9:g} GB planning budget (harness/memory.py)")
+    if total > costs.FULL_BUDGET_MINUTES:
+        state.estimate_problems.append(
+            f"the {p.name} profile is estimated at {total:g} min on one H100, over its "
+            f"{costs.FULL_BUDGET_MINUTES:g}-minute budget")
+
+
+def _print_estimates(tr, state: RunState) -> None:
+    """Minutes per family and per phase kind, the total against the budget, the model's
+    assumptions, and any problem ``_settle_estimate`` found."""
+    from harness import costs
+
+    p = state.profile
+    families = costs.by_family(state.estimates)
+    total = costs.estimate_record(state.estimates)["total_minutes"]
+    tr.section(f"estimated time of the {p.name} profile on one H100 (harness/costs.py)")
+    kinds = sorted({k for e in families.values() for k in e.by_kind()})
+    tr.write_line(f"{'family':10s} {'runs':>5s} {'minutes':>8s}  "
+                  + "  ".join(f"{k:>9s}" for k in kinds) + "  launch-bound runs  peak GiB")
+    for fam, est in families.items():
+        by_kind = est.by_kind()
+        tr.write_line(f"{fam:10s} {est.runs:5d} {est.minutes:8.1f}  "
+                      + "  ".join(f"{by_kind.get(k, 0.0):9.1f}" for k in kinds)
+                      + f"  {est.launch_bound_runs():17d}  {est.peak_bytes() / 2**30:8.1f}")
+    within = total <= costs.FULL_BUDGET_MINUTES
+    tr.write_line(f"{'all':10s} {sum(e.runs for e in families.values()):5d} {total:8.1f}  "
+                  f"(shared runs and phases counted once; budget {costs.FULL_BUDGET_MINUTES:g} "
+                  f"min: {'within' if within else 'OVER'})", green=within, red=not within)
+    tr.write_line("assumptions:")
+    for line in costs.ASSUMPTIONS:
+        tr.write_line(f"  - {line}")
+    for problem in state.estimate_problems:
+        tr.write_line(problem, red=True)
+
+
+def _same_estimate(stored: dict[str, Any], record: dict[str, Any], rel: float = 0.01) -> bool:
+    """Kernel and MAC counts are exact, so the estimate only moves when the code or the model
+    does: 1% covers rounding."""
+    a, b = stored.get("families", {}), record["families"]
+    return set(a) == set(b) and all(abs(a[f] - b[f]) <= rel * max(abs(b[f]), 0.1) for f in b)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Runs before the terminal summary: a dry run's estimate is settled here, so that an
+    estimate over budget or out of date fails the run."""
+    state = session.config.stash.get(RUN, None)
+    if state is None or not state.estimates:
+        return
+    _settle_estimate(state)
+    if state.estimate_problems and exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def _free_cuda() -> None:

@@ -231,10 +231,18 @@ def _train(model_fn, train_set, test_set, cfg, device, before_step, after_step, 
     from harness.progress import progress_bar
 
     cuda = device == "cuda"
+    if cuda:  # the CUDA kernel setting in force (TF32, determinism): harness.environment
+        from harness.environment import apply_cuda_kernel_setting
+
+        apply_cuda_kernel_setting()
     torch.manual_seed(cfg.seed)
     model = model_fn().to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if cuda and cfg.compile:  # Triton needs a C compiler and Python's headers: say so first
+        from harness.compile_check import require_compiler
+
+        require_compiler("cuda")
     forward = torch.compile(model) if (cuda and cfg.compile) else model
     amp_dtype = autocast_dtype(cfg.amp, device)
     scaler = grad_scaler(device, amp_dtype)
@@ -497,14 +505,25 @@ def _stamp(path: Path) -> tuple[int, int]:
     return st.st_mtime_ns, st.st_size
 
 
-def cache_key(key: dict[str, Any], code: str | None = None) -> str:
+def cache_key(key: dict[str, Any], code: str | None = None, device: str | None = None) -> str:
     """The hash under which a run's record is stored: the caller's key, the torch version, the
-    kernel path and the code fingerprint (``code_fingerprint()`` of the loop alone if None)."""
-    from harness.environment import kernel_path
+    kernel path and the code fingerprint (``code_fingerprint()`` of the loop alone if None).
+    A CUDA run (``device``, else a ``device``/``device_class`` in the key naming CUDA) adds the
+    CUDA kernel setting in force, so each setting trains its own record; CPU keys are as ever."""
+    from harness.environment import cuda_kernel_config, kernel_path
 
     doc = {"v": CACHE_VERSION, "torch": torch.__version__, "kernels": kernel_path(),
            "code": code if code is not None else code_fingerprint(), **to_jsonable(key)}
+    if _on_cuda(key, device):
+        doc["cuda_kernels"] = cuda_kernel_config()
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _on_cuda(key: dict[str, Any], device: str | None) -> bool:
+    if device is not None:
+        return device == "cuda"
+    return any(isinstance(key.get(k), str) and key[k].startswith("cuda")
+               for k in ("device", "device_class"))
 
 
 def cached(key: dict[str, Any], run: Callable[[], TrainRecord], *, enabled: bool = True,
@@ -607,7 +626,7 @@ def run_jobs(jobs: Sequence[TrainJob], *, executor: ExecutorSpec | None = None,
     """
     spec = executor or ExecutorSpec()
     directory = directory or cache_dir()  # resolved here: a Slurm job may not share our env
-    keys = [cache_key(job.key, job.code()) for job in jobs]
+    keys = [cache_key(job.key, job.code(), job.device) for job in jobs]
     first_of: dict[str, int] = {}  # jobs with equal keys train once and share the record
     for i, key in enumerate(keys):
         first_of.setdefault(key, i)

@@ -209,3 +209,42 @@ def test_default_workers(monkeypatch):
     assert ex.default_workers("cpu") == 3
     monkeypatch.delenv("HARNESS_WORKERS")
     assert ex.default_workers("cpu") >= 1
+
+
+def test_cells_share_a_gpu_round_robin_up_to_the_asked_number():
+    assert ex.worker_gpus(4, ["0"], per_gpu=4) == ["0", "0", "0", "0"]
+    assert ex.worker_gpus(5, ["0", "1"], per_gpu=4) == ["0", "1", "0", "1", "0"]
+    with pytest.raises(UsageError, match="at 2 per GPU"):
+        ex.worker_gpus(5, ["0", "1"], per_gpu=2)
+    with pytest.raises(UsageError):
+        ex.ExecutorSpec("processes", cells_per_gpu=0)
+
+
+def test_cuda_runs_share_a_gpu_only_when_asked(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    shared = ex.spec_from_options(None, [], workers=None, cell_timeout=None, device="cuda",
+                                  cells_per_gpu=4)
+    assert shared.name == "processes" and shared.cells_per_gpu == 4 and shared.workers is None
+    alone = ex.spec_from_options(None, [], workers=None, cell_timeout=None, device="cuda")
+    assert alone.name == "local"
+    cpu = ex.spec_from_options(None, [], workers=2, cell_timeout=None, device="cpu",
+                               cells_per_gpu=4)
+    assert cpu.name == "processes" and cpu.workers == 2  # the CPU ignores GPU sharing
+    # a default of 4 per GPU with one visible GPU: four worker processes
+    assert ex._default_processes([ex.Cell("a", lambda: None, device="cuda")], 4) == 4
+
+
+def test_the_full_profile_on_cuda_shares_each_gpu_by_default():
+    import argparse
+
+    from harness.pytest_plugin import _executor_spec
+
+    def opts(**kw):
+        base = dict(executor=None, executor_option=[], workers="auto", cell_timeout=None,
+                    cells_per_gpu="auto", profile="full")
+        return argparse.Namespace(**{**base, **kw})
+
+    assert _executor_spec(opts(), "cuda").cells_per_gpu == ex.CELLS_PER_GPU
+    assert _executor_spec(opts(profile="smoke"), "cuda").name == "local"
+    assert _executor_spec(opts(cells_per_gpu=1), "cuda").name == "local"
+    assert _executor_spec(opts(), "cpu").cells_per_gpu == 1

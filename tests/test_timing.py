@@ -111,3 +111,30 @@ def test_bench_device_follows_cuda_availability(monkeypatch):
     assert timing.bench_device() == "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert timing.bench_device() == "cuda"
+
+
+def test_the_dispatch_bound_rule():
+    assert timing.DISPATCH_BOUND_BELOW == 1.6
+    assert timing.dispatch_bound(1.0) and timing.dispatch_bound(1.59)
+    assert not timing.dispatch_bound(1.6) and not timing.dispatch_bound(2.0)
+    assert not timing.dispatch_bound(float("nan"))  # not measured: not flagged
+    assert timing.dispatch_bound(1.7, below=1.8)
+    from harness.scaling.study import DISPATCH_BOUND_BELOW
+
+    assert DISPATCH_BOUND_BELOW == timing.DISPATCH_BOUND_BELOW  # one rule, one threshold
+
+
+def test_compiling_checks_the_machine_first(monkeypatch):
+    # A machine without what torch.compile needs: a clear error before torch.compile is called.
+    from harness import compile_check
+
+    monkeypatch.setattr(compile_check, "compile_problem",
+                        lambda device: f"torch.compile on {device} cannot work: no C compiler")
+    monkeypatch.setattr(torch, "compile", lambda *a, **k: pytest.fail("compiled anyway"))
+    setup = timing.TimingSetup(compile=True, min_run_time=0.01)
+    with pytest.raises(compile_check.CompileUnavailable, match="on cpu cannot work: no C comp"):
+        timing.time_inference(tiny(), 2, 8, setup)
+    with pytest.raises(compile_check.CompileUnavailable):
+        timing.time_train_step(tiny(), 2, 8, 10, setup)
+    # not asked to compile: not checked
+    assert timing.time_inference(tiny(), 2, 8, timing.TimingSetup(min_run_time=0.01)).median > 0

@@ -59,11 +59,35 @@ def test_the_full_profile_runs_on_a_self_hosted_gpu_runner(workflow):
     assert re.search(r"nox -s claims\b", steps_text(gpu))
 
 
+def test_the_gpu_job_is_strict_where_its_gpu_class_has_references_and_keeps_its_cache(workflow):
+    gpu = workflow["jobs"]["gpu-full"]
+    steps = gpu["steps"]
+
+    def step(text: str) -> dict:
+        return next(s for s in steps if text in str(s.get("run", "")))
+
+    cache, tests = step("HARNESS_CACHE"), step("nox -s cuda_tests")
+    query, claims = step("--has-references"), step("nox -s claims -- --strict-references")
+    # the training cache lives on the runner's own disk, set before anything trains
+    assert "runner.tool_cache" in cache["env"]["CACHE"] and "GITHUB_ENV" in cache["run"]
+    assert steps.index(cache) < steps.index(tests) < steps.index(query) < steps.index(claims)
+    # strict only where references for the runner's GPU class exist (the query's exit status)
+    assert re.search(r"if python3 -m nox -s calibrate -- --has-references; then", query["run"])
+    assert f"steps.{query['id']}.outputs.strict" in claims["env"]["STRICT"]
+    # otherwise non-strict, saying how to make them
+    assert re.search(r"else\n(.*\n)*\s*python3 -m nox -s claims\n", claims["run"])
+    assert "nox -s calibrate" in claims["run"] and "nox -s calibrate" in query["run"]
+    assert "--require-gpu" in tests["run"]  # on a GPU runner, skipped CUDA tests are an error
+    for s in steps:
+        if "run" in s:
+            subprocess.run(["bash", "-n", "-c", s["run"]], check=True)
+
+
 def test_ci_files_name_only_nox_sessions_that_exist(workflow):
     text = "\n".join(steps_text(j) for j in workflow["jobs"].values())
     text += (REPO / ".ci" / "run").read_text()
     sessions = set(re.findall(r"nox -s (\w+)", text))
-    assert sessions >= {"lint", "tests", "claims", "bench_ab"}
+    assert sessions >= {"lint", "tests", "claims", "bench_ab", "calibrate", "cuda_tests"}
     for s in sessions:
         assert callable(getattr(noxfile, s, None)), f"no nox session {s!r}"
 

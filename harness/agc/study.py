@@ -458,6 +458,30 @@ def time_bn_vs_nf(cfg: StepTimingConfig, device: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def step_timing_cost(cfg: StepTimingConfig) -> dict[str, Any]:
+    """The GPU time of ``time_bn_vs_nf`` (``harness.costs``): both twins' steps each round,
+    eager and, where asked, compiled (plus compiling both twins)."""
+    from harness import costs
+    from harness.complexity import measure
+
+    seconds, setups = 0.0, 1 + int(cfg.compile)
+    for name in (cfg.nf_model, cfg.bn_model):
+        build = functools.partial(models.build, name, **{**dict(cfg.model_overrides),
+                                                         "resolution": cfg.resolution})
+        with torch.device("meta"):
+            macs = measure(build(), cfg.resolution).flops
+        ops = costs.forward_ops_of(build, cfg.resolution)
+        for i in range(cfg.rounds):
+            seconds += setups * costs.network_timing_seconds(
+                macs, cfg.batch_size, ops, cfg.min_run_time, phases=("train_step",),
+                autotune=i == 0)
+    out = {"agc.step_timing": costs.Phase("timing", f"BN vs NF steps, {cfg.rounds} rounds × "
+                                          f"{setups} setups", seconds)}
+    if cfg.compile:
+        out["agc.compile"] = costs.compile_phase("NF and BN twins compiled", 2)
+    return out
+
+
 # --------------------------------------------------------------------------------- plot
 
 
@@ -477,8 +501,10 @@ def plot_grid(runs: pd.DataFrame, chance: float):
         """Mean and seed range per batch, at the batches that have runs."""
         at = [(b, v) for b, v in zip(batches, values, strict=True) if v]
         means = [mean(v) for _, v in at]
-        lo = [m - min(v) for m, (_, v) in zip(means, at, strict=True)]
-        hi = [max(v) - m for m, (_, v) in zip(means, at, strict=True)]
+        # clipped at zero: three seeds at exactly chance give a mean a rounding step above
+        # their minimum, and matplotlib refuses a negative error bar
+        lo = [max(0.0, m - min(v)) for m, (_, v) in zip(means, at, strict=True)]
+        hi = [max(0.0, max(v) - m) for m, (_, v) in zip(means, at, strict=True)]
         ax.errorbar([b for b, _ in at], means, yerr=[lo, hi], capsize=3, marker="o", **kw)
 
     for lam in sorted(runs[runs.method == AGC].lam.dropna().unique()):

@@ -4,9 +4,14 @@
 - ``pruning_costs``: unstructured L1 pruning at several sparsities: dense inference time, the
   size ``torch.save`` writes, and the gzip-compressed size, each over the unpruned model's.
 - ``depthwise_grid``: a depthwise-separable block (3×3 depthwise + 1×1 pointwise) against the
-  standard 3×3 conv it replaces, over channels × map sizes: flops ratio and time ratio per cell.
+  standard 3×3 conv it replaces, over channels × map sizes: flops ratio and time ratio per cell;
+  ``depthwise_doubling``: whether each cell's timing was dispatch-bound.
 - ``precision_speedup``: inference time in a lower precision over fp32 (fp16/bf16).
 - ``decomposed_speedup``: a decomposed network's flops saving against its wall-clock saving.
+
+Every timing runs in the ``TimingSetup`` given: ``DeployConfig.setup`` carries the profile's
+precision (``amp``, CUDA only) and layout (``channels_last``, CUDA only), so on a GPU the
+networks are timed as they would be deployed; on the CPU in fp32 NCHW.
 """
 
 from __future__ import annotations
@@ -89,6 +94,28 @@ def depthwise_grid(channels: tuple[int, ...], sizes: tuple[int, ...], batch: int
     return pd.DataFrame(rows)
 
 
+def depthwise_doubling(channels: tuple[int, ...], sizes: tuple[int, ...], batch: int,
+                       setup: timing.TimingSetup) -> pd.DataFrame:
+    """Per cell of ``depthwise_grid``: t(2B)/t(B) (``timing.batch_doubling_ratio``) of the
+    standard conv and of the separable block, the smaller (``doubling``) and whether the cell's
+    timing was dispatch-bound (``timing.dispatch_bound``): then its time ratio follows kernel
+    launches (two for the block, one for the conv), not the layers' work. A separate pass
+    after the grid, so that the grid's ratios are timed as they were."""
+    rows = []
+    for c in channels:
+        torch.manual_seed(0)
+        standard = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        separable = depthwise_separable(c)
+        for size in sizes:
+            per = [timing.batch_doubling_ratio(
+                lambda b, m=m, s=size, c=c: timing.time_inference(m, b, s, setup, in_channels=c),
+                batch) for m in (standard, separable)]
+            rows.append(dict(channels=c, size=size, doubling_standard=per[0],
+                             doubling_separable=per[1], doubling=min(per),
+                             dispatch_bound=timing.dispatch_bound(min(per))))
+    return pd.DataFrame(rows)
+
+
 def crossover(grid: pd.DataFrame) -> pd.DataFrame:
     """Per map size, the smallest channel count from which the separable block is faster
     (time ratio < 1 there and at every larger count); NaN when it never is."""
@@ -103,8 +130,10 @@ def crossover(grid: pd.DataFrame) -> pd.DataFrame:
 def precision_speedup(model: nn.Module, batch: int, resolution: int, dtype: torch.dtype,
                       setup: timing.TimingSetup) -> float:
     """fp32 inference time over inference time in ``dtype`` (a copy cast once): > 1 is a
-    speed-up."""
-    fp32 = timing.time_inference(model, batch, resolution, setup).median
+    speed-up. Both in ``setup``'s layout; the fp32 side in fp32 whatever precision ``setup``
+    carries."""
+    fp32 = timing.time_inference(model, batch, resolution,
+                                 dataclasses.replace(setup, amp_dtype=None)).median
     low = timing.time_inference(model, batch, resolution,
                                 dataclasses.replace(setup, amp_dtype=dtype))
     return fp32 / low.median

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
+import torch
 import torch.nn as nn
 
 from harness import models
@@ -143,9 +144,11 @@ def compare_strategies(model: nn.Module, data: DatasetSplits, cfg: DecompStudyCo
                       for p in m.parameters())
     studied = studied_layers(model, cfg)
     rows = [dict(strategy="original", acc=base, acc_drop=0.0, removed_share=0.0, layers=0)]
+    memo: dict = {}  # the three strategies decompose the same unpruned layers: once each
     for strategy, kw in (("all", dict(force=True)), ("selective", {}),
                          ("prune+selective", dict(prune=True))):
-        new, report = decompose_model(model, settings, cfg.resolution, only=studied, **kw)
+        new, report = decompose_model(model, settings, cfg.resolution, only=studied, memo=memo,
+                                      **kw)
         acc = accuracy(new.to(device), data, cfg, device)
         removed = int(report.params_before.sum() - report.params_after.sum())
         rows.append(dict(strategy=strategy, acc=acc, acc_drop=base - acc,
@@ -185,7 +188,8 @@ class DeployConfig:
     rounds: int = 3  # interleaved pairs per ratio
     min_run_time: float = 0.2
     cpu_threads: int = 1
-    amp: str | None = None  # the precision the GPU profile times in
+    amp: str | None = None  # the precision the GPU profile times in ("bf16"...; CUDA only)
+    channels_last: bool = False  # NHWC models and inputs (CUDA only)
     # Margins, fixed a priori.
     time_unchanged: float = 0.10
     size_unchanged: float = 0.01
@@ -202,10 +206,14 @@ class DeployConfig:
                                    rounds=1, min_run_time=0.01)
 
     def setup(self, device: str):
+        """How the deployment timings run on ``device``: in ``amp`` (the copy cast once, as
+        deployed) and ``channels_last`` on CUDA; fp32 NCHW on the CPU, whatever is set."""
         from harness.timing import TimingSetup
+        from harness.train import autocast_dtype
 
-        return TimingSetup(device=device, min_run_time=self.min_run_time,
-                           cpu_threads=self.cpu_threads)
+        return TimingSetup(device=device, amp_dtype=autocast_dtype(self.amp, device),
+                           channels_last=self.channels_last and device == "cuda",
+                           min_run_time=self.min_run_time, cpu_threads=self.cpu_threads)
 
 
 def plot_damage(damage: pd.DataFrame):
@@ -276,3 +284,92 @@ def decompose_all(model: nn.Module, cfg: DecompStudyConfig) -> nn.Module:
     studied = studied_layers(model, cfg)
     settings = DecomposeSettings(threshold=cfg.threshold, rank_rule=cfg.rank_rule)
     return decompose_model(model, settings, cfg.resolution, only=studied, force=True)[0]
+
+
+# ------------------------------------------------------------------ what the study costs
+
+HOOI_SWEEPS = 10  # partial_tucker's sweeps before its 1e-8 tolerance stops it (assumed)
+PRUNE_SEARCH_ATTEMPTS = 9  # largest_ratio: its upper end and 8 bisections (ratio 0 is shared)
+
+
+def decomposition_cost(cfg: DecompStudyConfig) -> dict[str, Any]:
+    """The full study's non-training phases (``harness.costs``), keyed: the Tucker-2
+    decompositions of every seed's network (damage points, the three strategies sharing the
+    unpruned layer, the pruning search) and the test-set evaluations they are judged by."""
+    from harness import costs
+
+    with torch.device("meta"):
+        model = _build(cfg)
+    convs = dict(model.named_modules())
+    layers = decomposable_layers(model, cfg.max_layers)
+    per_layer = len(cfg.energies) + 1 + PRUNE_SEARCH_ATTEMPTS
+    flops, vbmf = 0.0, 0.0
+    for name in layers:
+        t, s, k, _ = convs[name].weight.shape
+        flops += per_layer * costs.tucker2_flops(t, s, k, HOOI_SWEEPS)
+        # VBMF ranks (numpy, singular values only: about half a full SVD) of both unfoldings
+        # for every attempt of the study's rank rule: the shared one and the pruning search
+        if cfg.rank_rule == "vbmf":
+            vbmf += (1 + PRUNE_SEARCH_ATTEMPTS) * 0.5 * (
+                costs.svd_flops(t, s * k * k) + costs.svd_flops(s, t * k * k))
+    seeds = len(cfg.seeds)
+    evaluations = seeds * (len(layers) * len(cfg.energies) + 3 + 2)  # + originals, baseline
+    from harness.complexity import measure
+
+    macs = measure(model, cfg.resolution).flops
+    test = cfg.data.test_size or 10_000
+    ops = costs.forward_ops_of(functools.partial(_build, cfg), cfg.resolution)
+    return {
+        "decomp.tucker": costs.decompose_phase(
+            f"{seeds} seeds × {len(layers)} convs × {per_layer} Tucker-2 (fp64, on the device)",
+            seeds * flops),
+        "decomp.vbmf": costs.host_phase(
+            f"{seeds} seeds × {len(layers)} convs: VBMF ranks of {1 + PRUNE_SEARCH_ATTEMPTS} "
+            f"weights each (numpy, host)", seeds * vbmf),
+        "decomp.evaluations": costs.evaluate_phase(
+            f"{evaluations} test-set evaluations of decomposed networks", macs, test, ops,
+            cfg.train.eval_batch_size, passes=evaluations),
+    }
+
+
+def deploy_cost(dep: DeployConfig, cfg: DecompStudyConfig) -> dict[str, Any]:
+    """The deployment timings' GPU time (``harness.costs``), keyed per claim: interleaved
+    ratio pairs of the trained network (pruned, decomposed, fp16/bf16) and the depthwise grid."""
+    from harness import costs
+    from harness.complexity import measure
+
+    with torch.device("meta"):
+        model = _build(cfg)
+    macs = measure(model, cfg.resolution).flops
+    ops = costs.forward_ops_of(functools.partial(_build, cfg), cfg.resolution)
+    def timed(macs_per_image: float, batch: int, kernels: float, again: bool) -> float:
+        return costs.network_timing_seconds(macs_per_image, batch, kernels, dep.min_run_time,
+                                            phases=("inference",), autotune=not again)
+
+    net = timed(macs, dep.batch, ops, again=True)
+    grid = 0.0
+    for c in dep.channels:
+        for size in dep.sizes:  # the 3×3 conv and the separable pair, ``rounds`` times each
+            for macs_cell, kernels in ((9 * c * c * size * size, 1),
+                                       ((9 * c + c * c) * size * size, 2)):
+                grid += timed(macs_cell, dep.grid_batch, kernels, again=False)
+                grid += (dep.rounds - 1) * timed(macs_cell, dep.grid_batch, kernels, again=True)
+                # the dispatch-bound check (``deploy.depthwise_doubling``): t(B) and t(2B)
+                grid += timed(macs_cell, dep.grid_batch, kernels, again=True)
+                grid += timed(macs_cell, 2 * dep.grid_batch, kernels, again=False)
+    pairs = 2 * dep.rounds  # each ratio: ``rounds`` interleaved pairs
+    convs = dict(model.named_modules())
+    tucker = sum(costs.tucker2_flops(*convs[n].weight.shape[:3], HOOI_SWEEPS)
+                 for n in decomposable_layers(model, cfg.max_layers))
+    return {
+        "deploy.decompose_all": costs.decompose_phase("every conv of one network decomposed",
+                                                      tucker),
+        "deploy.pruning": costs.Phase("timing", f"{len(dep.sparsities)} pruned vs dense, "
+                                      f"{dep.rounds} pairs", len(dep.sparsities) * pairs * net),
+        "deploy.precision": costs.Phase("timing", "fp32 vs fp16 and bf16", 4 * net),
+        "deploy.decomposed": costs.Phase("timing", f"decomposed vs original, {dep.rounds} pairs",
+                                         pairs * net),
+        "deploy.depthwise": costs.Phase("timing", f"{len(dep.channels) * len(dep.sizes)} "
+                                        f"depthwise cells, {dep.rounds} pairs and t(2B)/t(B)",
+                                        grid),
+    }

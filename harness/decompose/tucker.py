@@ -70,7 +70,9 @@ def tucker2_factors(weight: Tensor, ranks: tuple[int, int]) -> tuple[Tensor, Ten
     if not (1 <= r_out <= t and 1 <= r_in <= s):
         raise ValueError(f"ranks {ranks} outside [1, {t}] × [1, {s}] for a weight of shape "
                          f"{tuple(weight.shape)}")
-    w = weight.detach().to(torch.float64).cpu()
+    # fp64 where the weight lives: a GPU's cuSOLVER takes the SVDs that dominate the full
+    # profile's decompositions (hundreds per network), the CPU takes them elsewhere.
+    w = weight.detach().to(torch.float64)
     with tl.backend_context("pytorch"), warnings.catch_warnings():  # local, not global
         # a rank above an unfolding's own rank is valid (it reconstructs exactly); tensorly
         # warns that it truncates the SVD there
@@ -226,14 +228,17 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
 
 def decompose_model(model: nn.Module, settings: DecomposeSettings, resolution: int,
                     in_channels: int = 3, only: Callable[[str], bool] | None = None,
-                    force: bool = False, prune: bool = False) -> tuple[nn.Module, pd.DataFrame]:
+                    force: bool = False, prune: bool = False,
+                    memo: dict | None = None) -> tuple[nn.Module, pd.DataFrame]:
     """A copy of ``model`` with each conv replaced by its Tucker-2 chain where the layer error
     is under the threshold (every decomposable conv when ``force``; only those ``only``
     accepts when given). With ``prune``, each conv is first L1-pruned at the largest ratio
     (binary search) whose decomposition still keeps the error, against the unpruned conv,
     under the threshold: pruned weights decompose to lower ranks. The report has one row per
     conv: prune ratio, ranks, parameters before and after, error, and the decision with its
-    reason. ``model`` is left untouched."""
+    reason. ``model`` is left untouched. ``memo``: a dict shared by calls on the same model
+    and settings, so a (layer, prune ratio) decomposed by one call is reused by the next
+    (decompose-all, selective and the pruning search all decompose the unpruned layer)."""
     new = copy.deepcopy(model)
     sizes = _input_sizes(new, resolution, in_channels)
     rows = []
@@ -250,11 +255,18 @@ def decompose_model(model: nn.Module, settings: DecomposeSettings, resolution: i
             continue
         size = sizes[name]
 
-        def attempt(ratio: float, conv=conv, size=size):
+        def attempt(ratio: float, conv=conv, size=size, name=name):
+            key = (name, ratio)
+            if memo is not None and key in memo:
+                ranks, chain, err = memo[key]
+                return ranks, copy.deepcopy(chain), err
             source = l1_prune(conv, ratio) if ratio > 0 else conv
             ranks = tucker2_ranks(source.weight, settings.rank_rule, settings.keep)
             chain = tucker2(source, ranks)
-            return ranks, chain, layer_error(conv, chain, conv.in_channels, size, settings.seed)
+            err = layer_error(conv, chain, conv.in_channels, size, settings.seed)
+            if memo is not None:
+                memo[key] = (ranks, copy.deepcopy(chain), err)
+            return ranks, chain, err
 
         ratio = (largest_ratio(lambda r: attempt(r)[2], settings.threshold)
                  if prune else 0.0)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from harness import models, scaling, stats, timing
+from harness import memory, models, scaling, stats, timing
 from harness.complexity import Complexity
 from harness.data import DataSpec
 from harness.executors import ExecutorSpec
@@ -58,24 +58,40 @@ def population_configs(cfg: PopulationConfig) -> list[tuple[str, str, float, mod
 
 @functools.lru_cache(maxsize=4)
 def runtime_population(cfg: PopulationConfig, device: str) -> pd.DataFrame:
-    """One row per network: flops, params, acts, inference and train-step seconds.
+    """One row per network: flops, params, acts, inference and train-step seconds, and the
+    train step's memory plan (``predicted_peak_gib``, ``train_step_microbatches``).
 
+    Every member's step is planned before any is timed (``population_plans``): on CUDA one
+    that would not fit the device is timed in micro-batches with the same per-image work
+    (a warning says which); on the CPU nothing is planned (k = 1, peak NaN: the tiny smoke
+    nets are far from any limit, and the meta forwards would add seconds to the smoke run).
     Cached per (config, device), so the claims that share a population time it once.
     """
+    import warnings
+
     from harness.progress import progress_bar
 
     rows = []
     members = population_configs(cfg)
+    plans = population_plans(cfg, device)
+    for (base, strategy, s, _), plan in zip(members, plans, strict=True):
+        if plan.microbatches > 1 or plan.doubling_microbatches > 1:
+            warnings.warn(f"{base} {strategy} s={s:g}: {plan.step.describe()} (planned; the "
+                          f"t(2B) check in {plan.doubling_microbatches})", stacklevel=2)
     bar = progress_bar(len(members), "timing population")
     setup = timing.TimingSetup(device=device, amp_dtype=autocast_dtype(cfg.amp, device),
                                channels_last=cfg.channels_last and device == "cuda",
                                cpu_threads=cfg.cpu_threads, min_run_time=cfg.min_run_time)
-    for base, strategy, s, net_cfg in members:
+    for (base, strategy, s, net_cfg), plan in zip(members, plans, strict=True):
         cx = models.measure_config(net_cfg)
         times = _time_member(net_cfg, cfg.input_resolution or net_cfg.resolution, cfg.batch_size,
-                             setup, doubling=strategy == "base")
+                             setup, doubling=strategy == "base",
+                             microbatches=plan.microbatches,
+                             doubling_microbatches=plan.doubling_microbatches)
         rows.append(dict(base=base, strategy=strategy, s=s, resolution=net_cfg.resolution,
-                         flops=cx.flops, params=cx.params, acts=cx.acts, **times))
+                         flops=cx.flops, params=cx.params, acts=cx.acts, **times,
+                         predicted_peak_gib=plan.peak_gib,
+                         train_step_microbatches=plan.microbatches))
         if device == "cuda":
             torch.cuda.empty_cache()
         bar.update()
@@ -84,10 +100,12 @@ def runtime_population(cfg: PopulationConfig, device: str) -> pd.DataFrame:
 
 
 def _time_member(net_cfg: models.Config, res: int, batch: int, setup: timing.TimingSetup,
-                 doubling: bool) -> dict[str, float]:
+                 doubling: bool, microbatches: int = 1,
+                 doubling_microbatches: int = 1) -> dict[str, float]:
     """Inference and train-step medians (and IQRs) of one network; with ``doubling``, also
     t(2B)/t(B) per phase. The bases are each family's smallest members, the likeliest to be
-    dispatch-bound, so they carry the check."""
+    dispatch-bound, so they carry the check. The train step at ``batch`` runs in
+    ``microbatches`` passes, at 2 × ``batch`` in ``doubling_microbatches`` (``memory``)."""
     torch.manual_seed(0)
     model = models.build_config(net_cfg)
 
@@ -95,7 +113,8 @@ def _time_member(net_cfg: models.Config, res: int, batch: int, setup: timing.Tim
         return timing.time_inference(model, b, res, setup)
 
     def train_step(b: int) -> timing.Timing:
-        return timing.time_train_step(model, b, res, net_cfg.num_classes, setup)
+        k = microbatches if b == batch else doubling_microbatches
+        return timing.time_train_step(model, b, res, net_cfg.num_classes, setup, microbatches=k)
 
     inf, step = infer(batch), train_step(batch)
     out = dict(inference_s=inf.median, inference_iqr=inf.iqr, train_step_s=step.median,
@@ -106,7 +125,82 @@ def _time_member(net_cfg: models.Config, res: int, batch: int, setup: timing.Tim
     return out
 
 
-DISPATCH_BOUND_BELOW = 1.6  # t(2B)/t(B) under this: the host, not the device, sets the pace
+# ------------------------------------------------------------------ memory of the population
+
+
+@dataclass(frozen=True)
+class MemberPlan:
+    """A member's train step as planned: at the population's batch (``step``, with its
+    micro-batches) and how many micro-batches the t(2B) check's step needs."""
+
+    step: memory.MemoryEstimate | None  # None: not planned (CPU timing)
+    doubling_microbatches: int = 1
+
+    @property
+    def microbatches(self) -> int:
+        return self.step.microbatches if self.step is not None else 1
+
+    @property
+    def peak_gib(self) -> float:
+        return self.step.total / memory.GIB if self.step is not None else math.nan
+
+
+@functools.lru_cache(maxsize=512)
+def _member_step(net_cfg: models.Config, res: int, amp: str | None,
+                 channels_last: bool) -> memory.MemoryEstimate:
+    """One image's train step of the population's timing (SGD with momentum, as
+    ``timing.time_train_step``), measured on meta once per member and precision."""
+    return memory.train_step_peak(functools.partial(models.build_config, net_cfg), 1, res,
+                                  amp=amp, optimizer="sgd", channels_last=channels_last)
+
+
+def plan_member(net_cfg: models.Config, res: int, batch: int, amp: str | None,
+                channels_last: bool, budget: int, doubling: bool = False) -> MemberPlan:
+    """The member's step at ``batch`` in the fewest micro-batches that fit ``budget`` (and at
+    2 × ``batch`` when it carries the doubling check)."""
+    one = _member_step(net_cfg, res, amp, channels_last)
+    step = one.at_batch(batch).planned(budget)
+    k2 = one.at_batch(2 * batch).planned(budget).microbatches if doubling else 1
+    return MemberPlan(step, k2)
+
+
+def population_plans(cfg: PopulationConfig, device: str,
+                     budget: int | None = None) -> list[MemberPlan]:
+    """Every member's plan, in ``population_configs`` order, as ``runtime_population`` times
+    it on ``device``: against ``memory.device_budget(device)`` (or ``budget``) in the
+    precision and layout of the timing. Not planned on the CPU (see ``runtime_population``)."""
+    members = population_configs(cfg)
+    if device != "cuda":
+        return [MemberPlan(None) for _ in members]
+    budget = memory.device_budget(device) if budget is None else budget
+    return [plan_member(net_cfg, cfg.input_resolution or net_cfg.resolution, cfg.batch_size,
+                        cfg.amp, cfg.channels_last, budget, doubling=strategy == "base")
+            for _, strategy, _, net_cfg in members]
+
+
+def population_peaks(cfg: PopulationConfig, budget: int = memory.PLANNING_BUDGET_BYTES
+                     ) -> pd.DataFrame:
+    """The population's train steps as planned for the GPU (``cfg``'s batch, ``amp`` and
+    layout; an 80 GB H100 unless ``budget``), nothing timed: one row per member with its
+    predicted peak at the configured batch in one pass and as planned, and the micro-batches
+    chosen (also for the bases' t(2B) step)."""
+    rows = []
+    for base, strategy, s, net_cfg in population_configs(cfg):
+        res = cfg.input_resolution or net_cfg.resolution
+        plan = plan_member(net_cfg, res, cfg.batch_size, cfg.amp, cfg.channels_last, budget,
+                           doubling=strategy == "base")
+        whole = plan.step.with_microbatches(1)
+        rows.append(dict(member=f"{base} {strategy} s={s:g}", base=base, strategy=strategy,
+                         s=s, resolution=res, per_image_mib=whole.per_image / 2 ** 20,
+                         activations_gib=whole.activations / memory.GIB,
+                         unsplit_peak_gib=whole.total / memory.GIB,
+                         predicted_peak_gib=plan.peak_gib,
+                         train_step_microbatches=plan.step.microbatches,
+                         doubling_microbatches=plan.doubling_microbatches))
+    return pd.DataFrame(rows)
+
+
+DISPATCH_BOUND_BELOW = timing.DISPATCH_BOUND_BELOW  # t(2B)/t(B) under this: dispatch-bound
 
 
 def batch_doubling(pop: pd.DataFrame) -> float:
@@ -322,11 +416,100 @@ def inference_times(nets: dict[str, models.Config], batch: int, device: str,
     """Median seconds per batch for each network, measured back to back in one run, in the
     precision and layout the networks train in (``amp``: CUDA only; ``channels_last``: any
     device, as in training)."""
-    setup = timing.TimingSetup(device=device, amp_dtype=autocast_dtype(amp, device),
-                               channels_last=channels_last, min_run_time=min_run_time)
+    setup = _inference_setup(device, min_run_time, amp, channels_last)
     out = {}
     for name, net in nets.items():
         torch.manual_seed(0)
         out[name] = timing.time_inference(models.build_config(net), batch, net.resolution,
                                           setup).median
     return out
+
+
+def _inference_setup(device: str, min_run_time: float, amp: str | None,
+                     channels_last: bool) -> timing.TimingSetup:
+    return timing.TimingSetup(device=device, amp_dtype=autocast_dtype(amp, device),
+                              channels_last=channels_last, min_run_time=min_run_time)
+
+
+def timing_doubling(nets: dict[str, models.Config], batch: int, train_batch: int, device: str,
+                    min_run_time: float, amp: str | None = None,
+                    channels_last: bool = False) -> pd.DataFrame:
+    """Per network, t(2B)/t(B) (``timing.batch_doubling_ratio``) of what the runtime ratios
+    of ``scaling.dWr_matches_dwr_faster`` compare: inference at ``batch`` (as
+    ``inference_times``) and a training step at ``train_batch`` (the epoch times' batch), in
+    the same precision and layout. One row per network: ``inference``, ``train_step``, the
+    smaller of the two (``doubling``) and whether it was dispatch-bound
+    (``timing.dispatch_bound``). Measured after ``inference_times``, so it leaves the medians
+    there as they were."""
+    setup = _inference_setup(device, min_run_time, amp, channels_last)
+    rows = []
+    for name, net in nets.items():
+        torch.manual_seed(0)
+        model = models.build_config(net)
+        inference = timing.batch_doubling_ratio(
+            lambda b, m=model, r=net.resolution: timing.time_inference(m, b, r, setup), batch)
+        step = timing.batch_doubling_ratio(
+            lambda b, m=model, n=net: timing.time_train_step(m, b, n.resolution, n.num_classes,
+                                                             setup), train_batch)
+        doubling = min(inference, step)
+        rows.append(dict(network=name, inference=inference, train_step=step, doubling=doubling,
+                         dispatch_bound=timing.dispatch_bound(doubling)))
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------ what the timings cost
+
+
+def population_cost(cfg: PopulationConfig):
+    """The GPU time of timing ``cfg``'s population (``harness.costs``): each member in both
+    phases at its own resolution (a micro-batched train step launches its kernels k times);
+    the bases also at 2B for the batch-doubling check. Its peak memory is the largest planned
+    step's (``population_peaks``)."""
+    from harness import costs
+
+    plans = population_peaks(cfg)
+    seconds = 0.0
+    for (_, strategy, _, net_cfg), k in zip(population_configs(cfg),
+                                           plans.train_step_microbatches):
+        res = cfg.input_resolution or net_cfg.resolution
+        macs = models.measure_config(net_cfg).flops * (res / net_cfg.resolution) ** 2
+        ops = costs.forward_ops_of(functools.partial(models.build_config, net_cfg), res)
+        seconds += costs.network_timing_seconds(macs, cfg.batch_size, ops, cfg.min_run_time,
+                                                phases=("inference",))
+        seconds += costs.network_timing_seconds(macs, cfg.batch_size, k * ops, cfg.min_run_time,
+                                                phases=("train_step",))
+        if strategy == "base":  # t(B) again and t(2B), both phases
+            seconds += costs.network_timing_seconds(macs, cfg.batch_size, ops, cfg.min_run_time)
+            seconds += costs.network_timing_seconds(macs, 2 * cfg.batch_size, ops,
+                                                    cfg.min_run_time)
+    split = int((plans.train_step_microbatches > 1).sum())
+    return costs.Phase("timing", f"population of {len(plans)} networks at B={cfg.batch_size}, "
+                       f"{cfg.min_run_time:g} s per measurement ({split} train steps in "
+                       f"micro-batches)", seconds,
+                       peak_bytes=float(plans.predicted_peak_gib.max()) * 2**30)
+
+
+def inference_timing_cost(cfg: ScaledTrainingConfig, nets: dict[str, models.Config],
+                          doubled: tuple[str, ...] = ("dWr", "dwr")):
+    """The GPU time of ``inference_times`` over ``nets`` at B, then of ``timing_doubling`` on
+    the ``doubled`` ones: inference at B and 2B, a training step at the recipe's batch and
+    twice it."""
+    from harness import costs
+
+    seconds = 0.0
+    for name, net in nets.items():
+        macs = models.measure_config(net).flops
+        ops = costs.forward_ops_of(functools.partial(models.build_config, net), net.resolution)
+        seconds += costs.network_timing_seconds(macs, cfg.timing_batch, ops,
+                                                cfg.timing_min_run_time, phases=("inference",))
+        if name not in doubled:
+            continue
+        for factor in (1, 2):
+            seconds += costs.network_timing_seconds(
+                macs, factor * cfg.timing_batch, ops, cfg.timing_min_run_time,
+                phases=("inference",), autotune=factor == 2)
+            seconds += costs.network_timing_seconds(
+                macs, factor * cfg.train.batch_size, ops, cfg.timing_min_run_time,
+                phases=("train_step",))
+    return costs.Phase("timing", f"inference of {len(nets)} trained networks at "
+                       f"B={cfg.timing_batch}; t(2B)/t(B) of {', '.join(doubled)}", seconds)

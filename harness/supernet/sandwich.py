@@ -56,13 +56,18 @@ def project_conflict_(g1: Tensor, g2: Tensor) -> Tensor:
     conflict = dot < 0
     # ‖g₂‖² under- or overflows in float32 for tiny or huge g₂ (1e-27 squared is 0): then the
     # coefficient comes from float64, chosen without a host sync; in range, the float32 one.
+    # Out of range, the whole step coef·g₂ is taken in float64 and rounded once: the
+    # coefficient alone can overflow float32 (g₂ = [0, 1.2e-38] against g₁ = [0, -4] needs
+    # -3.4e38), though coef·g₂ is an ordinary number.
     tiny = torch.finfo(norm2.dtype).tiny
     in_range = torch.isfinite(norm2) & (norm2 >= tiny) & torch.isfinite(dot)
-    wide = (torch.dot(a.double(), b.double()) / torch.dot(b.double(), b.double())).to(dot.dtype)
-    ratio = torch.where(in_range, dot / norm2, wide)
+    zero = torch.zeros_like(dot)
     # No conflict (or g₂ = 0, whence ⟨g₁, g₂⟩ = 0): coefficient 0, g₁ − 0·g₂ is g₁ bit for bit.
-    coef = torch.where(conflict, ratio, torch.zeros_like(dot))
-    g1.sub_(coef * g2)
+    coef = torch.where(conflict, dot / norm2, zero)
+    a64, b64 = a.double(), b.double()
+    wide = torch.where(conflict, torch.dot(a64, b64) / torch.dot(b64, b64), zero.double())
+    step = torch.where(in_range, coef * g2, (wide * g2.double()).to(g2.dtype))
+    g1.sub_(step)
     return conflict
 
 

@@ -280,10 +280,41 @@ def evaluate_subnet(cfg: GridConfig, net: str, weights: dict[str, Tensor], which
     supernet = models.build(_model(cfg, net), resolution=cfg.resolution)
     supernet.load_state_dict(weights)
     sub = extract(supernet, named_arch(cfg, net, which)).to(device)
-    images = data.train[0].to(device)
+    images = calibration_images(data.train[0], cfg.train.batch_size * cfg.calib_batches, device)
     recalibrate_bn(sub, images, cfg.train.batch_size, cfg.calib_batches)
     acc, _ = evaluate(sub, data.test, device, cfg.train)
     return acc
+
+
+@dataclass
+class _DeviceCopy:
+    source: Any  # weakref.ref to the images copied
+    n: int
+    device: str
+    copy: Tensor
+
+
+_CALIBRATION: list[_DeviceCopy] = []  # one slot: the copy the last evaluations shared
+
+
+def calibration_images(images: Tensor, n: int, device: str) -> Tensor:
+    """The first ``n`` of ``images`` (all that ``recalibrate_bn`` reads) on ``device``, copied
+    once and reused while the same images, count and device are asked for: a grid's subnet
+    evaluations (3 per sandwich run) share one copy instead of moving the training set each
+    time. One slot, held for as long as ``images`` lives. The values are those of
+    ``images[:n].to(device)``; on the CPU that is a view, as before."""
+    import weakref
+
+    slot = _CALIBRATION[0] if _CALIBRATION else None
+    if slot is not None and slot.source() is images and slot.n == n and slot.device == device:
+        return slot.copy
+    copy = _to_device(images[:n], device)
+    _CALIBRATION[:] = [_DeviceCopy(weakref.ref(images), n, device, copy)]
+    return copy
+
+
+def _to_device(t: Tensor, device: str) -> Tensor:
+    return t.to(device)
 
 
 def run_cells(cfg: GridConfig, cells: Iterable[Cell], *, device: str,
@@ -351,3 +382,25 @@ def plot_cosine(runs: pd.DataFrame):
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def subnet_evaluation_cost(cfg: GridConfig):
+    """The GPU time of every subnet evaluation the grid's rows need (``harness.costs``): per
+    supernet run and subnet, BN re-estimation on ``calib_batches`` training batches and the
+    test set, priced at the supernet's own (largest) forward."""
+    from harness import costs
+    from harness.complexity import measure
+
+    runs = [c for c in grid_cells(cfg) if c.method != STANDALONE]
+    seconds = 0.0
+    for net in {c.net for c in runs}:
+        build = functools.partial(models.build, _model(cfg, net), resolution=cfg.resolution)
+        with torch.device("meta"):
+            macs = measure(build(), cfg.resolution).flops
+        ops = costs.forward_ops_of(build, cfg.resolution)
+        images = (cfg.data.test_size or 10_000) + cfg.calib_batches * cfg.train.batch_size
+        count = 3 * sum(c.net == net for c in runs)  # largest, smallest, mid
+        seconds += costs.evaluate_phase("", macs, images, ops, cfg.train.batch_size,
+                                        passes=count).seconds
+    return costs.Phase("evaluate", f"{3 * len(runs)} subnets extracted, BN re-estimated and "
+                       "evaluated", seconds)

@@ -19,7 +19,7 @@ from harness.agc.study import RuleConfig
 from harness.agc.verdicts import AGC, BN, NF
 from harness.data import DataSpec, load_dataset, synthetic_dataset
 from harness.train import StepState, TrainConfig, cache_key, train
-from tests.agc.grids import GRID, LARGE, PAPER_LIKE, fake_runs
+from tests.agc.grids import GRID, LARGE, PAPER_LIKE, SMALL, D, fake_runs
 
 TINY = dict(stem_width=4, widths=(4, 8, 8), resolution=8)
 
@@ -226,6 +226,15 @@ def test_tables_and_plot_from_a_grid():
     assert benefit.best_lam.tolist() == [0.16, 0.01]
     fig = study.plot_grid(runs, 0.1)
     assert fig.axes[0].get_xlabel().startswith("batch size")
+
+
+def test_the_plot_survives_every_seed_diverging_and_a_single_seed():
+    # 0.1 + 0.1 + 0.1 = 0.30000000000000004: the mean sits above the minimum by a rounding
+    # step, which once made the error bar negative and crashed agc.stabilizes_large_batch
+    three = {**PAPER_LIKE, (NF, LARGE, None): [D, D, D], (NF, SMALL, None): [0.8],
+             (BN, LARGE, None): [0.1, 0.1, 0.1]}
+    fig = study.plot_grid(fake_runs(three), 0.1)
+    assert fig.axes[0].get_ylabel() == "test accuracy"
 
 
 def test_step_timing_rounds_give_one_ratio_each():

@@ -1,9 +1,12 @@
 """harness.decompose.deploy: the deployment measurements return sane ratios on tiny inputs, and
-the quantities that are exact (sizes, flops, the crossover rule) are checked exactly."""
+the quantities that are exact (sizes, flops, the crossover rule) are checked exactly; every
+timing runs in the setup given (on CUDA the profile's precision and layout, seen here without a
+GPU), and each depthwise cell gets its dispatch-bound check."""
 
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 import torch
 import torch.nn as nn
 
@@ -57,3 +60,70 @@ def test_precision_and_decomposition_speedups_are_ratios_of_timings():
     out = deploy.decomposed_speedup(model, small, 2, 8, QUICK, rounds=1)
     assert out.flops_ratio == measure(small, 8).flops / measure(model, 8).flops
     assert out.flops_ratio < 1 and out.time_ratio > 0
+
+
+def _deploy_config(**kw):
+    from harness.decompose.study import DeployConfig
+
+    return DeployConfig(batch=2, sparsities=(0.9,), channels=(4, 8), sizes=(4,), grid_batch=2,
+                        rounds=1, min_run_time=0.01, **kw)
+
+
+def test_the_deploy_config_times_in_its_precision_and_layout_on_cuda_only():
+    dep = _deploy_config(amp="bf16", channels_last=True)
+    cuda = dep.setup("cuda")
+    assert cuda.amp_dtype is torch.bfloat16 and cuda.channels_last
+    assert (cuda.device, cuda.min_run_time, cuda.cpu_threads) == ("cuda", 0.01, 1)
+    # the CPU times as before: fp32 NCHW, whatever the config says
+    assert dep.setup("cpu") == timing.TimingSetup(device="cpu", min_run_time=0.01, cpu_threads=1)
+    assert _deploy_config().setup("cpu") == dep.setup("cpu")
+    assert _deploy_config(amp="fp16").setup("cuda").amp_dtype is torch.float16
+
+
+def test_the_deploy_functions_time_in_the_setup_they_are_given(monkeypatch):
+    # No GPU needed: the timing calls are captured, with the setup built for "cuda".
+    setup = _deploy_config(amp="bf16", channels_last=True).setup("cuda")
+    seen = []
+
+    def fake_ratio(a, b, batch, resolution, s, rounds=3, in_channels=3):
+        seen.append(s)
+        return timing.RatioSummary(1.0, 1.0, 1.0)
+
+    def fake_time(model, batch, resolution, s, in_channels=3):
+        seen.append(s)
+        return timing.Timing(median=0.001 if s.amp_dtype is None else 0.0005, iqr=0.0, runs=3)
+
+    monkeypatch.setattr(timing, "inference_ratio", fake_ratio)
+    monkeypatch.setattr(timing, "time_inference", fake_time)
+    deploy.depthwise_grid((4, 8), (4,), 2, setup)
+    deploy.pruning_costs(net(), (0.5,), 2, 8, setup, rounds=1)
+    deploy.decomposed_speedup(net(), net(), 2, 8, setup, rounds=1)
+    deploy.depthwise_doubling((4,), (4,), 2, setup)
+    assert seen and all(s == setup for s in seen)
+    seen.clear()
+    # fp32 over the low precision: the fp32 side drops the setup's amp, keeps its layout
+    assert deploy.precision_speedup(net(), 2, 8, torch.float16, setup) == 2.0
+    assert [s.amp_dtype for s in seen] == [None, torch.float16]
+    assert all(s.channels_last and s.device == "cuda" for s in seen)
+
+
+def test_depthwise_doubling_flags_dispatch_bound_cells(monkeypatch):
+    # t(B) is flat for the small cells (launches set the pace) and doubles for the large ones
+    def fake_time(model, batch, resolution, s, in_channels=3):
+        work = in_channels * resolution ** 2 * batch
+        return timing.Timing(median=1e-4 + (work * 1e-9 if in_channels > 8 else 0.0), iqr=0.0,
+                             runs=3)
+
+    monkeypatch.setattr(timing, "time_inference", fake_time)
+    table = deploy.depthwise_doubling((4, 256), (32,), 64, QUICK)
+    assert list(table.columns) == ["channels", "size", "doubling_standard",
+                                   "doubling_separable", "doubling", "dispatch_bound"]
+    assert table.dispatch_bound.tolist() == [True, False]
+    assert table.doubling.iloc[0] == pytest.approx(1.0)
+    assert table.doubling.iloc[1] > timing.DISPATCH_BOUND_BELOW
+
+
+def test_depthwise_doubling_on_real_timings_is_a_ratio_per_cell():
+    table = deploy.depthwise_doubling((4,), (4, 8), 2, QUICK)
+    assert len(table) == 2 and table.doubling.gt(0).all()
+    assert (table.doubling == table[["doubling_standard", "doubling_separable"]].min(axis=1)).all()

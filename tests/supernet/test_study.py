@@ -70,3 +70,71 @@ def test_dry_run_shrinks_every_cell():
     dry = GRID.dry_run()
     assert dry.seeds == (0,) and dry.train.max_steps == 2 and dry.resolution == 8
     assert GRID.chance == 0.1
+
+
+def test_subnet_evaluations_share_one_device_copy_of_the_calibration_images(monkeypatch):
+    # 3 subnets of a trained supernet, as _rows evaluates them: the images move to the device
+    # once, not once per evaluation, and each accuracy is bit-identical to the former code's
+    # (the whole training set moved per evaluation).
+    import dataclasses
+
+    import torch
+
+    from harness import models
+    from harness.models.supernet import extract
+    from harness.supernet.sandwich import recalibrate_bn
+    from harness.train import evaluate
+
+    grid = dataclasses.replace(GRID, calib_batches=2)  # reads 32 of the 64 images
+    data = synthetic_dataset(resolution=8, train_size=64, test_size=32)
+    torch.manual_seed(0)
+    trained = models.build(grid.hybrid, resolution=grid.resolution)
+    trained(torch.randn(16, 3, 8, 8))  # BN statistics of its own, as a trained one has
+    weights = trained.state_dict()
+
+    def former(which):
+        supernet = models.build(grid.hybrid, resolution=grid.resolution)
+        supernet.load_state_dict(weights)
+        sub = extract(supernet, study.named_arch(grid, study.HYBRID, which)).to("cpu")
+        recalibrate_bn(sub, data.train[0].to("cpu"), grid.train.batch_size, grid.calib_batches)
+        return evaluate(sub, data.test, "cpu", grid.train), sub.state_dict()
+
+    copies, seen = [], []
+    real = study._to_device
+
+    def counting(t, device):
+        copies.append((tuple(t.shape), device))
+        return real(t, device)
+
+    def evaluated(sub, *args):  # what evaluate_subnet evaluates: accuracy, loss, BN statistics
+        seen.append((evaluate(sub, *args), sub.state_dict()))
+        return seen[-1][0]
+
+    monkeypatch.setattr(study, "_to_device", counting)
+    monkeypatch.setattr(study, "evaluate", evaluated)
+    study._CALIBRATION.clear()
+    whiches = (study.LARGEST, study.SMALLEST, study.MID)
+    accs = [study.evaluate_subnet(grid, study.HYBRID, weights, which, data, "cpu")
+            for which in whiches]
+    assert copies == [((32, 3, 8, 8), "cpu")]  # once, and only what recalibration reads
+    assert accs == [result[0] for result, _ in seen]
+    for (result, state), which in zip(seen, whiches, strict=True):
+        before, before_state = former(which)
+        assert result == before  # (accuracy, loss) bit for bit
+        assert state.keys() == before_state.keys()
+        assert all(torch.equal(state[k], before_state[k]) for k in state)
+    study._CALIBRATION.clear()
+
+
+def test_the_calibration_copy_is_per_images_count_and_device():
+    import torch
+
+    study._CALIBRATION.clear()
+    a, b = torch.randn(10, 3, 4, 4), torch.randn(10, 3, 4, 4)
+    first = study.calibration_images(a, 4, "meta")
+    assert first.device.type == "meta" and first.shape[0] == 4
+    assert study.calibration_images(a, 4, "meta") is first  # reused
+    assert study.calibration_images(b, 4, "meta") is not first  # other images
+    assert study.calibration_images(b, 6, "meta").shape[0] == 6  # another count
+    cpu = study.calibration_images(b, 6, "cpu")
+    assert torch.equal(cpu, b[:6]) and cpu.data_ptr() == b.data_ptr()  # on the CPU: a view
