@@ -323,13 +323,11 @@ def _record_depthwise_doubling(evidence, grid, deciding, device: str) -> str:
     """The dispatch-bound rule on the depthwise grid. On CUDA the smallest t(2B)/t(B) is
     guarded, every dispatch-bound cell noted, and the deciding ones among them returned (they
     then cannot decide the verdict); on the CPU only reported (returns '')."""
-    low = float(grid.doubling.min())
+    timing.record_min_doubling(evidence, float(grid.doubling.min()), DOUBLING_WHY, device,
+                               "on the CPU only reported (the verdict's cells stay as they "
+                               "were decided)")
     if device != "cuda":
-        evidence.observe("min_batch_doubling", low, DOUBLING_WHY + "; on the CPU only reported "
-                         "(the verdict's cells stay as they were decided)")
         return ""
-    evidence.metric("min_batch_doubling", low, Measured(
-        what=DOUBLING_WHY + " (GPU timing)", domain=(0, math.inf), floor=0.2))
     flagged = grid[grid.dispatch_bound]
     if len(flagged):
         evidence.note(f"dispatch-bound cells (t(2B)/t(B) < {timing.DISPATCH_BOUND_BELOW}): "

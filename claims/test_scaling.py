@@ -17,7 +17,7 @@ import statistics
 
 import pytest
 
-from harness import models, scaling, stats
+from harness import models, scaling, stats, timing
 from harness.bands import Measured
 from harness.claim import ACCURACY, CORRELATION, EXACT, RATIO, SHARE, Claim, Tolerance
 from harness.costs import placeholder_data
@@ -126,14 +126,9 @@ DOUBLING_WHY = ("smallest t(2B)/t(B) over the bases, both phases: 2 when the dev
 
 def record_batch_doubling(evidence, pop, device: str) -> bool:
     """Record the population's batch-doubling check; True when it was dispatch-bound."""
-    doubling = batch_doubling(pop)
-    if device == "cuda":
-        evidence.metric("min_batch_doubling", doubling, Measured(
-            what=DOUBLING_WHY + " (GPU timing)", domain=(0, math.inf), floor=0.2))
-    else:
-        evidence.observe("min_batch_doubling", doubling, DOUBLING_WHY + "; on the CPU the "
-                         "time always follows the work, and load moves it")
-    return doubling < DISPATCH_BOUND_BELOW
+    return timing.record_min_doubling(evidence, batch_doubling(pop), DOUBLING_WHY, device,
+                                      "on the CPU the time always follows the work, and load "
+                                      "moves it")
 
 # Run-to-run spread of each CPU-timed r over 7 smoke runs (session 2's reference, the 3
 # kernel-path runs with a training job beside them, two regenerations, one clean-clone CI run):
@@ -427,13 +422,10 @@ def _record_timing_doubling(evidence, cfg, nets, device: str) -> str:
                                cfg.timing_batch, cfg.train.batch_size, device,
                                cfg.timing_min_run_time, cfg.train.amp, cfg.train.channels_last)
     evidence.table("batch_doubling.csv", doubling)
-    low = float(doubling.doubling.min())
+    timing.record_min_doubling(evidence, float(doubling.doubling.min()), TIMING_DOUBLING_WHY,
+                               device, "on the CPU only reported, as the runtime ratios are")
     if device != "cuda":
-        evidence.observe("min_batch_doubling", low, TIMING_DOUBLING_WHY + "; on the CPU only "
-                         "reported, as the runtime ratios are")
         return ""
-    evidence.metric("min_batch_doubling", low, Measured(
-        what=TIMING_DOUBLING_WHY + " (GPU timing)", domain=(0, math.inf), floor=0.2))
     flagged = [f"{r.network} (inference {r.inference:.2f}, train step {r.train_step:.2f})"
                for r in doubling[doubling.dispatch_bound].itertuples()]
     if flagged:

@@ -328,6 +328,19 @@ def forward_ops_of(model_fn: Callable[[], torch.nn.Module], resolution: int,
     return _forward_ops(model, torch.zeros(1, channels, resolution, resolution, device="meta"))
 
 
+def forward_work(model_fn: Callable[[], torch.nn.Module], resolution: int,
+                 channels: int = 3) -> tuple[float, float]:
+    """(forward multiply-adds per image, kernels of one eval forward) of ``model_fn()`` at
+    ``resolution``, the model built once on meta."""
+    from harness.complexity import measure
+
+    with torch.device("meta"):
+        model = model_fn()
+    macs = measure(model, resolution, channels).flops
+    return macs, _forward_ops(model, torch.zeros(1, channels, resolution, resolution,
+                                                 device="meta"))
+
+
 def compile_phase(what: str, models_compiled: int, model: CostModel = GPU) -> Phase:
     return Phase("compile", what, models_compiled * model.compile_seconds)
 

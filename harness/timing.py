@@ -232,6 +232,22 @@ def dispatch_bound(doubling: float, below: float = DISPATCH_BOUND_BELOW) -> bool
     return bool(doubling < below)
 
 
+def record_min_doubling(evidence, doubling: float, what: str, device: str, cpu_why: str) -> bool:
+    """Record a timing's smallest t(2B)/t(B) as ``min_batch_doubling``: on CUDA guarded by a
+    band from measured noise (floor 0.2), on the CPU only reported (``what`` + ``cpu_why``).
+    The one rule every timed claim applies; returns whether the timing was dispatch-bound."""
+    import math
+
+    from harness.bands import Measured
+
+    if device == "cuda":
+        evidence.metric("min_batch_doubling", doubling, Measured(
+            what=what + " (GPU timing)", domain=(0, math.inf), floor=0.2))
+    else:
+        evidence.observe("min_batch_doubling", doubling, f"{what}; {cpu_why}")
+    return dispatch_bound(doubling)
+
+
 def _on_device(model: nn.Module, batch_size: int, resolution: int, setup: TimingSetup,
                in_channels: int = 3) -> tuple[nn.Module, torch.Tensor]:
     """The model and a random input batch on the device, in the model's dtype, optionally

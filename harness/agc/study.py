@@ -462,15 +462,12 @@ def step_timing_cost(cfg: StepTimingConfig) -> dict[str, Any]:
     """The GPU time of ``time_bn_vs_nf`` (``harness.costs``): both twins' steps each round,
     eager and, where asked, compiled (plus compiling both twins)."""
     from harness import costs
-    from harness.complexity import measure
 
     seconds, setups = 0.0, 1 + int(cfg.compile)
     for name in (cfg.nf_model, cfg.bn_model):
-        build = functools.partial(models.build, name, **{**dict(cfg.model_overrides),
-                                                         "resolution": cfg.resolution})
-        with torch.device("meta"):
-            macs = measure(build(), cfg.resolution).flops
-        ops = costs.forward_ops_of(build, cfg.resolution)
+        macs, ops = costs.forward_work(functools.partial(
+            models.build, name, **{**dict(cfg.model_overrides), "resolution": cfg.resolution}),
+            cfg.resolution)
         for i in range(cfg.rounds):
             seconds += setups * costs.network_timing_seconds(
                 macs, cfg.batch_size, ops, cfg.min_run_time, phases=("train_step",),

@@ -75,15 +75,20 @@ def depthwise_separable(channels: int) -> nn.Sequential:
                          nn.Conv2d(channels, channels, 1, bias=False))
 
 
+def _depthwise_pair(channels: int) -> tuple[nn.Conv2d, nn.Sequential]:
+    """The grid's two modules at ``channels``, seeded: the 3×3 conv and its separable block
+    (``depthwise_doubling`` times the same weights as ``depthwise_grid``)."""
+    torch.manual_seed(0)
+    return nn.Conv2d(channels, channels, 3, padding=1, bias=False), depthwise_separable(channels)
+
+
 def depthwise_grid(channels: tuple[int, ...], sizes: tuple[int, ...], batch: int,
                    setup: timing.TimingSetup, rounds: int = 1) -> pd.DataFrame:
     """Per (channels, map size): flops and time of the depthwise-separable block over the
     standard conv's. A time ratio below 1 means the separable block is faster."""
     rows = []
     for c in channels:
-        torch.manual_seed(0)
-        standard = nn.Conv2d(c, c, 3, padding=1, bias=False)
-        separable = depthwise_separable(c)
+        standard, separable = _depthwise_pair(c)
         for size in sizes:
             f_std = measure(standard, size, c).flops
             f_sep = measure(separable, size, c).flops
@@ -103,9 +108,7 @@ def depthwise_doubling(channels: tuple[int, ...], sizes: tuple[int, ...], batch:
     after the grid, so that the grid's ratios are timed as they were."""
     rows = []
     for c in channels:
-        torch.manual_seed(0)
-        standard = nn.Conv2d(c, c, 3, padding=1, bias=False)
-        separable = depthwise_separable(c)
+        standard, separable = _depthwise_pair(c)
         for size in sizes:
             per = [timing.batch_doubling_ratio(
                 lambda b, m=m, s=size, c=c: timing.time_inference(m, b, s, setup, in_channels=c),

@@ -314,11 +314,8 @@ def decomposition_cost(cfg: DecompStudyConfig) -> dict[str, Any]:
                 costs.svd_flops(t, s * k * k) + costs.svd_flops(s, t * k * k))
     seeds = len(cfg.seeds)
     evaluations = seeds * (len(layers) * len(cfg.energies) + 3 + 2)  # + originals, baseline
-    from harness.complexity import measure
-
-    macs = measure(model, cfg.resolution).flops
+    macs, ops = costs.forward_work(functools.partial(_build, cfg), cfg.resolution)
     test = cfg.data.test_size or 10_000
-    ops = costs.forward_ops_of(functools.partial(_build, cfg), cfg.resolution)
     return {
         "decomp.tucker": costs.decompose_phase(
             f"{seeds} seeds × {len(layers)} convs × {per_layer} Tucker-2 (fp64, on the device)",
@@ -336,12 +333,10 @@ def deploy_cost(dep: DeployConfig, cfg: DecompStudyConfig) -> dict[str, Any]:
     """The deployment timings' GPU time (``harness.costs``), keyed per claim: interleaved
     ratio pairs of the trained network (pruned, decomposed, fp16/bf16) and the depthwise grid."""
     from harness import costs
-    from harness.complexity import measure
 
     with torch.device("meta"):
         model = _build(cfg)
-    macs = measure(model, cfg.resolution).flops
-    ops = costs.forward_ops_of(functools.partial(_build, cfg), cfg.resolution)
+    macs, ops = costs.forward_work(functools.partial(_build, cfg), cfg.resolution)
     def timed(macs_per_image: float, batch: int, kernels: float, again: bool) -> float:
         return costs.network_timing_seconds(macs_per_image, batch, kernels, dep.min_run_time,
                                             phases=("inference",), autotune=not again)

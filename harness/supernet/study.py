@@ -389,15 +389,11 @@ def subnet_evaluation_cost(cfg: GridConfig):
     supernet run and subnet, BN re-estimation on ``calib_batches`` training batches and the
     test set, priced at the supernet's own (largest) forward."""
     from harness import costs
-    from harness.complexity import measure
-
     runs = [c for c in grid_cells(cfg) if c.method != STANDALONE]
     seconds = 0.0
     for net in {c.net for c in runs}:
-        build = functools.partial(models.build, _model(cfg, net), resolution=cfg.resolution)
-        with torch.device("meta"):
-            macs = measure(build(), cfg.resolution).flops
-        ops = costs.forward_ops_of(build, cfg.resolution)
+        macs, ops = costs.forward_work(functools.partial(
+            models.build, _model(cfg, net), resolution=cfg.resolution), cfg.resolution)
         images = (cfg.data.test_size or 10_000) + cfg.calib_batches * cfg.train.batch_size
         count = 3 * sum(c.net == net for c in runs)  # largest, smallest, mid
         seconds += costs.evaluate_phase("", macs, images, ops, cfg.train.batch_size,
