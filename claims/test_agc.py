@@ -35,7 +35,7 @@ from harness.agc.study import (
 from harness.agc.verdicts import (
     BN,
     accuracies,
-    best_lambdas,
+    best_lambda_at,
     judge_bn_costs,
     judge_lambda_shrinks,
     judge_skip_final_layer,
@@ -46,6 +46,7 @@ from harness.bands import Measured, mean_accuracy
 from harness.claim import DIFFERENCE, RATIO, Claim
 from harness.costs import placeholder_jobs
 from harness.data import DataSpec
+from harness.odds import judge_odds
 from harness.train import TrainConfig
 
 SOURCE = "Brock et al. 2021, §3 (eq. 3), §4.1 and Fig. 2 (NF-ResNet-50/200, ImageNet)"
@@ -215,7 +216,8 @@ def test_stabilizes_large_batch(evidence, profile, load_data, executor):
     evidence.metric("nf_diverged_largest_batch", j.nf_diverged, _count_tol(cfg))
     evidence.metric("agc_diverged_largest_batch", j.agc_diverged, _count_tol(cfg))
     evidence.metric("best_lambda_largest_batch", j.best_lambda, _lambda_tol(cfg), paper="0.01")
-    evidence.decide(j.holds, j.reason)
+    evidence.decide(j.holds, j.reason,
+                    judge_odds(judge_stabilizes_large_batch, runs, cfg))
 
 
 SMALL_BATCH_BENEFIT = Claim(
@@ -237,7 +239,7 @@ def test_small_batch_benefit_small(evidence, profile, load_data, executor):
                           ("benefit_largest_batch", j.benefit_largest_batch)):
         evidence.metric(name, benefit.mean, _benefit_tol("acc(AGC best λ) − acc(NF)"), key=True,
                         samples=benefit.seeds)
-    evidence.decide(j.holds, j.reason)
+    evidence.decide(j.holds, j.reason, judge_odds(judge_small_batch_benefit, runs))
 
 
 LAMBDA_SHRINKS = Claim(
@@ -262,7 +264,8 @@ def test_lambda_shrinks_with_batch(evidence, profile, load_data, executor):
     for name, acc in (("agc_best_acc_smallest_batch", j.agc_best_smallest_batch),
                       ("agc_best_acc_largest_batch", j.agc_best_largest_batch)):
         evidence.metric(name, acc.mean, mean_accuracy("NF+AGC, best λ"), samples=acc.seeds)
-    evidence.decide(j.holds, j.reason)
+    evidence.decide(j.holds, j.reason,
+                    judge_odds(judge_lambda_shrinks, runs, cfg))
 
 
 SKIP_FINAL = Claim(
@@ -278,7 +281,7 @@ SKIP_FINAL = Claim(
 @pytest.mark.claim(SKIP_FINAL)
 def test_skip_final_layer(evidence, profile, load_data, executor):
     cfg, runs = _grid(evidence, profile, load_data, executor)
-    lam = best_lambdas(runs)[cfg.batch_sizes[-1]]
+    lam = best_lambda_at(runs, cfg.batch_sizes[-1])
     full = profile.unshrunk(GRID_CONFIGS)  # λ is only known after the grid; it costs the same
     evidence.full_size_jobs(lambda: placeholder_jobs(full, skip_final_cells(full, lam), cell_job))
     extra = grid_runs(cfg, skip_final_cells(cfg, lam), profile, load_data, executor)
@@ -289,7 +292,7 @@ def test_skip_final_layer(evidence, profile, load_data, executor):
                     key=True, samples=j.skipped.seeds)
     evidence.metric("acc_classifier_clipped", j.clipped.mean, mean_accuracy("AGC, head clipped"),
                     key=True, samples=j.clipped.seeds)
-    evidence.decide(j.holds, j.reason)
+    evidence.decide(j.holds, j.reason, judge_odds(judge_skip_final_layer, both))
 
 
 # ------------------------------------------------------------------------ BatchNorm's costs
@@ -372,4 +375,6 @@ def test_bn_costs(evidence, profile, load_data, executor):
                       ("nf_acc_tiny", j.nf_tiny), ("nf_acc_ref", j.nf_ref)):
         evidence.metric(name, acc.mean, mean_accuracy(name), key=name.endswith("tiny"),
                         samples=acc.seeds)
-    evidence.decide(j.holds, j.reason)
+    # The step-time ratio is one measurement; the redraws are of the accuracy seeds.
+    evidence.decide(j.holds, j.reason, judge_odds(
+        lambda t: judge_bn_costs(ratio, t, cfg.degrade_margin, cfg.speed_margin), tiny))

@@ -23,7 +23,7 @@ import math
 
 import pytest
 
-from harness import timing
+from harness import bands, timing
 from harness.bands import Measured
 from harness.claim import ACCURACY, CORRELATION, EXACT, RATIO, SHARE, Claim, Tolerance
 from harness.costs import placeholder_data
@@ -53,6 +53,7 @@ from harness.decompose.verdicts import (
     judge_selective,
     strategy_values,
 )
+from harness.odds import judge_odds
 from harness.stats import mean
 from harness.train import TrainConfig
 
@@ -154,7 +155,7 @@ def test_layer_error_predicts_damage(evidence, profile, load_data, executor):
     evidence.metric("layers", damage.layer.nunique(), EXACT)
     evidence.table("damage.csv", damage)
     evidence.figure("damage.png", plot_damage(damage))
-    evidence.decide(judged.holds, judged.reason)
+    evidence.decide(judged.holds, judged.reason, judge_odds(judge_damage_ranking, damage, cfg))
 
 
 SELECTIVE_KEEPS_ERROR_LOW = Claim(
@@ -191,7 +192,7 @@ def test_selective_keeps_error_low(evidence, profile, load_data, executor):
                              floor=0.5))
     evidence.table("strategies.csv", strategies)
     evidence.figure("strategies.png", plot_strategies(strategies))
-    evidence.decide(judged.holds, judged.reason)
+    evidence.decide(judged.holds, judged.reason, judge_odds(judge_selective, strategies, cfg))
 
 
 PRUNING_HELPS = Claim(
@@ -214,7 +215,7 @@ def test_pruning_helps_decomposition(evidence, profile, load_data, executor):
                     samples=judged.pruned_removed, key=True)
     acc = strategy_values(strategies, "prune+selective", "acc")
     evidence.metric("acc_pruned", mean(acc), _acc("prune + selective"), samples=acc)
-    evidence.decide(judged.holds, judged.reason)
+    evidence.decide(judged.holds, judged.reason, judge_odds(judge_pruning_helps, strategies, cfg))
 
 
 # ---------------------------------------------------------------------------- deployment
@@ -323,7 +324,7 @@ def _record_depthwise_doubling(evidence, grid, deciding, device: str) -> str:
     """The dispatch-bound rule on the depthwise grid. On CUDA the smallest t(2B)/t(B) is
     guarded, every dispatch-bound cell noted, and the deciding ones among them returned (they
     then cannot decide the verdict); on the CPU only reported (returns '')."""
-    timing.record_min_doubling(evidence, float(grid.doubling.min()), DOUBLING_WHY, device,
+    bands.record_min_doubling(evidence, float(grid.doubling.min()), DOUBLING_WHY, device,
                                "on the CPU only reported (the verdict's cells stay as they "
                                "were decided)")
     if device != "cuda":

@@ -17,11 +17,12 @@ import statistics
 
 import pytest
 
-from harness import models, scaling, stats, timing
+from harness import bands, models, scaling, stats
 from harness.bands import Measured
 from harness.claim import ACCURACY, CORRELATION, EXACT, RATIO, SHARE, Claim, Tolerance
 from harness.costs import placeholder_data
 from harness.data import DataSpec
+from harness.odds import resample_lists, verdict_odds
 from harness.scaling.study import (
     DISPATCH_BOUND_BELOW,
     LawCheckConfig,
@@ -126,7 +127,7 @@ DOUBLING_WHY = ("smallest t(2B)/t(B) over the bases, both phases: 2 when the dev
 
 def record_batch_doubling(evidence, pop, device: str) -> bool:
     """Record the population's batch-doubling check; True when it was dispatch-bound."""
-    return timing.record_min_doubling(evidence, batch_doubling(pop), DOUBLING_WHY, device,
+    return bands.record_min_doubling(evidence, batch_doubling(pop), DOUBLING_WHY, device,
                                       "on the CPU the time always follows the work, and load "
                                       "moves it")
 
@@ -375,7 +376,7 @@ def test_dWr_matches_dwr_faster(evidence, profile, load_data, use_cache, executo
     table = accuracy_table(_train_cells(cfg, nets, profile, load_data, use_cache, executor, evidence))
     evidence.table("accuracy.csv", table)
     chance = 1 / base.num_classes  # a diverged run counts as chance
-    acc = {st: table[table.strategy == st].test_acc.fillna(chance).tolist()
+    acc = {st: table[table.strategy == st].sort_values("seed").test_acc.fillna(chance).tolist()
            for st in ("base", *cfg.strategies)}
     evidence.baseline(acc["base"], chance, "the unscaled base")
     for st, values in acc.items():
@@ -396,15 +397,20 @@ def test_dWr_matches_dwr_faster(evidence, profile, load_data, use_cache, executo
             evidence.observe(name, ratio, CPU_TIMING)
     bound = _record_timing_doubling(evidence, cfg, nets, profile.device)
 
-    j = dWr_verdict(acc, times, epoch.to_dict(), cfg.accuracy_margin,
-                    judge_speed=profile.device == "cuda")
-    holds, reason = j.holds, j.reason
-    if bound:  # the speed half cannot be judged: only the accuracy half decides
-        holds = None if j.comparable.decided else j.comparable.decided
-        reason += (f"; but the runtime ratios are not judged: the timing of {bound} was "
-                   f"dispatch-bound ({TIMING_DOUBLING_NOTE})")
+    def judge(accuracies):
+        j = dWr_verdict(accuracies, times, epoch.to_dict(), cfg.accuracy_margin,
+                        judge_speed=profile.device == "cuda", chance=chance)
+        if bound:  # the speed half cannot be judged: only the accuracy half decides
+            return j, None if j.comparable.decided else j.comparable.decided
+        return j, j.holds
+
+    j, holds = judge(acc)
+    reason = j.reason + (f"; but the runtime ratios are not judged: the timing of {bound} was "
+                         f"dispatch-bound ({TIMING_DOUBLING_NOTE})" if bound else "")
     flops = ", ".join(f"{st} {budgets[('base0', st)]:.2f}x" for st in cfg.strategies)
-    evidence.decide(holds, f"{reason}; flops over the base (target {cfg.s:g}x): {flops}")
+    # Redraws of the seeds move the accuracies; the timings are one measurement.
+    odds = verdict_odds(lambda idx: judge(resample_lists(acc, idx))[1], len(acc["dwr"]))
+    evidence.decide(holds, f"{reason}; flops over the base (target {cfg.s:g}x): {flops}", odds)
 
 
 TIMING_DOUBLING_WHY = ("smallest t(2B)/t(B) of dWr and dwr, inference at the timing batch and a "
@@ -422,7 +428,7 @@ def _record_timing_doubling(evidence, cfg, nets, device: str) -> str:
                                cfg.timing_batch, cfg.train.batch_size, device,
                                cfg.timing_min_run_time, cfg.train.amp, cfg.train.channels_last)
     evidence.table("batch_doubling.csv", doubling)
-    timing.record_min_doubling(evidence, float(doubling.doubling.min()), TIMING_DOUBLING_WHY,
+    bands.record_min_doubling(evidence, float(doubling.doubling.min()), TIMING_DOUBLING_WHY,
                                device, "on the CPU only reported, as the runtime ratios are")
     if device != "cuda":
         return ""
@@ -456,7 +462,7 @@ def test_order_preserved(evidence, profile, load_data, use_cache, executor):
     evidence.table("accuracy.csv", table)
 
     def acc(model, st):
-        rows = table[(table.model == model) & (table.strategy == st)]
+        rows = table[(table.model == model) & (table.strategy == st)].sort_values("seed")
         return rows.test_acc.fillna(1 / cfg.bases[0].num_classes).tolist()  # diverged: chance
 
     evidence.baseline(acc("base0", "base"), 1 / cfg.bases[0].num_classes, "the first base")
@@ -464,6 +470,9 @@ def test_order_preserved(evidence, profile, load_data, use_cache, executor):
         for st in ("base", "dWr"):
             evidence.metric(f"acc_{model}_{st}", stats.summarize(acc(model, st)).mean, ACC_TOL,
                             key=True, samples=acc(model, st))
-    j = order_verdict({m: acc(m, "base") for m in ("base0", "base1")},
-                      {m: acc(m, "dWr") for m in ("base0", "base1")})
-    evidence.decide(j.holds, j.reason)
+    before = {m: acc(m, "base") for m in ("base0", "base1")}
+    after = {m: acc(m, "dWr") for m in ("base0", "base1")}
+    j = order_verdict(before, after)
+    evidence.decide(j.holds, j.reason, verdict_odds(
+        lambda idx: order_verdict(resample_lists(before, idx), resample_lists(after, idx)).holds,
+        len(before["base0"])))

@@ -15,6 +15,7 @@ from harness.bands import Measured, mean_accuracy
 from harness.claim import DIFFERENCE, SHARE, Claim, Tolerance
 from harness.costs import placeholder_jobs
 from harness.data import DataSpec
+from harness.odds import judge_odds
 from harness.sparse.study import (
     DENSE,
     RIGL,
@@ -163,7 +164,7 @@ def test_reaches_dense(evidence, profile, load_data, executor):
                     paper="≈ dense", samples=list(j.dst))
     evidence.metric("rs_dst", mean(j.dst_rs), _rs_tol(f"SET ΔT={cfg.ref_interval}"),
                     samples=list(j.dst_rs))
-    evidence.decide(j.holds, j.reason)
+    evidence.decide(j.holds, j.reason, judge_odds(judge_reaches_dense, runs, cfg))
 
 
 STATIC_BELOW = Claim(
@@ -187,7 +188,7 @@ def test_static_below_dst(evidence, profile, load_data, executor):
                     samples=list(j.dst))
     evidence.metric("rs_static", mean(values(runs, STATIC, cfg.batch_size, None, "rs")),
                     STATIC_RATE_TOL)
-    evidence.decide(j.holds, j.reason)
+    evidence.decide(j.holds, j.reason, judge_odds(judge_static_below_dst, runs, cfg))
 
 
 STATIC_RATE_TOL = Tolerance(
@@ -214,7 +215,7 @@ def test_accuracy_tracks_rs(evidence, profile, load_data, executor):
         evidence.metric(f"acc_set_dt{dt}", mean(acc), mean_accuracy(f"SET ΔT={dt}"),
                         key=True, samples=list(acc))
         evidence.metric(f"rs_set_dt{dt}", mean(rs), _rs_tol(f"SET ΔT={dt}"), samples=list(rs))
-    evidence.decide(j.holds, j.reason)
+    evidence.decide(j.holds, j.reason, judge_odds(judge_accuracy_tracks_rs, runs, cfg))
 
 
 SET_EXPLORES = Claim(
@@ -238,7 +239,7 @@ def test_set_explores_more(evidence, profile, load_data, executor):
     evidence.metric("acc_rigl", mean(values(runs, RIGL, cfg.batch_size, cfg.ref_interval)),
                     mean_accuracy("RigL"), samples=values(runs, RIGL, cfg.batch_size,
                                                      cfg.ref_interval))
-    evidence.decide(j.holds, j.reason)
+    evidence.decide(j.holds, j.reason, judge_odds(judge_set_explores_more, runs, cfg))
 
 
 SMALL_BATCH = Claim(
@@ -266,5 +267,5 @@ def test_small_batch_more_exploration(evidence, profile, load_data, executor):
     evidence.metric("acc_gap_small_minus_large", mean(gap), Measured(
         what="per-seed accuracy difference, smallest minus largest batch",
         domain=DIFFERENCE, floor=0.01), samples=gap)
-    evidence.decide(j.holds, j.reason)
+    evidence.decide(j.holds, j.reason, judge_odds(judge_small_batch_more_exploration, runs, cfg))
 

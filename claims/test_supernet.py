@@ -17,6 +17,7 @@ from harness.bands import Measured, mean_accuracy
 from harness.claim import DIFFERENCE, SHARE, Claim
 from harness.costs import placeholder_jobs
 from harness.data import DataSpec
+from harness.odds import judge_odds
 from harness.stats import mean
 from harness.supernet.study import (
     CNN,
@@ -182,7 +183,7 @@ def test_transformer_conflicts_more(evidence, profile, load_data, executor):
         samples=gap)
     evidence.metric("acc_cnn_largest", mean(values(runs, CNN, NAIVE)),
                     mean_accuracy("CNN supernet, largest subnet"), samples=values(runs, CNN, NAIVE))
-    evidence.decide(j.holds, j.reason)
+    evidence.decide(j.holds, j.reason, judge_odds(judge_transformer_conflicts_more, runs, cfg))
 
 
 PROJECTION_HELPS = Claim(
@@ -213,7 +214,7 @@ def test_projection_helps(evidence, profile, load_data, executor):
         evidence.metric(f"acc_gap_{arch}", mean(gap), Measured(
             what=f"per-seed accuracy, projected minus naive, {arch} subnet",
             domain=DIFFERENCE, floor=0.01), samples=gap)
-    evidence.decide(j.holds, j.reason)
+    evidence.decide(j.holds, j.reason, judge_odds(judge_projection_helps, runs, cfg))
 
 
 UNDERPERFORMS = Claim(
@@ -241,4 +242,4 @@ def test_naive_supernet_underperforms(evidence, profile, load_data, executor):
         evidence.metric(f"acc_{arch}_alone", mean(j.standalone[arch]),
                         mean_accuracy(f"{arch}, trained alone"), key=True,
                         samples=list(j.standalone[arch]))
-    evidence.decide(j.holds, j.reason)
+    evidence.decide(j.holds, j.reason, judge_odds(judge_naive_underperforms, runs, cfg))

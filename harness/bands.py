@@ -26,6 +26,7 @@ path and each term. A band that covers the metric's whole domain is refused at r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import statistics
@@ -38,6 +39,8 @@ from typing import Any
 from harness import atomic
 from harness.claim import ACCURACY, Tolerance, _fmt
 from harness.environment import CUDA_KERNEL_SETTINGS, KERNEL_SETTINGS
+from harness.odds import VerdictOdds
+from harness.timing import dispatch_bound
 
 K = 3.0
 SCHEMA = 1
@@ -64,9 +67,23 @@ class NoiseTable:
     cpu: str = ""
     path: Path | None = None
     verdicts: dict[str, str] = field(default_factory=dict)  # per kernel path
+    odds: dict[str, VerdictOdds] = field(default_factory=dict)  # per kernel path (harness.odds)
 
     def of(self, name: str) -> dict[str, PathValue]:
         return self.metrics.get(name, {})
+
+    def without(self, setting: str) -> NoiseTable:
+        """The table as if ``setting`` had not been measured (the held-out check)."""
+        return dataclasses.replace(
+            self, metrics={n: {s: v for s, v in per.items() if s != setting}
+                           for n, per in self.metrics.items()},
+            settings={s: v for s, v in self.settings.items() if s != setting},
+            verdicts={s: v for s, v in self.verdicts.items() if s != setting},
+            odds={s: v for s, v in self.odds.items() if s != setting})
+
+    def verdicts_plausible(self) -> set[str]:
+        """Every verdict a measured path gave or made plausible on its seed redraws."""
+        return {*self.verdicts.values(), *(v for o in self.odds.values() for v in o.plausible())}
 
 
 def noise_path(root: Path, profile: str, device_class: str, claim_id: str) -> Path:
@@ -87,7 +104,9 @@ def load_noise(path: Path) -> NoiseTable | None:
         if raw.get("schema") != SCHEMA:
             raise NoiseError(f"noise file {path} has schema {raw.get('schema')!r}, not {SCHEMA}")
         return NoiseTable(raw["claim"], metrics, raw.get("settings", {}), raw.get("cpu", ""), path,
-                          dict(raw.get("verdicts", {})))
+                          {s: v for s, v in raw.get("verdicts", {}).items() if v},
+                          {s: VerdictOdds.from_json(o)
+                           for s, o in raw.get("verdict_odds", {}).items() if o})
     except json.JSONDecodeError as e:
         raise NoiseError(f"corrupt noise file {path}: {e}; re-measure it with nox -s noise") from None
     except (KeyError, TypeError, ValueError, AttributeError) as e:
@@ -122,7 +141,8 @@ class Measured:
             return Tolerance(
                 why=f"{self.what}. NOT MEASURED across kernel paths (no noise file for this "
                     f"profile and device; run nox -s noise): the floor only",
-                abs=self.floor, rel=self.floor_rel, direction=self.direction, domain=self.domain)
+                abs=self.floor, rel=self.floor_rel, direction=self.direction, domain=self.domain,
+                rule=self.spec())
         band = band_from(per, self._pooled_seed_sd(name, noise), self.k, value)
         ref = value if value is not None else per.get(REFERENCE_SETTING,
                                                       next(iter(per.values()))).value
@@ -135,7 +155,23 @@ class Measured:
                    f" → σ of a {band.n}-seed mean {_fmt(band.sd_mean)}" if band.n > 1 else "")
                + f". Rule: max(floor {_fmt(floor)}, {self.k:g}·√2·σ = {_fmt(band.k_term)}, "
                  f"largest deviation {_fmt(band.deviation)}) = {_fmt(half)}")
-        return Tolerance(why=why, abs=half, direction=self.direction, domain=self.domain)
+        return Tolerance(why=why, abs=half, direction=self.direction, domain=self.domain,
+                         rule=self.spec())
+
+    def spec(self) -> dict[str, Any]:
+        """The fields that rebuild this spec (``Measured.from_spec``), for the reference."""
+        d = dataclasses.asdict(self)
+        d["domain"] = None if self.domain is None else [
+            None if math.isinf(x) else x for x in self.domain]
+        return d
+
+    @classmethod
+    def from_spec(cls, raw: dict[str, Any]) -> Measured:
+        domain = raw.get("domain")
+        if domain is not None:
+            domain = (-math.inf if domain[0] is None else domain[0],
+                      math.inf if domain[1] is None else domain[1])
+        return cls(**{**raw, "domain": domain})
 
     def _pooled_seed_sd(self, name: str, noise: NoiseTable | None) -> tuple[float, int]:
         """(pooled within-path seed σ, samples per mean) of ``name`` or of its pool."""
@@ -152,6 +188,18 @@ def mean_accuracy(what: str) -> Measured:
     the one every trained family stores (floor one point)."""
     return Measured(what=f"{what}: mean test accuracy over seeds (diverged = chance)",
                     domain=ACCURACY, floor=0.01)
+
+
+def record_min_doubling(evidence, doubling: float, what: str, device: str, cpu_why: str) -> bool:
+    """Record a timing's smallest t(2B)/t(B) as ``min_batch_doubling``: on CUDA guarded by a
+    band from measured noise (floor 0.2), on the CPU only reported (``what`` + ``cpu_why``).
+    The one rule every timed claim applies; returns whether the timing was dispatch-bound."""
+    if device == "cuda":
+        evidence.metric("min_batch_doubling", doubling, Measured(
+            what=what + " (GPU timing)", domain=(0, math.inf), floor=0.2))
+    else:
+        evidence.observe("min_batch_doubling", doubling, f"{what}; {cpu_why}")
+    return dispatch_bound(doubling)
 
 
 @dataclass(frozen=True)
@@ -199,6 +247,41 @@ def pooled_sd(groups: Sequence[Sequence[float]]) -> float:
     return math.sqrt(ss / df) if df else 0.0
 
 
+# ------------------------------------------------------------------ the held-out check
+
+
+def held_out_problems(metrics: dict[str, Any], verdict_noise: NoiseTable, held_out: str
+                      ) -> list[str]:
+    """What fails when ``held_out``'s run is judged against a reference made without it.
+
+    ``metrics``: a stored reference's metrics (``references.StoredMetric`` by name). Each band
+    with a stored rule (``Measured.spec``) is rebuilt from the other paths, around the native
+    path's value (or the first other path's when native is the one held out); a fixed band is
+    reused around that value. The verdict must be among those the other paths gave or made
+    plausible on their seed redraws (``harness.odds``). This is the rule's test on a machine
+    nobody measured: every committed reference must pass it for every path it was measured on.
+    """
+    rest = verdict_noise.without(held_out)
+    problems = []
+    for name, stored in metrics.items():
+        per, others = verdict_noise.of(name), rest.of(name)
+        if held_out not in per or not others:
+            continue
+        center = others.get(REFERENCE_SETTING, next(iter(others.values()))).value
+        rule = stored.tolerance.rule
+        tol = Measured.from_spec(rule).resolve(name, rest, center) if rule else stored.tolerance
+        msg = tol.violation(name, per[held_out].value, center)
+        if msg:
+            problems.append(f"{held_out}: {msg}")
+    verdict = verdict_noise.verdicts.get(held_out)
+    allowed = rest.verdicts_plausible()
+    if verdict and allowed and verdict not in allowed:
+        odds = "; ".join(f"{s} {o.text()}" for s, o in rest.odds.items()) or "no redraws stored"
+        problems.append(f"{held_out}: verdict {verdict}, but the other paths accept only "
+                        f"{sorted(allowed)} ({odds})")
+    return problems
+
+
 # ------------------------------------------------------------------ collecting a measurement
 
 
@@ -222,9 +305,10 @@ def collect(run_dirs: Sequence[Path], root: Path, profile: str, device_class: st
             t = tables.setdefault(row["claim"], {
                 "schema": SCHEMA, "claim": row["claim"], "profile": profile,
                 "device_class": device_class, "cpu": env.get("cpu", ""), "settings": {},
-                "verdicts": {}, "metrics": {}})
+                "verdicts": {}, "verdict_odds": {}, "metrics": {}})
             t["settings"][setting] = env.get("kernel_path", {})
             t["verdicts"][setting] = row.get("verdict")
+            t["verdict_odds"][setting] = row.get("verdict_odds")
             samples = row.get("samples", {})
             for name, value in row["metrics"].items():
                 entry: dict[str, Any] = {"value": value}

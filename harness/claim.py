@@ -65,6 +65,9 @@ class Tolerance:
     # The values the metric can take, e.g. (0, 1) for an accuracy: a band that covers all of
     # it guards nothing (tests/test_references.py refuses such a stored reference).
     domain: tuple[float, float] | None = None
+    # The band spec a measured band came from (``bands.Measured`` fields), stored with the
+    # reference so the band can be rebuilt from other kernel paths (the held-out check).
+    rule: dict[str, Any] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.direction not in DIRECTIONS:
@@ -163,6 +166,9 @@ class Evidence:
         # ``bands.Measured`` band spec into a Tolerance. Set by the plugin's fixture.
         self.noise: Any = None
         self.observed: dict[str, float | None] = {}
+        # How likely each verdict is on a seed redraw (``harness.odds.VerdictOdds``), when the
+        # check gave its judge to ``decide``; the reference accepts every plausible one.
+        self.odds: Any = None
         # On a dry run: the GPU time the check's runs would take at full size
         # (``harness.costs.Estimate``). ``estimating`` is set by the plugin's fixture.
         self.estimating = False
@@ -235,7 +241,7 @@ class Evidence:
         ``BASELINE_MARGIN`` above chance. Exact, so a loop that stops learning fails the
         reference; and regeneration refuses to store a trained claim's reference at 0."""
         values = [float(a) for a in accuracies]
-        mean = sum(values) / len(values)
+        mean = sum(values) / len(values) if values else math.nan  # no runs: not learned
         learned = mean - chance > BASELINE_MARGIN
         self.metric("baseline_learned", int(learned), Tolerance(
             why=f"1 when the baseline ({what}) ends more than {BASELINE_MARGIN:g} above chance "
@@ -270,18 +276,25 @@ class Evidence:
                    + (f"; first: {violations[0]}" if violations else ""))
         return not violations and caught == len(bad_caught), summary
 
-    def decide(self, holds: bool | None, reason: str) -> Verdict:
+    def decide(self, holds: bool | None, reason: str, odds: Any = None) -> Verdict:
         """Set the verdict from what was measured; outside the claim's scope it is OUT_OF_SCOPE.
 
-        ``holds=None``: the measurement cannot decide (a precondition failed): INCONCLUSIVE."""
+        ``holds=None``: the measurement cannot decide (a precondition failed): INCONCLUSIVE.
+        ``odds`` (``harness.odds.VerdictOdds``): how often a redraw of the seeds reaches each
+        verdict; every trained check passes it, so the reference can accept each verdict a
+        user's machine may plausibly give (``harness.odds``)."""
         if self.claim.scope == "gpu" and self.device != "cuda":
             self.verdict = Verdict.OUT_OF_SCOPE
             claim_would = {True: "holds", False: "fails", None: "is undecided"}[holds]
             self.reason = f"GPU-scoped, measured on {self.device} (here it {claim_would}: {reason})"
+            odds = None  # out of scope whatever the seeds say
         else:
             self.verdict = {True: Verdict.REPRODUCED, False: Verdict.NOT_REPRODUCED,
                             None: Verdict.INCONCLUSIVE}[holds]
             self.reason = reason
+        self.odds = odds
+        if odds is not None and len(odds.shares) > 1:
+            self.note(f"verdict on {odds.resamples} paired redraws of the seeds: {odds.text()}")
         paths = getattr(self.noise, "verdicts", None) or {}
         if len(set(paths.values())) > 1:
             self.note("measured under other CPU kernel paths the verdict was "

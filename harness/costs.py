@@ -481,10 +481,13 @@ def estimate_record(estimates: dict[str, Estimate]) -> dict[str, Any]:
     }
 
 
+ESTIMATE_NAME = "estimate.json"
+
+
 def estimate_path(root: Path | None = None, profile: str = "full") -> Path:
     """Beside the profile's references (``references.DEFAULT_ROOT`` unless ``root``)."""
     default = Path(__file__).resolve().parent.parent / "reference_results"
-    return Path(root or default) / profile / "estimate.json"
+    return Path(root or default) / profile / ESTIMATE_NAME
 
 
 def load_estimate(root: Path | None = None, profile: str = "full") -> dict[str, Any] | None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from harness import atomic
 from harness.claim import Evidence, Tolerance, _fmt
+from harness.costs import ESTIMATE_NAME  # a profile's priced plan, beside its references
 
 SCHEMA_VERSION = 1
 DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "reference_results"
@@ -42,9 +43,11 @@ class Reference:
 
     @property
     def verdicts_allowed(self) -> list[str]:
-        """The stored verdict, plus those measured under other kernel paths (a design at its
-        decision boundary may land on either side on a user's CPU)."""
-        return sorted({self.verdict, *self.raw.get("verdicts_seen", [])})
+        """The stored verdict, those measured under other kernel paths, and those a redraw of
+        the seeds reaches plausibly (``harness.odds``): a design near its decision boundary may
+        land on either side on a user's CPU."""
+        return sorted({self.verdict, *self.raw.get("verdicts_seen", []),
+                       *self.raw.get("verdicts_plausible", [])})
 
 
 @dataclass(frozen=True)
@@ -68,10 +71,10 @@ BENCHMARKS_DIR = "benchmarks"  # speed baselines (harness.benchgate) live beside
 
 
 def reference_files(root: Path = DEFAULT_ROOT) -> list[Path]:
-    """Every stored reference under ``root`` (not the measured noise beside them, nor the
-    speed baselines under ``benchmarks/``)."""
+    """Every stored reference under ``root`` (not the measured noise beside them, the speed
+    baselines under ``benchmarks/``, nor a profile's ``estimate.json``)."""
     return sorted(p for p in Path(root).rglob("*.json") if "noise" not in p.parent.parts
-                  and p.relative_to(root).parts[0] != BENCHMARKS_DIR)
+                  and p.relative_to(root).parts[0] != BENCHMARKS_DIR and p.name != ESTIMATE_NAME)
 
 
 def regen_command(profile: str, device: str, claim_id: str) -> str:
@@ -136,6 +139,10 @@ def unstorable(evidence: Evidence) -> list[str]:
     if {"REPRODUCED", "NOT_REPRODUCED"} <= seen:
         problems.append(f"verdict: across kernel paths it was {sorted(seen)}: both ways, so the "
                         "design cannot decide the claim on another CPU (more or paired seeds)")
+    elif {"REPRODUCED", "NOT_REPRODUCED"} <= (plausible := set(verdicts_plausible(evidence))):
+        problems.append(f"verdict: on redraws of the seeds it is {_odds_text(evidence)}: both "
+                        f"{sorted(plausible)} are plausible, so the design cannot decide the "
+                        "claim on another CPU (more or paired seeds, or a larger effect)")
     claim = evidence.claim
     if claim.trained and not claim.chance_expected:
         learned = evidence.measurements.get("baseline_learned")
@@ -154,6 +161,21 @@ def verdicts_seen(evidence: Evidence) -> list[str]:
     noise = getattr(evidence.noise, "verdicts", None) or {}
     mine = evidence.verdict.value if evidence.verdict else None
     return sorted({v for v in (mine, *noise.values()) if v})
+
+
+def verdicts_plausible(evidence: Evidence) -> list[str]:
+    """Every verdict reached on at least ``odds.PLAUSIBLE`` of the seed redraws, in this run or
+    under a measured kernel path, plus those seen (``verdicts_seen``)."""
+    mine = evidence.odds.plausible() if evidence.odds is not None else []
+    noise = evidence.noise.verdicts_plausible() if evidence.noise is not None else set()
+    return sorted({*verdicts_seen(evidence), *mine, *noise})
+
+
+def _odds_text(evidence: Evidence) -> str:
+    parts = [f"here {evidence.odds.text()}"] if evidence.odds is not None else []
+    odds = getattr(evidence.noise, "odds", None) or {}
+    parts += [f"{s} {o.text()}" for s, o in odds.items()]
+    return "; ".join(parts) or "(no redraws)"
 
 
 def _band_text(tol: Tolerance, value: float | None) -> str:
@@ -196,6 +218,9 @@ def reference_record(evidence: Evidence, profile: str, env: dict[str, Any]) -> d
         "profile": profile,
         "verdict": evidence.verdict.value if evidence.verdict else None,
         **({"verdicts_seen": seen} if len(seen := verdicts_seen(evidence)) > 1 else {}),
+        **({"verdicts_plausible": plausible}
+           if len(plausible := verdicts_plausible(evidence)) > 1 else {}),
+        **({"verdict_odds": evidence.odds.to_json()} if evidence.odds is not None else {}),
         "reason": evidence.reason,
         "metrics": {
             m.name: {
@@ -209,6 +234,7 @@ def reference_record(evidence: Evidence, profile: str, env: dict[str, Any]) -> d
                 "unit": m.unit,
                 "paper": m.paper,
                 **({"samples": list(m.samples)} if m.samples else {}),
+                **({"rule": m.tolerance.rule} if m.tolerance.rule else {}),
             }
             for m in evidence.measurements.values()
         },
@@ -237,6 +263,12 @@ def _describe_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     lines = []
     if old.get("verdict") != new.get("verdict"):
         lines.append(f"verdict: {old.get('verdict', '(none)')} -> {new.get('verdict')}")
+
+    def allowed(doc: dict[str, Any]) -> list[str]:
+        return sorted({v for v in (doc.get("verdict"), *doc.get("verdicts_seen", []),
+                                   *doc.get("verdicts_plausible", [])) if v})
+    if allowed(old) != allowed(new):
+        lines.append(f"verdicts accepted: {allowed(old) or '(none)'} -> {allowed(new)}")
     old_m, new_m = old.get("metrics", {}), new.get("metrics", {})
     for name in list(new_m) + [n for n in old_m if n not in new_m]:
         before = old_m.get(name, {}).get("value", "(absent)") if name in old_m else "(absent)"

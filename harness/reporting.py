@@ -37,6 +37,7 @@ class ClaimRow:
     samples: dict[str, list[float | None]] = field(default_factory=dict)  # per-seed values
     observed: dict[str, float | None] = field(default_factory=dict)  # reported, not guarded
     metric_papers: dict[str, str] = field(default_factory=dict)  # the paper's figure per metric
+    verdict_odds: dict[str, Any] | None = None  # harness.odds.VerdictOdds.to_json()
 
 
 def row_from(evidence: Evidence, comparison: Comparison, seconds: float) -> ClaimRow:
@@ -60,6 +61,7 @@ def row_from(evidence: Evidence, comparison: Comparison, seconds: float) -> Clai
         samples={k: list(m.samples) for k, m in evidence.measurements.items() if m.samples},
         observed=dict(evidence.observed),
         metric_papers={k: m.paper for k, m in evidence.measurements.items() if m.paper},
+        verdict_odds=None if evidence.odds is None else evidence.odds.to_json(),
     )
 
 

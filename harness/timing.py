@@ -23,11 +23,19 @@ NOISY_IQR_RATIO = 0.15  # IQR/median above this marks a measurement as noisy
 
 @dataclass(frozen=True)
 class Timing:
-    """Seconds per call: median and interquartile range over repeated blocks."""
+    """Seconds per call: median and interquartile range over repeated blocks, and the fastest
+    block (``best``): load on a shared CPU only ever adds time, so the fastest block is the
+    estimate that other work on the machine moves least; comparisons read it."""
 
     median: float
     iqr: float
     runs: int
+    best: float
+
+    @classmethod
+    def exact(cls, seconds: float) -> Timing:
+        """A timing without spread (every block took ``seconds``): for fakes in tests."""
+        return cls(seconds, 0.0, 1, seconds)
 
     @property
     def noisy(self) -> bool:
@@ -63,7 +71,8 @@ def _measure(fn, setup: TimingSetup, label: str) -> Timing:
             label=label,
         )
         m = timer.blocked_autorange(min_run_time=setup.min_run_time)
-    return warn_if_noisy(Timing(median=m.median, iqr=m.iqr, runs=len(m.times)), label)
+    return warn_if_noisy(Timing(median=m.median, iqr=m.iqr, runs=len(m.times), best=min(m.times)),
+                         label)
 
 
 def warn_if_noisy(t: Timing, label: str) -> Timing:
@@ -158,11 +167,14 @@ def _accumulated_step(forward_fn: Callable[[torch.Tensor], torch.Tensor],
 
 @dataclass(frozen=True)
 class RatioSummary:
-    """time(b) / time(a) over interleaved rounds: median, min and max."""
+    """time(b) / time(a) over interleaved rounds: median, min and max of the rounds' ratios,
+    and ``best``: b's fastest block over a's fastest, across every round (what a comparison
+    reads: the least moved by load that hit one side of a round more than the other)."""
 
     median: float
     low: float
     high: float
+    best: float
 
 
 def interleaved_ratio(a: Callable[[], None], b: Callable[[], None], rounds: int,
@@ -171,13 +183,13 @@ def interleaved_ratio(a: Callable[[], None], b: Callable[[], None], rounds: int,
     ``torch.utils.benchmark``; the ratio b/a per round, summarised. The caller fixes threads."""
     from torch.utils import benchmark
 
-    ratios = []
+    pairs = []
     for _ in range(rounds):
         t_a = benchmark.Timer("f()", globals={"f": a}).blocked_autorange(min_run_time=min_run_time)
         t_b = benchmark.Timer("f()", globals={"f": b}).blocked_autorange(min_run_time=min_run_time)
-        ratios.append(t_b.median / t_a.median)
-    ratios.sort()
-    return RatioSummary(ratios[len(ratios) // 2], ratios[0], ratios[-1])
+        pairs.append((Timing(t_a.median, t_a.iqr, len(t_a.times), min(t_a.times)),
+                      Timing(t_b.median, t_b.iqr, len(t_b.times), min(t_b.times))))
+    return _summary(pairs)
 
 
 def inference_ratio(a: nn.Module, b: nn.Module, batch_size: int, resolution: int,
@@ -185,10 +197,18 @@ def inference_ratio(a: nn.Module, b: nn.Module, batch_size: int, resolution: int
                     in_channels: int = 3) -> RatioSummary:
     """Inference time of ``b`` over ``a``'s, each timed by ``time_inference`` (threads, warm-up,
     precision, inputs), in ``rounds`` interleaved pairs so that load hits both alike."""
-    ratios = sorted(time_inference(b, batch_size, resolution, setup, in_channels).median
-                    / time_inference(a, batch_size, resolution, setup, in_channels).median
-                    for _ in range(rounds))
-    return RatioSummary(ratios[len(ratios) // 2], ratios[0], ratios[-1])
+    pairs = []
+    for _ in range(rounds):
+        t_b = time_inference(b, batch_size, resolution, setup, in_channels)
+        pairs.append((time_inference(a, batch_size, resolution, setup, in_channels), t_b))
+    return _summary(pairs)
+
+
+def _summary(pairs: list[tuple[Timing, Timing]]) -> RatioSummary:
+    """The rounds' (a, b) timings as b over a: per-round medians, and fastest over fastest."""
+    ratios = sorted(tb.median / ta.median for ta, tb in pairs)
+    best = min(tb.best for _, tb in pairs) / min(ta.best for ta, _ in pairs)
+    return RatioSummary(ratios[len(ratios) // 2], ratios[0], ratios[-1], best)
 
 
 def synchronised(fn: Callable[[], None], device: str) -> Callable[[], None]:
@@ -214,7 +234,7 @@ def batch_doubling_ratio(time_at: Callable[[int], Timing], batch_size: int) -> f
     """t(2B) / t(B): 2 when the device, not the host, bounds the time (twice the work takes
     twice as long); towards 1 when launching kernels does (a dispatch-bound timing says
     little about the network). ``time_at(b)`` times one call at batch ``b``."""
-    return time_at(2 * batch_size).median / time_at(batch_size).median
+    return time_at(2 * batch_size).best / time_at(batch_size).best
 
 
 # t(2B)/t(B) under this: the host (Python, the dispatcher, kernel launches), not the device,
@@ -230,22 +250,6 @@ def dispatch_bound(doubling: float, below: float = DISPATCH_BOUND_BELOW) -> bool
     not decide a runtime comparison (the verdict is INCONCLUSIVE on it); on the CPU, whose
     references predate the rule, the ratio is only reported."""
     return bool(doubling < below)
-
-
-def record_min_doubling(evidence, doubling: float, what: str, device: str, cpu_why: str) -> bool:
-    """Record a timing's smallest t(2B)/t(B) as ``min_batch_doubling``: on CUDA guarded by a
-    band from measured noise (floor 0.2), on the CPU only reported (``what`` + ``cpu_why``).
-    The one rule every timed claim applies; returns whether the timing was dispatch-bound."""
-    import math
-
-    from harness.bands import Measured
-
-    if device == "cuda":
-        evidence.metric("min_batch_doubling", doubling, Measured(
-            what=what + " (GPU timing)", domain=(0, math.inf), floor=0.2))
-    else:
-        evidence.observe("min_batch_doubling", doubling, f"{what}; {cpu_why}")
-    return dispatch_bound(doubling)
 
 
 def _on_device(model: nn.Module, batch_size: int, resolution: int, setup: TimingSetup,

@@ -125,3 +125,49 @@ def test_mean_accuracy_is_the_shared_accuracy_band_spec():
     m = mean_accuracy("dense")
     assert m.domain == ACCURACY and m.floor == 0.01 and m.pool is None
     assert m.what.startswith("dense: mean test accuracy over seeds")
+
+
+@given(st.lists(st.floats(-1, 1), min_size=1, max_size=4), st.floats(-1, 1),
+       st.floats(0, 0.1))
+def test_every_measured_path_lies_inside_the_band_on_either_side(values, stored, floor):
+    """Whatever the paths' spread, each path's value is inside the band around the value being
+    stored: paths below it as well as above (a one-sided deviation would miss half)."""
+    names = ["native", "aten-default", "avx2", "other"]
+    per = {names[i]: PathValue(v) for i, v in enumerate(values)}
+    tol = Measured("m", (-2, 2), floor=floor).resolve("m", table(m=per), value=stored)
+    assert tol.abs >= floor
+    for v in values:
+        assert tol.violation("m", v, stored) is None
+
+
+@pytest.mark.parametrize("stored", [0.3, 0.7])
+def test_identical_paths_away_from_the_stored_value_set_the_band(stored):
+    per = {"native": PathValue(0.5), "aten-default": PathValue(0.5), "avx2": PathValue(0.5)}
+    tol = Measured("m", (-1, 1)).resolve("m", table(m=per), value=stored)
+    assert tol.abs == pytest.approx(0.2)
+
+
+def test_held_out_check_rebuilds_bands_and_verdicts_without_the_path():
+    from harness.claim import Tolerance
+    from harness.odds import VerdictOdds
+    from harness.references import StoredMetric
+
+    spec = Measured("acc", ACCURACY, floor=0.01)
+    per = {"native": PathValue(0.50, (0.49, 0.51)), "aten-default": PathValue(0.51, (0.50, 0.52)),
+           "avx2": PathValue(0.80, (0.79, 0.81))}
+    noise = NoiseTable("t.x", {"acc": per}, {}, verdicts={
+        "native": "REPRODUCED", "aten-default": "REPRODUCED", "avx2": "INCONCLUSIVE"})
+    stored = {"acc": StoredMetric(0.5, spec.resolve("acc", noise, 0.5))}
+    # Stored with every path, the band covers avx2; rebuilt without it, it does not.
+    assert stored["acc"].tolerance.violation("acc", 0.80, 0.5) is None
+    problems = bands.held_out_problems(stored, noise, "avx2")
+    assert any("acc: measured 0.8 outside" in p for p in problems)
+    assert any("verdict INCONCLUSIVE" in p for p in problems)
+    assert not bands.held_out_problems(stored, noise, "native")  # aten and avx2 span it
+    # A redraw that reaches INCONCLUSIVE often enough makes it acceptable.
+    odds = {"native": VerdictOdds({"REPRODUCED": 0.9, "INCONCLUSIVE": 0.1}, 200)}
+    noisy = NoiseTable("t.x", {}, {}, verdicts=noise.verdicts, odds=odds)
+    assert not bands.held_out_problems({}, noisy, "avx2")
+    # A fixed band (no stored rule) is reused around the other paths' value.
+    fixed = {"acc": StoredMetric(0.5, Tolerance(why="fixed", abs=0.4, domain=ACCURACY))}
+    assert not [p for p in bands.held_out_problems(fixed, noise, "avx2") if "acc:" in p]

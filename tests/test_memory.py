@@ -255,7 +255,7 @@ def _no_bn() -> nn.Module:
 def _one_step_grads(model: nn.Module, k: int, monkeypatch) -> list[torch.Tensor]:
     """The gradients ``time_train_step`` leaves after exactly one step (the timer replaced by
     one call), from the same weights and the same batch."""
-    monkeypatch.setattr(timing, "_measure", lambda fn, setup, label: (fn(), timing.Timing(1, 0, 1))[1])
+    monkeypatch.setattr(timing, "_measure", lambda fn, setup, label: (fn(), timing.Timing.exact(1))[1])
     torch.manual_seed(1)  # the same random batch and labels
     timing.time_train_step(model, 8, 12, 10, timing.TimingSetup(min_run_time=0.0), microbatches=k)
     return [p.grad.clone() for p in model.parameters()]

@@ -228,3 +228,29 @@ def test_verdicts_measured_across_kernel_paths_are_allowed_and_both_ways_is_refu
     assert any(p.startswith("verdict: across kernel paths") for p in refs.unstorable(both))
     steady = evidence({"native": "REPRODUCED", "avx2": "REPRODUCED"}, True)
     assert "verdicts_seen" not in refs.reference_record(steady, "smoke", {})
+
+
+def _noise_of(path: Path):
+    from harness.bands import load_noise
+
+    return load_noise(path.parent / "noise" / path.name)
+
+
+MEASURED = [p for p in COMMITTED if _noise_of(p) is not None]
+
+
+@pytest.mark.parametrize("path", MEASURED, ids=lambda p: f"{p.parent.parent.name}/{p.stem}")
+def test_each_kernel_path_held_out_passes_the_bands_and_verdicts_of_the_others(path):
+    """The band and verdict rules generalise: rebuilt without one measured kernel path, they
+    accept that path's run (a stand-in for a user's CPU that nobody measured)."""
+    from harness.bands import held_out_problems
+
+    ref, noise = refs.load_reference(path), _noise_of(path)
+    assert len(noise.verdicts) >= 3, f"{path}: measured under {sorted(noise.verdicts)} only"
+    problems = [p for s in noise.verdicts for p in held_out_problems(ref.metrics, noise, s)]
+    assert not problems, "\n".join(problems)
+
+
+def test_every_trained_reference_has_measured_noise():
+    trained = {p for p in COMMITTED if refs.load_reference(p).raw.get("trained")}
+    assert trained and trained <= set(MEASURED), sorted(p.stem for p in trained - set(MEASURED))

@@ -41,13 +41,13 @@ def test_thread_count_is_fixed_and_restored():
 
 
 def test_noisy_measurement_warns():
-    assert timing.Timing(median=1.0, iqr=0.5, runs=5).noisy
-    assert not timing.Timing(median=1.0, iqr=0.01, runs=5).noisy
+    assert timing.Timing(median=1.0, iqr=0.5, runs=5, best=0.9).noisy
+    assert not timing.Timing(median=1.0, iqr=0.01, runs=5, best=0.9).noisy
     with pytest.warns(UserWarning, match="noisy timing for x: IQR/median = 0.50"):
-        timing.warn_if_noisy(timing.Timing(median=1.0, iqr=0.5, runs=5), "x")
+        timing.warn_if_noisy(timing.Timing(median=1.0, iqr=0.5, runs=5, best=0.9), "x")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        timing.warn_if_noisy(timing.Timing(median=1.0, iqr=0.01, runs=5), "x")
+        timing.warn_if_noisy(timing.Timing(median=1.0, iqr=0.01, runs=5, best=0.9), "x")
 
 
 def test_unknown_device_fails_cleanly():
@@ -70,10 +70,10 @@ def test_inference_in_a_low_precision_casts_a_copy_once():
 
 def test_batch_doubling_ratio_tells_work_bound_from_dispatch_bound():
     def work_bound(b: int) -> timing.Timing:
-        return timing.Timing(median=0.001 * b, iqr=0.0, runs=3)
+        return timing.Timing.exact(0.001 * b)
 
     def dispatch_bound(b: int) -> timing.Timing:
-        return timing.Timing(median=0.05 + 1e-6 * b, iqr=0.0, runs=3)
+        return timing.Timing.exact(0.05 + 1e-6 * b)
 
     assert timing.batch_doubling_ratio(work_bound, 64) == pytest.approx(2.0)
     assert timing.batch_doubling_ratio(dispatch_bound, 64) == pytest.approx(1.0, abs=0.01)
@@ -138,3 +138,17 @@ def test_compiling_checks_the_machine_first(monkeypatch):
         timing.time_train_step(tiny(), 2, 8, 10, setup)
     # not asked to compile: not checked
     assert timing.time_inference(tiny(), 2, 8, timing.TimingSetup(min_run_time=0.01)).median > 0
+
+
+def test_a_ratio_reads_the_fastest_blocks_so_load_on_one_side_does_not_move_it(monkeypatch):
+    """Load that slows b in one round and a in another swings the rounds' ratios (6 and 0.67
+    around a true 2) but not b's fastest block over a's."""
+    import torch.nn as nn
+
+    calls = iter([timing.Timing(2.0, 0, 3, 2.0), timing.Timing(1.0, 0, 3, 1.0),  # b, a
+                  timing.Timing(6.0, 0, 3, 5.0), timing.Timing(1.0, 0, 3, 1.0),  # b loaded
+                  timing.Timing(2.0, 0, 3, 2.0), timing.Timing(3.0, 0, 3, 2.5)])  # a loaded
+    monkeypatch.setattr(timing, "time_inference", lambda *args, **kwargs: next(calls))
+    r = timing.inference_ratio(nn.Identity(), nn.Identity(), 4, 8, rounds=3)
+    assert r.best == pytest.approx(2.0)
+    assert (r.low, r.median, r.high) == pytest.approx((2 / 3, 2.0, 6.0))

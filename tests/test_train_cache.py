@@ -353,3 +353,34 @@ def test_a_cell_whose_worker_dies_fails_with_its_config_and_the_others_keep_thei
     assert "exit status 7" in failure.error and "dying cell" in str(failed.value)
     (kept,) = tr.run_jobs([good], directory=tmp_path)
     assert kept.from_cache
+
+
+HOOK_MODULE = """
+def hook(ctx):
+    return {n}  # the body a user edits
+"""
+
+
+@pytest.mark.parametrize("where", ["before_step", "after_step", "step_fn"])
+def test_editing_a_hooks_module_retrains_at_every_hook_point(tmp_path, monkeypatch, where):
+    """A hook that runs before the optimizer step, after it (the sparse masks) or instead of the
+    step is code the record depends on: editing its module changes the key, and run_jobs trains
+    again instead of reading the stale record."""
+    import importlib
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    source = tmp_path / f"user_hook_{where}.py"
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(16, 3, 2, 2, generator=g), torch.randint(0, 3, (16,), generator=g)
+    cfg = tr.TrainConfig(epochs=1, batch_size=8, warmup_epochs=0)
+
+    def job_and_key(n: int):
+        source.write_text(HOOK_MODULE.format(n=n))  # a new size: the fingerprint memo sees it
+        module = importlib.reload(importlib.import_module(source.stem)) if n else \
+            importlib.import_module(source.stem)
+        hook = {"step_fn": module.hook} if where == "step_fn" else {where: (module.hook,)}
+        job = tr.TrainJob({"hook": where}, _linear, (x, y), (x, y), cfg, **hook)
+        return job, tr.cache_key(job.key, job.code())
+
+    (_, key0), (_, key1) = job_and_key(0), job_and_key(11)
+    assert key0 != key1, f"editing the {where} hook's module kept the cache key"

@@ -492,29 +492,48 @@ def plot_grid(runs: pd.DataFrame, chance: float):
 
     fig, ax = plt.subplots(figsize=(6, 4))
     best = best_lambdas(runs)
-    batches = sorted(best)
+    # Every batch that has runs, not only those with NF+AGC runs: a batch without AGC runs
+    # still shows its NF and BN points (and says that AGC has none there).
+    batches = sorted(int(b) for b in runs.batch_size.unique())
+    not_drawn: list[str] = []
 
-    def line(values: list[list[float]], **kw) -> None:
-        """Mean and seed range per batch, at the batches that have runs."""
-        at = [(b, v) for b, v in zip(batches, values, strict=True) if v]
+    def line(values: list[list[float]], label: str, **kw) -> None:
+        """Mean and seed range per batch, at the batches that have runs with finite
+        accuracies; the others are named in a note under the plot."""
+        at = []
+        for b, v in zip(batches, values, strict=True):
+            if not v:
+                not_drawn.append(f"{label} at B={b}: no runs")
+            elif not all(math.isfinite(x) for x in v):
+                not_drawn.append(f"{label} at B={b}: NaN accuracy")
+            else:
+                at.append((b, v))
+        if not at:
+            return
         means = [mean(v) for _, v in at]
         # clipped at zero: three seeds at exactly chance give a mean a rounding step above
         # their minimum, and matplotlib refuses a negative error bar
         lo = [max(0.0, m - min(v)) for m, (_, v) in zip(means, at, strict=True)]
         hi = [max(0.0, max(v) - m) for m, (_, v) in zip(means, at, strict=True)]
-        ax.errorbar([b for b, _ in at], means, yerr=[lo, hi], capsize=3, marker="o", **kw)
+        ax.errorbar([b for b, _ in at], means, yerr=[lo, hi], capsize=3, marker="o",
+                    label=label, **kw)
 
     for lam in sorted(runs[runs.method == AGC].lam.dropna().unique()):
         ax.plot(batches, [mean(accuracies(runs, AGC, b, lam)) for b in batches],
                 lw=0.8, alpha=0.35, ls="--", label=f"NF+AGC λ={lam:g}")
-    line([accuracies(runs, NF, b) for b in batches], label="NF, no AGC", color="tab:red")
-    line([accuracies(runs, AGC, b, best[b]) for b in batches], label="NF+AGC, best λ",
-         color="tab:green")
-    line([accuracies(runs, BN, b) for b in batches], label="BN", color="tab:blue")
+    line([accuracies(runs, NF, b) for b in batches], "NF, no AGC", color="tab:red")
+    line([accuracies(runs, AGC, b, best[b]) if b in best else [] for b in batches],
+         "NF+AGC, best λ", color="tab:green")
+    line([accuracies(runs, BN, b) for b in batches], "BN", color="tab:blue")
     ax.axhline(chance, color="grey", lw=0.8, ls=":", label="chance (= diverged)")
     for b in batches:
-        ax.annotate(f"λ*={best[b]:g}", (b, mean(accuracies(runs, AGC, b, best[b]))),
-                    textcoords="offset points", xytext=(4, 6), fontsize=7, color="tab:green")
+        at_best = mean(accuracies(runs, AGC, b, best[b])) if b in best else math.nan
+        if math.isfinite(at_best):
+            ax.annotate(f"λ*={best[b]:g}", (b, at_best), textcoords="offset points",
+                        xytext=(4, 6), fontsize=7, color="tab:green")
+    if not_drawn:
+        ax.text(0.01, 0.01, "not drawn: " + "; ".join(not_drawn), transform=ax.transAxes,
+                fontsize=6, va="bottom", wrap=True)
     ax.set_xscale("log", base=2)
     ax.set_xticks(batches, [str(b) for b in batches])
     ax.minorticks_off()

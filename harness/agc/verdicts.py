@@ -55,6 +55,16 @@ def accuracies(runs: pd.DataFrame, method: str, batch_size: int, lam: float | No
     return sel.sort_values("seed").acc.tolist()
 
 
+def best_lambda_at(runs: pd.DataFrame, batch_size: int) -> float:
+    """The best lambda (``best_lambdas``) at one batch size; a ValueError naming the empty cell
+    when no NF+AGC run (classifier unclipped) exists there: nothing to judge at that batch."""
+    best = best_lambdas(runs)
+    if batch_size not in best:
+        raise ValueError(f"no {AGC} runs (classifier unclipped) at B={batch_size}: the grid's "
+                         f"cell is empty, so there is no best λ to judge")
+    return best[batch_size]
+
+
 def diverged_count(runs: pd.DataFrame, method: str, batch_size: int,
                    lam: float | None = None) -> int:
     sel = runs[(runs.method == method) & (runs.batch_size == batch_size) & ~runs.clip_head]
@@ -156,7 +166,7 @@ def judge_stabilizes_large_batch(runs: pd.DataFrame, cfg: Margins) -> StabilityJ
         chance (at chance, "within a margin of BN" would hold for anything that diverges).
     """
     b = int(runs.batch_size.max())
-    lam = best_lambdas(runs)[b]
+    lam = best_lambda_at(runs, b)
     nf, agc, bn = accuracies(runs, NF, b), accuracies(runs, AGC, b, lam), accuracies(runs, BN, b)
     nf_div, agc_div = diverged_count(runs, NF, b), diverged_count(runs, AGC, b, lam)
     below = stats.beats(bn, nf)
@@ -178,6 +188,9 @@ def judge_stabilizes_large_batch(runs: pd.DataFrame, cfg: Margins) -> StabilityJ
 def seed_benefits(runs: pd.DataFrame, batch_size: int, lam: float) -> list[float]:
     """Per seed: acc(NF+AGC at lam) − acc(NF); same seed = same init and batch order."""
     agc, nf = accuracies(runs, AGC, batch_size, lam), accuracies(runs, NF, batch_size)
+    if not agc or len(agc) != len(nf):
+        raise ValueError(f"per-seed benefit at B={batch_size} needs the same seeds of {AGC} "
+                         f"(λ={lam:g}) and {NF}: got {len(agc)} and {len(nf)} runs")
     return [a - n for a, n in zip(agc, nf, strict=True)]
 
 
@@ -246,7 +259,7 @@ def judge_skip_final_layer(runs: pd.DataFrame) -> SkipFinalJudgement:
     clips it too (one-sided 95% Welch over the same seeds); refuted when clipping is
     established as better."""
     b = int(runs.batch_size.max())
-    lam = best_lambdas(runs)[b]
+    lam = best_lambda_at(runs, b)
     skip = accuracies(runs, AGC, b, lam)
     clip = accuracies(runs, AGC, b, lam, clip_head=True)
     test = stats.beats(skip, clip)

@@ -19,5 +19,6 @@ from harness.decompose.tucker import (  # noqa: F401
     tucker2,
     tucker2_factors,
     tucker2_ranks,
+    vbmf_fit,
     vbmf_rank,
 )

@@ -38,8 +38,11 @@ def saved_sizes(model: nn.Module) -> tuple[int, int]:
 
 
 def prune_all(model: nn.Module, sparsity: float) -> nn.Module:
-    """A copy with ``sparsity`` of every conv and linear weight zeroed, by global L1 magnitude
-    per layer (``torch.nn.utils.prune.l1_unstructured``, made permanent)."""
+    """A copy with ``sparsity`` of each conv and linear weight zeroed, layer by layer: in every
+    such layer separately, the ``sparsity`` fraction of its weight entries smallest in
+    magnitude (``torch.nn.utils.prune.l1_unstructured`` per module, made permanent; not a
+    global threshold across layers, so every layer ends at the same sparsity). Biases and
+    other parameters are kept."""
     from torch.nn.utils import prune
 
     pruned = copy.deepcopy(model)
@@ -54,14 +57,15 @@ def prune_all(model: nn.Module, sparsity: float) -> nn.Module:
 def pruning_costs(model: nn.Module, sparsities: tuple[float, ...], batch: int, resolution: int,
                   setup: timing.TimingSetup, rounds: int = 3) -> pd.DataFrame:
     """One row per sparsity: inference time, saved and gzip sizes, each over the dense model's
-    (the time ratio is the median of ``rounds`` interleaved dense/pruned pairs)."""
+    (the time ratio: fastest block over fastest block across ``rounds`` interleaved
+    dense/pruned pairs, ``timing.RatioSummary.best``; low/high: the rounds' median ratios)."""
     dense_raw, dense_gz = saved_sizes(model)
     rows = []
     for sparsity in sparsities:
         pruned = prune_all(model, sparsity)
         raw, gz = saved_sizes(pruned)
         ratio = timing.inference_ratio(model, pruned, batch, resolution, setup, rounds)
-        rows.append(dict(sparsity=sparsity, time_ratio=ratio.median, time_low=ratio.low,
+        rows.append(dict(sparsity=sparsity, time_ratio=ratio.best, time_low=ratio.low,
                          time_high=ratio.high,
                          saved_ratio=raw / dense_raw, gzip_ratio=gz / dense_gz,
                          saved_bytes=raw, gzip_bytes=gz))
@@ -95,7 +99,7 @@ def depthwise_grid(channels: tuple[int, ...], sizes: tuple[int, ...], batch: int
             ratio = timing.inference_ratio(standard, separable, batch, size, setup, rounds,
                                            in_channels=c)
             rows.append(dict(channels=c, size=size, flops_ratio=f_sep / f_std,
-                             time_ratio=ratio.median))
+                             time_ratio=ratio.best))
     return pd.DataFrame(rows)
 
 
@@ -134,12 +138,12 @@ def precision_speedup(model: nn.Module, batch: int, resolution: int, dtype: torc
                       setup: timing.TimingSetup) -> float:
     """fp32 inference time over inference time in ``dtype`` (a copy cast once): > 1 is a
     speed-up. Both in ``setup``'s layout; the fp32 side in fp32 whatever precision ``setup``
-    carries."""
+    carries. Each side's fastest block (``timing.Timing.best``)."""
     fp32 = timing.time_inference(model, batch, resolution,
-                                 dataclasses.replace(setup, amp_dtype=None)).median
+                                 dataclasses.replace(setup, amp_dtype=None)).best
     low = timing.time_inference(model, batch, resolution,
-                                dataclasses.replace(setup, amp_dtype=dtype))
-    return fp32 / low.median
+                                dataclasses.replace(setup, amp_dtype=dtype)).best
+    return fp32 / low
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,7 +155,7 @@ class FlopsVsTime:
 def decomposed_speedup(original: nn.Module, decomposed: nn.Module, batch: int, resolution: int,
                        setup: timing.TimingSetup, rounds: int = 3) -> FlopsVsTime:
     """Flops of the decomposed network over the original's, and its inference time over the
-    original's (median of ``rounds`` interleaved pairs)."""
+    original's (fastest over fastest across ``rounds`` interleaved pairs)."""
     f0, f1 = measure(original, resolution).flops, measure(decomposed, resolution).flops
     ratio = timing.inference_ratio(original, decomposed, batch, resolution, setup, rounds)
-    return FlopsVsTime(f1 / f0, ratio.median)
+    return FlopsVsTime(f1 / f0, ratio.best)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -216,6 +217,21 @@ class DeployConfig:
                            min_run_time=self.min_run_time, cpu_threads=self.cpu_threads)
 
 
+def _finish_scatter(ax, frame: pd.DataFrame, x: str, y: str, **legend) -> None:
+    """The legend, and a note for what a scatter could not draw: rows with a non-finite
+    coordinate (matplotlib drops them without a word), or no rows at all."""
+    finite = (pd.to_numeric(frame[x], errors="coerce").abs() < math.inf) \
+        & (pd.to_numeric(frame[y], errors="coerce").abs() < math.inf)
+    if not finite.any():
+        ax.text(0.5, 0.5, "no rows to draw" if frame.empty else "no finite points",
+                transform=ax.transAxes, ha="center", va="center")
+    elif not finite.all():
+        ax.text(0.01, 0.01, f"not drawn: {int((~finite).sum())} row(s) with a NaN {x} or {y}",
+                transform=ax.transAxes, fontsize=6, va="bottom")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**legend)
+
+
 def plot_damage(damage: pd.DataFrame):
     """Single-layer accuracy drop against the layer's random-tensor error, a colour per rank
     level, a marker per seed."""
@@ -231,7 +247,7 @@ def plot_damage(damage: pd.DataFrame):
                    color=plt.cm.viridis(float(keep)), label=f"keep {keep:g}, seed {seed}")
     ax.set_xlabel("random-tensor layer error ‖y−ỹ‖/‖y‖")
     ax.set_ylabel("accuracy drop, that layer alone decomposed")
-    ax.legend(fontsize=6, ncol=2)
+    _finish_scatter(ax, damage, "error", "acc_drop", fontsize=6, ncol=2)
     ax.set_title("Does the layer error rank the damage?")
     fig.tight_layout()
     return fig
@@ -249,7 +265,7 @@ def plot_strategies(strategies: pd.DataFrame):
         ax.scatter(grp.removed_share, grp.acc, label=strategy)
     ax.set_xlabel("share of conv parameters removed")
     ax.set_ylabel("test accuracy (not fine-tuned)")
-    ax.legend()
+    _finish_scatter(ax, strategies, "removed_share", "acc")
     ax.set_title("Decompose-all vs selective vs prune + selective")
     fig.tight_layout()
     return fig

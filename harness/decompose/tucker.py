@@ -9,7 +9,8 @@ project adds the random-tensor layer test and pruning (claims/README.md section 
   ``partial_tucker`` on the channel modes; the conv becomes 1×1 (S → R_in, weight U_inᵀ),
   k×k (R_in → R_out, weight core, the original stride, padding and dilation), 1×1 (R_out → T,
   weight U_out, the original bias). Grouped and depthwise convs are left alone.
-- Ranks: ``vbmf_rank`` (Nakajima et al.'s analytic empirical VBMF on each unfolding) or
+- Ranks: ``vbmf_rank`` (Nakajima et al.'s analytic empirical VBMF on each unfolding, the noise
+  variance at its objective's global minimum: ``vbmf_fit``) or
   ``energy_rank`` (the smallest rank keeping a fraction of the singular values' energy).
 - ``layer_error``: ‖y − ỹ‖ / ‖y‖ on a seeded random input shaped for the layer.
 - ``decompose_model``: decompose where the error is under a threshold; a new model and a
@@ -117,40 +118,118 @@ def unfold(weight: Tensor, mode: int) -> Tensor:
     return weight.detach().movedim(mode, 0).reshape(weight.shape[mode], -1)
 
 
+@dataclass(frozen=True)
+class VBMFObjective:
+    """Nakajima et al.'s objective Ω(σ²) of one matrix (the free energy over the noise variance,
+    per row of the shorter side L; the matrix is L × M, L ≤ M) and the admissible interval
+    [``lower``, ``upper``] that holds its minimiser. Callable on an array of σ², vectorised:
+    the global search evaluates it on a dense grid."""
+
+    s: np.ndarray  # singular values, descending
+    rows: int  # L, the shorter side
+    cols: int  # M
+    residual: float  # ‖Y‖² beyond the singular values (rounding only, for a full SVD)
+    lower: float
+    upper: float
+
+    @property
+    def alpha(self) -> float:
+        return self.rows / self.cols
+
+    @property
+    def tau_bar(self) -> float:
+        return 2.5129 * math.sqrt(self.alpha)
+
+    @property
+    def x_bar(self) -> float:
+        """A singular value γ is kept when γ² / (M σ²) exceeds this."""
+        return (1 + self.tau_bar) * (1 + self.alpha / self.tau_bar)
+
+    @classmethod
+    def of(cls, matrix: Tensor | np.ndarray) -> VBMFObjective:
+        y = np.asarray(matrix.detach().cpu().double() if isinstance(matrix, Tensor) else matrix,
+                       dtype=float)
+        if y.shape[0] > y.shape[1]:
+            y = y.T
+        rows, cols = y.shape  # rows ≤ cols
+        s = np.linalg.svd(y, compute_uv=False)
+        alpha = rows / cols
+        tau_bar = 2.5129 * math.sqrt(alpha)
+        x_bar = (1 + tau_bar) * (1 + alpha / tau_bar)
+        total = float((y ** 2).sum())
+        h_cap = min(math.ceil(rows / (1 + alpha)) - 1, len(s) - 1)
+        lower = max(s[h_cap] ** 2 / (cols * x_bar) if h_cap >= 0 else 0.0,
+                    float(np.mean(s[h_cap:] ** 2)) / cols if h_cap >= 0 else 0.0, 1e-300)
+        return cls(s=s, rows=rows, cols=cols,
+                   residual=max(total - float((s ** 2).sum()), 0.0), lower=lower,
+                   upper=total / (rows * cols))
+
+    def __call__(self, sigma2: float | np.ndarray) -> np.ndarray:
+        sigma2 = np.asarray(sigma2, dtype=float)
+        alpha, x_bar = self.alpha, self.x_bar
+        x = self.s ** 2 / (self.cols * sigma2[..., None])
+        big = x > x_bar
+        # each branch on values valid for it (masked out after): no warnings, no NaN
+        xb = np.where(big, x, x_bar)
+        tau = 0.5 * (xb - (1 + alpha) + np.sqrt(np.maximum((xb - (1 + alpha)) ** 2 - 4 * alpha,
+                                                            0.0)))
+        kept = xb - tau + np.log((tau + 1) / xb) + alpha * np.log(tau / alpha + 1)
+        xs = np.maximum(np.where(big, 1.0, x), np.finfo(float).tiny)  # a zero σ: log(0)
+        terms = np.where(big, kept, xs - np.log(xs)).sum(-1)
+        return (terms + self.residual / (self.cols * sigma2)
+                + (self.rows - len(self.s)) * np.log(sigma2)) / self.rows
+
+    def rank_at(self, sigma2: float) -> int:
+        """The singular values above the threshold √(M σ² x̄) (no floor of 1)."""
+        return int((self.s > math.sqrt(self.cols * sigma2 * self.x_bar)).sum())
+
+    def breakpoints(self) -> np.ndarray:
+        """The σ² inside the interval where a singular value crosses the threshold: Ω is
+        smooth between them, and its local minima sit about one per rank near the threshold."""
+        b = self.s ** 2 / (self.cols * self.x_bar)
+        return b[(b > self.lower) & (b < self.upper)]
+
+
+@dataclass(frozen=True)
+class VBMFFit:
+    rank: int  # singular values above the threshold at ``sigma2``, at least 1
+    sigma2: float  # the noise variance at Ω's global minimum over the admissible interval
+    omega: float  # Ω there
+
+
+def vbmf_fit(matrix: Tensor | np.ndarray, grid: int = 256, refine: int = 8) -> VBMFFit:
+    """The analytic empirical VBMF of ``matrix`` (Nakajima, Sugiyama, Babacan, Tomioka, JMLR
+    2013) at the global minimum of Ω(σ²). Ω has several local minima near the threshold (about
+    one per rank there), so one bounded Brent search can stop at the wrong rank: Ω is evaluated
+    on ``grid`` log-spaced σ² plus every breakpoint (vectorised, cheap beside the SVD), and
+    Brent (in log σ², so the tolerance is relative: conv weights have σ² ~ 1e-4) refines the
+    ``refine`` lowest grid minima between their neighbours; the lowest point found wins."""
+    omega = VBMFObjective.of(matrix)
+    if omega.upper <= omega.lower:  # no admissible σ² (a zero or degenerate matrix)
+        return VBMFFit(1, omega.upper, math.nan)
+    t = np.unique(np.concatenate([np.linspace(math.log(omega.lower), math.log(omega.upper),
+                                              grid), np.log(omega.breakpoints())]))
+    values = omega(np.exp(t))
+    padded = np.concatenate([[np.inf], values, [np.inf]])
+    minima = np.flatnonzero((values <= padded[:-2]) & (values <= padded[2:]))
+    best_t, best = float(t[values.argmin()]), float(values.min())
+    for i in minima[np.argsort(values[minima], kind="stable")][:refine]:
+        lo, hi = t[max(i - 1, 0)], t[min(i + 1, len(t) - 1)]
+        if hi <= lo:
+            continue
+        res = minimize_scalar(lambda u: float(omega(math.exp(u))), bounds=(lo, hi),
+                              method="bounded", options=dict(xatol=1e-9))
+        if res.fun < best:
+            best_t, best = float(res.x), float(res.fun)
+    sigma2 = math.exp(best_t)
+    return VBMFFit(max(1, omega.rank_at(sigma2)), sigma2, best)
+
+
 def vbmf_rank(matrix: Tensor | np.ndarray) -> int:
     """Rank of ``matrix`` by the analytic empirical variational Bayesian matrix factorisation
-    (Nakajima, Sugiyama, Babacan, Tomioka, JMLR 2013; Kim et al. 2016 use it for Tucker-2),
-    with the noise variance estimated; at least 1."""
-    y = np.asarray(matrix.detach().cpu().double() if isinstance(matrix, Tensor) else matrix,
-                   dtype=float)
-    if y.shape[0] > y.shape[1]:
-        y = y.T
-    rows, cols = y.shape  # rows ≤ cols
-    s = np.linalg.svd(y, compute_uv=False)
-    alpha = rows / cols
-    tau_bar = 2.5129 * math.sqrt(alpha)
-    x_bar = (1 + tau_bar) * (1 + alpha / tau_bar)
-    total = float((y ** 2).sum())
-    residual = max(total - float((s ** 2).sum()), 0.0)
-    h_cap = min(math.ceil(rows / (1 + alpha)) - 1, len(s) - 1)
-    upper = total / (rows * cols)
-    lower = max(s[h_cap] ** 2 / (cols * x_bar) if h_cap >= 0 else 0.0,
-                float(np.mean(s[h_cap:] ** 2)) / cols if h_cap >= 0 else 0.0, 1e-300)
-    if upper <= lower:
-        return 1
-
-    def objective(sigma2: float) -> float:
-        x = s ** 2 / (cols * sigma2)
-        big, small = x[x > x_bar], x[x <= x_bar]
-        tau = 0.5 * (big - (1 + alpha) + np.sqrt((big - (1 + alpha)) ** 2 - 4 * alpha))
-        small = np.maximum(small, np.finfo(float).tiny)  # a zero singular value: log(0)
-        return float(np.sum(small - np.log(small)) + np.sum(big - tau)
-                     + np.sum(np.log((tau + 1) / big)) + alpha * np.sum(np.log(tau / alpha + 1))
-                     + residual / (cols * sigma2) + (rows - len(s)) * math.log(sigma2))
-
-    sigma2 = minimize_scalar(objective, bounds=(lower, upper), method="bounded").x
-    threshold = math.sqrt(cols * sigma2 * (1 + tau_bar) * (1 + alpha / tau_bar))
-    return max(1, int((s > threshold).sum()))
+    (Nakajima et al., JMLR 2013; Kim et al. 2016 use it for Tucker-2), with the noise variance
+    estimated at Ω's global minimum (``vbmf_fit``); at least 1."""
+    return vbmf_fit(matrix).rank
 
 
 def energy_rank(matrix: Tensor, keep: float) -> int:

@@ -160,6 +160,9 @@ def judge_pruning_helps(table: pd.DataFrame, cfg: DecompMargins) -> PruningHelps
     sel = strategy_values(table, "selective", "removed_share")
     pruned = strategy_values(table, "prune+selective", "removed_share")
     layers = strategy_values(table, "selective", "layers")
+    if len(pruned) != len(sel):
+        raise ValueError(f"prune+selective and selective need the same seeds (paired by seed): "
+                         f"got {len(pruned)} and {len(sel)} rows")
     if not any(n > 0 for n in layers):
         return PruningHelps(None, f"no layer's decomposition is under the threshold "
                                   f"{cfg.threshold:g} unpruned in any seed, so the ratio search "
@@ -204,6 +207,8 @@ def judge_pruning_no_speedup(table: pd.DataFrame, cfg: DeployMargins) -> Pruning
     interleaved round puts the ratio beyond ``time_unchanged`` of 1 on the same side: one
     round slowed by load is not a change), the saved size within ``size_unchanged`` of 1, the
     gzip size at most ``gzip_shrinks``."""
+    if table.empty:
+        raise ValueError("the pruning table has no rows: no sparsity was timed")
     top = table.sort_values("sparsity").iloc[-1]
     low = top.get("time_low", top.time_ratio)
     high = top.get("time_high", top.time_ratio)
@@ -237,6 +242,8 @@ def judge_depthwise(grid: pd.DataFrame, cfg: DeployMargins) -> DepthwiseCrossove
     """Depthwise-separable blocks have far fewer flops in every cell (ratio at most
     ``flops_far_fewer``), yet are not faster in the smallest cell (fewest channels, smallest
     map: time ratio ≥ 1) and are faster in the largest (time ratio < 1)."""
+    if grid.empty:
+        raise ValueError("the depthwise grid has no cells: nothing was timed")
     ordered = grid.sort_values(["channels", "size"])
     small, large = ordered.iloc[0], ordered.iloc[-1]
     max_flops = float(grid.flops_ratio.max())

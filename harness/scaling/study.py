@@ -102,7 +102,7 @@ def runtime_population(cfg: PopulationConfig, device: str) -> pd.DataFrame:
 def _time_member(net_cfg: models.Config, res: int, batch: int, setup: timing.TimingSetup,
                  doubling: bool, microbatches: int = 1,
                  doubling_microbatches: int = 1) -> dict[str, float]:
-    """Inference and train-step medians (and IQRs) of one network; with ``doubling``, also
+    """Inference and train-step seconds (fastest block; and IQRs) of one network; with ``doubling``, also
     t(2B)/t(B) per phase. The bases are each family's smallest members, the likeliest to be
     dispatch-bound, so they carry the check. The train step at ``batch`` runs in
     ``microbatches`` passes, at 2 × ``batch`` in ``doubling_microbatches`` (``memory``)."""
@@ -117,7 +117,8 @@ def _time_member(net_cfg: models.Config, res: int, batch: int, setup: timing.Tim
         return timing.time_train_step(model, b, res, net_cfg.num_classes, setup, microbatches=k)
 
     inf, step = infer(batch), train_step(batch)
-    out = dict(inference_s=inf.median, inference_iqr=inf.iqr, train_step_s=step.median,
+    # The fastest block: load on a shared CPU moves it least (``timing.Timing``).
+    out = dict(inference_s=inf.best, inference_iqr=inf.iqr, train_step_s=step.best,
                train_step_iqr=step.iqr)
     if doubling:
         out.update(inference_doubling=timing.batch_doubling_ratio(infer, batch),
@@ -235,9 +236,17 @@ def plot_runtime_vs_complexity(pop: pd.DataFrame, table: pd.DataFrame):
             ax = axes[i, j]
             for strategy, g in pop.groupby("strategy"):
                 ax.scatter(g[metric], g[col] * 1e3, s=14, label=strategy)
-            fit = np.polyfit(pop[metric], pop[col] * 1e3, 1)
-            xs = np.linspace(pop[metric].min(), pop[metric].max(), 50)
-            ax.plot(xs, np.polyval(fit, xs), "k--", lw=1)
+            # The line through the finite points only: a NaN or infinite time would make the
+            # least-squares fit NaN (or fail to converge, with some LAPACKs); named instead.
+            x, y = pop[metric].astype(float), pop[col].astype(float) * 1e3
+            finite = np.isfinite(x) & np.isfinite(y)
+            if finite.sum() >= 2:
+                fit = np.polyfit(x[finite], y[finite], 1)
+                xs = np.linspace(x[finite].min(), x[finite].max(), 50)
+                ax.plot(xs, np.polyval(fit, xs), "k--", lw=1)
+            if not finite.all():
+                ax.text(0.01, 0.99, f"not drawn: {int((~finite).sum())} network(s) with a "
+                        "non-finite time", transform=ax.transAxes, fontsize=6, va="top")
             r = table[(table.phase == phase) & (table.metric == metric)].r.item()
             ax.set_title(f"{phase}: r = {r:.3f}")
             ax.set_xlabel(metric)
@@ -413,7 +422,7 @@ def accuracy_table(records: dict[tuple[str, str, int], TrainRecord]) -> pd.DataF
 def inference_times(nets: dict[str, models.Config], batch: int, device: str,
                     min_run_time: float, amp: str | None = None,
                     channels_last: bool = False) -> dict[str, float]:
-    """Median seconds per batch for each network, measured back to back in one run, in the
+    """Seconds per batch (fastest block) for each network, measured back to back in one run, in the
     precision and layout the networks train in (``amp``: CUDA only; ``channels_last``: any
     device, as in training)."""
     setup = _inference_setup(device, min_run_time, amp, channels_last)
@@ -421,7 +430,7 @@ def inference_times(nets: dict[str, models.Config], batch: int, device: str,
     for name, net in nets.items():
         torch.manual_seed(0)
         out[name] = timing.time_inference(models.build_config(net), batch, net.resolution,
-                                          setup).median
+                                          setup).best
     return out
 
 

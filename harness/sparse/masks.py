@@ -15,7 +15,8 @@ official code is Shiweiliu/In-Time-Over-Parameterization (claims/README.md secti
   p_t of each layer's active weights with the smallest magnitude, p_t = p0·(1 + cos(π t /
   t_stop))/2, and regrow as many among the inactive ones: at random (SET) or where the dense
   gradient of that step is largest (RigL; read at update steps only). Regrown weights start at
-  zero with zero momentum. After every optimizer step weights and momentum are masked.
+  zero with zero optimizer state (``shaped_state``: SGD's momentum, AdamW's two moments, any
+  per-weight tensor). After every optimizer step weights and that state are masked.
 - Per-layer active counts are fixed integers: density is exact after every update.
 - ITOP rate R_s = weights ever active / weights of the sparse layers, from an "ever active"
   mask OR-ed at the start and after each update; "reliably explored": weights grown at one
@@ -128,6 +129,22 @@ def prune_fraction(step: int, cfg: SparseConfig, stop_step: int) -> float:
     return cfg.prune_fraction * (1 + math.cos(math.pi * min(step, stop_step) / stop_step)) / 2
 
 
+def shaped_state(optimizer: torch.optim.Optimizer | None, p: Tensor) -> list[Tensor]:
+    """The per-weight optimizer state of ``p``: every tensor in ``optimizer.state[p]`` shaped
+    like ``p``, whatever its name (SGD's ``momentum_buffer``; AdamW's ``exp_avg`` and
+    ``exp_avg_sq``; ``max_exp_avg_sq``, RMSprop's ``square_avg``...). Empty before the first
+    step (the state is created lazily) and without an optimizer.
+
+    Scalar state is left out on purpose: Adam's ``step`` is one count per tensor, shared by
+    all its weights for the bias correction, so it cannot be reset for some weights without
+    resetting it for the surviving ones too. A regrown weight thus restarts from zero moments
+    under its tensor's step count (no fresh bias correction of its own)."""
+    if optimizer is None:
+        return []
+    return [v for v in optimizer.state.get(p, {}).values()
+            if isinstance(v, Tensor) and v.shape == p.shape]
+
+
 # ------------------------------------------------------------------------------ the hook
 
 
@@ -193,14 +210,19 @@ class DynamicSparse:
 
     @torch.no_grad()
     def apply_masks(self) -> None:
-        """Zero the masked weights and their momentum (after every optimizer step)."""
+        """Zero the masked weights and all their optimizer state (after every optimizer step,
+        so also right after an update: this is what clears the pruned weights' state). The
+        optimizer step fills the inactive entries from the dense gradient; left there, they
+        would be a regrown weight's head start."""
         for p, m in zip(self._params, self.masks, strict=True):
             p.mul_(m)
-            buf = self._momentum(p)
-            if buf is not None:
-                buf.mul_(m)
+            off = ~m
+            for s in shaped_state(self._optimizer, p):
+                s.masked_fill_(off, 0)
 
     def _momentum(self, p: Tensor) -> Tensor | None:
+        """SGD's momentum of ``p`` alone (kept for callers that read it; the masks reset every
+        ``shaped_state``)."""
         state = self._optimizer.state.get(p, {}) if self._optimizer is not None else {}
         return state.get("momentum_buffer")
 
@@ -221,7 +243,7 @@ class DynamicSparse:
             self._reliable[i] |= self._grown[i] & kept  # grown last time, survived this prune
             self._grown[i] = grown
             self.masks[i] = kept | grown
-            self.reset_grown(p, grown)
+            self.reset_grown(p, grown)  # the pruned ones: ``apply_masks``, which follows
             self.ever[i] |= self.masks[i]
         self.updates += 1
         self.curve.append((step, self.rate()))
@@ -250,11 +272,12 @@ class DynamicSparse:
         return new.view_as(kept)
 
     def reset_grown(self, p: Tensor, grown: Tensor) -> None:
-        """New weights start at zero, and so does their momentum."""
+        """New weights start at zero, and so does every per-weight optimizer state of theirs
+        (momentum, both Adam moments, ...; not the tensor's scalar ``step``, see
+        ``shaped_state``)."""
         p.masked_fill_(grown, 0.0)
-        buf = self._momentum(p)
-        if buf is not None:
-            buf.masked_fill_(grown, 0.0)
+        for s in shaped_state(self._optimizer, p):
+            s.masked_fill_(grown, 0)
 
     # ------------------------------------------------------------------------ measures
 

@@ -30,7 +30,7 @@ from harness.data import DatasetSplits, DataSpec, synthetic_dataset
 from harness.executors import ExecutorSpec
 from harness.profiles import device_class
 from harness.sparse.known_bad import KNOWN_BAD
-from harness.sparse.masks import DynamicSparse, SparseConfig
+from harness.sparse.masks import DynamicSparse, SparseConfig, shaped_state
 from harness.train import TrainConfig, TrainJob, TrainRecord, run_table, train
 
 # ------------------------------------------------------------- the laws (itop.rate_definition)
@@ -159,15 +159,15 @@ class _LawProbe:
                 self._fail(f"{tag}: {name} holds {int(m.sum())} active weights, not {k}")
             if bool((p.detach()[~m] != 0).any()):
                 self._fail(f"{tag}: {name} has non-zero masked weights after the step")
-            buf = self.optimizer.state.get(p, {}).get("momentum_buffer")
-            if buf is not None and bool((buf[~m] != 0).any()):
-                self._fail(f"{tag}: {name} keeps momentum on masked weights")
+            # every per-weight state (momentum, Adam's moments), whichever optimizer trains
+            if any(bool((s[~m] != 0).any()) for s in shaped_state(self.optimizer, p)):
+                self._fail(f"{tag}: {name} keeps momentum (optimizer state) on masked weights")
         if h.updates > self.updates_seen:  # an update happened this step
             self.updates_seen = h.updates
             for name, grown, p in zip(h.names, h._grown, h._params, strict=True):
-                buf = self.optimizer.state.get(p, {}).get("momentum_buffer")
-                if buf is not None and bool((buf[grown] != 0).any()):
-                    self._fail(f"{tag}: {name}'s regrown weights start with momentum")
+                if any(bool((s[grown] != 0).any()) for s in shaped_state(self.optimizer, p)):
+                    self._fail(f"{tag}: {name}'s regrown weights start with momentum "
+                               f"(optimizer state)")
                 if bool((p.detach()[grown] != 0).any()):
                     self._fail(f"{tag}: {name}'s regrown weights do not start at zero")
 
@@ -322,6 +322,14 @@ def plot_accuracy_vs_rs(runs: pd.DataFrame, chance: float):
     for method, grp in runs.groupby("method", sort=False):
         ax.scatter(grp.rs, grp.acc, label=method, alpha=0.8)
     ax.axhline(chance, color="grey", lw=0.8, ls=":", label="chance")
+    # matplotlib leaves out a point with a non-finite coordinate without a word: say so
+    finite = ((pd.to_numeric(runs.rs, errors="coerce").abs() < math.inf)
+              & (pd.to_numeric(runs.acc, errors="coerce").abs() < math.inf))
+    unplotted = runs[~finite]
+    if len(unplotted):
+        ax.text(0.01, 0.01, f"not drawn (NaN R_s or accuracy): {len(unplotted)} run(s) of "
+                + ", ".join(sorted(set(unplotted.method.astype(str)))),
+                transform=ax.transAxes, fontsize=6, va="bottom")
     ax.set_xlabel("ITOP rate R_s (weights ever active / weights)")
     ax.set_ylabel("test accuracy")
     ax.legend()
@@ -345,6 +353,10 @@ def plot_rs_curves(runs: pd.DataFrame):
             ax.step(steps, rates, where="post", label=f"{row.method}{dt} B={row.batch_size}")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("R_s")
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    else:  # e.g. every sparse run diverged before R_s was first logged
+        ax.text(0.5, 0.5, "no R_s curves: no sparse run logged one", transform=ax.transAxes,
+                ha="center", va="center")
     fig.tight_layout()
     return fig

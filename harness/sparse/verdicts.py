@@ -174,6 +174,9 @@ def judge_small_batch_more_exploration(runs: pd.DataFrame, cfg: Margins) -> Smal
     small, large = min(cfg.batch_sizes), max(cfg.batch_sizes)
     rs_s, rs_l = values(runs, SET, small, dt, "rs"), values(runs, SET, large, dt, "rs")
     acc_s, acc_l = values(runs, SET, small, dt), values(runs, SET, large, dt)
+    if not acc_s or len(acc_s) != len(acc_l):  # the claim pairs them seed by seed
+        raise ValueError(f"SET at ΔT={dt} needs the same seeds at B={small} and B={large}: "
+                         f"got {len(acc_s)} and {len(acc_l)} runs")
     more = stats.beats(rs_s, rs_l)
     better = stats.beats(acc_s, acc_l)
     rs_holds = True if more.holds else (False if more.upper <= 0 else None)

@@ -10,9 +10,11 @@ and the claims' verdicts.
 """
 
 from harness.supernet.sandwich import (  # noqa: F401
+    GRAD_NORM_FLOOR,
     Sandwich,
     SandwichConfig,
     combined_update,
+    counted_cosines,
     project_conflict_,
     recalibrate_bn,
     summarize_conflicts,

@@ -11,7 +11,10 @@ Each step:
    with the recipe's label smoothing); its gradient g₁ is taken out of ``.grad``;
 2. the smallest and ``n_random`` random subnets (seeded) run forward and backward on the
    largest's *detached* soft predictions (in-place distillation), accumulating g₂ in ``.grad``;
-3. per parameter tensor, every ``log_every`` steps, cos(g₁, g₂) is measured (and overall);
+3. per parameter tensor, every ``log_every`` steps, cos(g₁, g₂) is measured (and overall),
+   with both norms: conflict shares leave out tensors whose two gradients are both below
+   ``GRAD_NORM_FLOOR`` (zero in exact arithmetic, e.g. attention key biases: their cosine is
+   float noise);
 4. with ``project``: if ⟨g₁, g₂⟩ < 0 then g₁ ← g₁ − (⟨g₁, g₂⟩/‖g₂‖²)·g₂ (``project_conflict_``),
    so the subnets' gradient wins; the update is g₁ + g₂, written into ``.grad``.
 
@@ -32,7 +35,7 @@ scale-free, and the loop unscales the sum once.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +48,19 @@ from harness.models.supernet import Supernet, largest, sample
 from harness.train import RunStart, StepContext
 
 ProjectionRule = Callable[[Tensor, Tensor], Tensor]
+
+# A tensor whose two gradients are both below this fraction of their step's whole gradient
+# norm (‖g₁,t‖ < F·‖g₁‖ and ‖g₂,t‖ < F·‖g₂‖) is left out of conflict shares: its cosine is
+# float32 rounding, not a conflict. The case: an attention key bias, whose gradient is zero in
+# exact arithmetic (softmax ignores the shift q·b it adds to a row of scores). Relative, not
+# absolute, so it is scale-free like the cosine (an fp16 GradScaler multiplies both gradients
+# before they are measured; the lr and loss scale do not matter). How chosen: in sandwich steps
+# 0-10 of hybrid_supernet_tiny (8 and 16 px) and hybrid_supernet_cifar (32 px) the key biases'
+# norms were 1e-13-1e-12 of the step's norm (rounding, ~1e-7 of the q/k weight gradients),
+# the smallest genuine tensors' (query biases near init) 7e-7-1e-5 for the larger of the two.
+# 1e-8 sits 4 orders above the noise and ~70x below the smallest genuine gradient; a genuine
+# tensor under it would carry < 1e-8 of either update, so leaving it out changes no conclusion.
+GRAD_NORM_FLOOR = 1e-8
 
 
 def project_conflict_(g1: Tensor, g2: Tensor) -> Tensor:
@@ -105,7 +121,9 @@ class Sandwich:
 
     ``record()`` gives ``{"conflict": {...}}``: the logged steps, the overall cosine per
     logged step, each tensor's cosine per logged step (None where g₁ or g₂ is zero), the
-    tensor names, and per logged step the share of tensors whose gradients conflicted."""
+    tensor names, per logged step (‖g₁‖, ‖g₂‖) over all tensors and each tensor's (‖g₁,t‖,
+    ‖g₂,t‖) (None where its cosine is), which ``summarize_conflicts`` compares with
+    ``GRAD_NORM_FLOOR``."""
 
     cfg: SandwichConfig
     rule: ProjectionRule = project_conflict_
@@ -113,6 +131,8 @@ class Sandwich:
     steps: list[int] = field(default_factory=list, init=False)
     cos: list[float] = field(default_factory=list, init=False)
     tensor_cos: list[list[float | None]] = field(default_factory=list, init=False)
+    norms: list[list[float]] = field(default_factory=list, init=False)  # [‖g₁‖, ‖g₂‖]
+    tensor_norms: list[list[list[float] | None]] = field(default_factory=list, init=False)
     _params: list[nn.Parameter] = field(default_factory=list, init=False, repr=False)
     _gen: torch.Generator | None = field(default=None, init=False, repr=False)
 
@@ -170,23 +190,29 @@ class Sandwich:
 
     @torch.no_grad()
     def _measure(self, step: int, g1: list[Tensor | None]) -> None:
-        dots, n1, n2, per = 0.0, 0.0, 0.0, []
+        dots, n1, n2, per, norms = 0.0, 0.0, 0.0, [], []
         for p, a in zip(self._params, g1, strict=True):
             b = p.grad
             if a is None or b is None:
                 per.append(None)
+                norms.append(None)
                 continue
             a64, b64 = a.double().flatten(), b.double().flatten()
             d, s1, s2 = (float(v) for v in (a64 @ b64, a64 @ a64, b64 @ b64))
             dots, n1, n2 = dots + d, n1 + s1, n2 + s2
-            per.append(d / math.sqrt(s1 * s2) if s1 > 0 and s2 > 0 else None)
+            ok = s1 > 0 and s2 > 0
+            per.append(d / math.sqrt(s1 * s2) if ok else None)
+            norms.append([math.sqrt(s1), math.sqrt(s2)] if ok else None)
         self.steps.append(step)
         self.cos.append(dots / math.sqrt(n1 * n2) if n1 > 0 and n2 > 0 else math.nan)
         self.tensor_cos.append(per)
+        self.norms.append([math.sqrt(n1), math.sqrt(n2)])
+        self.tensor_norms.append(norms)
 
     def record(self) -> dict[str, Any]:
         return {"conflict": {"names": self.names, "steps": self.steps, "cos": self.cos,
-                             "tensor_cos": self.tensor_cos, "project": self.cfg.project}}
+                             "tensor_cos": self.tensor_cos, "norms": self.norms,
+                             "tensor_norms": self.tensor_norms, "project": self.cfg.project}}
 
 
 # ----------------------------------------------------------------------- summaries
@@ -195,23 +221,45 @@ class Sandwich:
 @dataclass(frozen=True)
 class ConflictSummary:
     """A run's conflicts: the share of (logged step, tensor) pairs with cos(g₁, g₂) < 0 among
-    those where both gradients are non-zero; the share of logged steps whose overall cosine
-    is negative; and the mean overall cosine."""
+    those where both gradients are non-zero and not both below the norm floor; the share of
+    logged steps whose overall cosine is negative; and the mean overall cosine. ``pairs``
+    counted, ``below_floor`` left out by the floor."""
 
     tensor_share: float
     step_share: float
     mean_cos: float
     pairs: int
+    below_floor: int = 0
 
 
-def summarize_conflicts(conflict: dict[str, Any]) -> ConflictSummary:
-    values = [c for row in conflict["tensor_cos"] for c in row if c is not None]
+def below_floor(norms: Sequence[float], totals: Sequence[float], floor: float) -> bool:
+    """Whether both of a tensor's gradient norms are below ``floor`` times their step's."""
+    return all(n < floor * t for n, t in zip(norms, totals, strict=True))
+
+
+def counted_cosines(conflict: dict[str, Any], floor: float = GRAD_NORM_FLOOR
+                    ) -> list[list[float | None]]:
+    """``tensor_cos`` with None also where both gradients are below ``floor`` (relative to
+    their step's norms, see ``GRAD_NORM_FLOOR``): the cosines conflict shares count."""
+    if "tensor_norms" not in conflict:  # counting them all would bring the noise back
+        raise ValueError("conflict record without gradient norms (written before the norm "
+                         "floor): retrain it to summarise its conflicts")
+    return [[c if c is not None and not below_floor(n, totals, floor) else None
+             for c, n in zip(cos, norms, strict=True)]
+            for cos, norms, totals in zip(conflict["tensor_cos"], conflict["tensor_norms"],
+                                          conflict["norms"], strict=True)]
+
+
+def summarize_conflicts(conflict: dict[str, Any], floor: float = GRAD_NORM_FLOOR
+                        ) -> ConflictSummary:
+    values = [c for row in counted_cosines(conflict, floor) for c in row if c is not None]
+    left_out = sum(c is not None for row in conflict["tensor_cos"] for c in row) - len(values)
     overall = [c for c in conflict["cos"] if c is not None and math.isfinite(c)]
     if not values or not overall:
-        return ConflictSummary(math.nan, math.nan, math.nan, 0)
+        return ConflictSummary(math.nan, math.nan, math.nan, 0, left_out)
     return ConflictSummary(sum(c < 0 for c in values) / len(values),
                            sum(c < 0 for c in overall) / len(overall),
-                           sum(overall) / len(overall), len(values))
+                           sum(overall) / len(overall), len(values), left_out)
 
 
 # ------------------------------------------------------------------ evaluating subnets

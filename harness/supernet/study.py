@@ -379,7 +379,11 @@ def plot_cosine(runs: pd.DataFrame):
     ax.axhline(0.0, color="grey", lw=0.8, ls=":")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("cos(g₁ supernet, g₂ subnets)")
-    ax.legend(fontsize=7)
+    if len(naive):
+        ax.legend(fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "no naive sandwich runs", transform=ax.transAxes, ha="center",
+                va="center")
     fig.tight_layout()
     return fig
 

@@ -42,6 +42,14 @@ def values(runs: pd.DataFrame, net: str, method: str, arch: str = LARGEST,
     return sel.sort_values("seed")[column].tolist()
 
 
+def _same_seeds(a: tuple | list, b: tuple | list, what_a: str, what_b: str) -> None:
+    """The claims pair these per seed: a ValueError naming the cells when one is empty or
+    their seeds differ in number (nothing to pair, so nothing to judge)."""
+    if not a or not b or len(a) != len(b):
+        raise ValueError(f"{what_a} and {what_b} need the same seeds: got {len(a)} and "
+                         f"{len(b)} runs")
+
+
 def _learned(accs: list[float], cfg: Margins) -> bool:
     return mean(accs) - cfg.chance >= cfg.learned_margin
 
@@ -65,6 +73,7 @@ def judge_transformer_conflicts_more(runs: pd.DataFrame, cfg: Margins) -> Confli
     cnn = values(runs, CNN, NAIVE, column="tensor_share")
     h_steps = values(runs, HYBRID, NAIVE, column="step_share")
     c_steps = values(runs, CNN, NAIVE, column="step_share")
+    _same_seeds(hybrid, cnn, "the hybrid's naive sandwich runs", "the CNN's")
     test = stats.beats(hybrid, cnn)
     more = stats.clearly_above(test, cfg.conflict_margin)
     learned = _learned(values(runs, HYBRID, NAIVE), cfg) and _learned(values(runs, CNN, NAIVE),
@@ -97,6 +106,8 @@ def judge_projection_helps(runs: pd.DataFrame, cfg: Margins) -> ProjectionHelps:
     naive = {a: tuple(values(runs, HYBRID, NAIVE, a)) for a in (SMALLEST, MID)}
     proj = {a: tuple(values(runs, HYBRID, PROJECTED, a)) for a in (SMALLEST, MID)}
     parts, better, shown = [], {}, []
+    for a in (SMALLEST, MID):
+        _same_seeds(proj[a], naive[a], f"the hybrid's {a} subnet, projected", "naive")
     for a in (SMALLEST, MID):
         close = stats.within_margin(proj[a], naive[a], cfg.projection_margin)
         gain = stats.beats(proj[a], naive[a])

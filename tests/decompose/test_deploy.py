@@ -87,11 +87,11 @@ def test_the_deploy_functions_time_in_the_setup_they_are_given(monkeypatch):
 
     def fake_ratio(a, b, batch, resolution, s, rounds=3, in_channels=3):
         seen.append(s)
-        return timing.RatioSummary(1.0, 1.0, 1.0)
+        return timing.RatioSummary(1.0, 1.0, 1.0, 1.0)
 
     def fake_time(model, batch, resolution, s, in_channels=3):
         seen.append(s)
-        return timing.Timing(median=0.001 if s.amp_dtype is None else 0.0005, iqr=0.0, runs=3)
+        return timing.Timing.exact(0.001 if s.amp_dtype is None else 0.0005)
 
     monkeypatch.setattr(timing, "inference_ratio", fake_ratio)
     monkeypatch.setattr(timing, "time_inference", fake_time)
@@ -111,8 +111,7 @@ def test_depthwise_doubling_flags_dispatch_bound_cells(monkeypatch):
     # t(B) is flat for the small cells (launches set the pace) and doubles for the large ones
     def fake_time(model, batch, resolution, s, in_channels=3):
         work = in_channels * resolution ** 2 * batch
-        return timing.Timing(median=1e-4 + (work * 1e-9 if in_channels > 8 else 0.0), iqr=0.0,
-                             runs=3)
+        return timing.Timing.exact(1e-4 + (work * 1e-9 if in_channels > 8 else 0.0))
 
     monkeypatch.setattr(timing, "time_inference", fake_time)
     table = deploy.depthwise_doubling((4, 256), (32,), 64, QUICK)
@@ -127,3 +126,43 @@ def test_depthwise_doubling_on_real_timings_is_a_ratio_per_cell():
     table = deploy.depthwise_doubling((4,), (4, 8), 2, QUICK)
     assert len(table) == 2 and table.doubling.gt(0).all()
     assert (table.doubling == table[["doubling_standard", "doubling_separable"]].min(axis=1)).all()
+
+
+def test_the_precision_speedup_is_fp32_time_over_low_precision_time(monkeypatch):
+    """Known fake timings, looked up by the precision each call times in (not by call order):
+    fp32 3 s, fp16 1 s, bf16 1.5 s. The speed-up is time(fp32) / time(low), above 1 when the low
+    precision is faster, and the fp16 verdict reads it that way."""
+    from harness.decompose.verdicts import judge_precision_speedup
+
+    seconds = {None: 3.0, torch.float16: 1.0, torch.bfloat16: 1.5}
+
+    def fake_time(model, batch, resolution, s, in_channels=3):
+        # every statistic (median, fastest block) the same: whichever one the ratio reads
+        return timing.Timing.exact(seconds[s.amp_dtype])
+
+    monkeypatch.setattr(timing, "time_inference", fake_time)
+    speedups = {}
+    for name, dtype in (("fp16", torch.float16), ("bf16", torch.bfloat16)):
+        for setup in (QUICK, timing.TimingSetup(amp_dtype=torch.bfloat16)):  # fp32 stays fp32
+            speedups[name] = deploy.precision_speedup(net(), 2, 8, dtype, setup)
+            assert speedups[name] == pytest.approx(3.0 / seconds[dtype])
+    assert speedups == pytest.approx({"fp16": 3.0, "bf16": 2.0})
+    margins = _deploy_config()
+    assert judge_precision_speedup(speedups, margins).holds
+    seconds[torch.float16] = 6.0  # fp16 twice as slow: a slow-down, ×0.5
+    slower = deploy.precision_speedup(net(), 2, 8, torch.float16, QUICK)
+    assert slower == pytest.approx(0.5)
+    assert not judge_precision_speedup({"fp16": slower}, margins).holds
+
+
+def test_prune_all_prunes_each_layer_to_the_sparsity_on_its_own():
+    """Per layer, not one global magnitude threshold: a layer of small weights is pruned to the
+    same sparsity as a layer of large ones (a global threshold would zero it whole)."""
+    model = net()
+    with torch.no_grad():
+        model[0].weight.mul_(1e-3)
+    pruned = deploy.prune_all(model, 0.5)
+    for i in (0, 2, 6):
+        weight = pruned[i].weight
+        assert float((weight == 0).float().mean()) == pytest.approx(0.5, abs=0.01)
+        assert torch.equal(pruned[i].bias, model[i].bias)

@@ -89,3 +89,26 @@ def test_a_planted_factor_bug_is_caught_by_the_layer_error(monkeypatch):
 def test_the_dry_run_config_is_tiny():
     cfg = dataclasses.replace(TINY, seeds=(0, 1, 2)).dry_run()
     assert cfg.seeds == (0,) and cfg.train.max_steps == 2 and cfg.resolution == 8
+
+
+def test_each_seed_is_its_own_training_run():
+    """The seed statistics need one network per seed: each job trains with its seed, and the
+    jobs' cache keys differ (run_jobs gives jobs with equal keys one shared record, so a key
+    without the seed would make every "seed" the same network)."""
+    from types import SimpleNamespace
+
+    from harness.train import cache_key
+
+    x, y = torch.zeros(4, 3, 8, 8), torch.zeros(4, dtype=torch.long)
+    data = SimpleNamespace(train=(x, y), test=(x, y))  # base_jobs only hands the sets on
+    cfg = dataclasses.replace(TINY, seeds=(0, 1, 2))
+    jobs = study.base_jobs(cfg, data, "cpu")
+    assert [job.cfg.seed for job in jobs] == [0, 1, 2]
+    keys = [cache_key(job.key, job.code(), job.device) for job in jobs]
+    assert len(set(keys)) == 3, "two seeds share a cache key: one trained network for both"
+
+
+def test_the_seeds_trained_different_networks(trained):
+    _, nets = trained
+    a, b = (nets[seed].state_dict() for seed in TINY.seeds)
+    assert any(not torch.equal(a[k], b[k]) for k in a), "every seed is the same network"

@@ -19,11 +19,11 @@ def test_each_network_is_checked_in_both_phases(monkeypatch):
     def inference(model, batch, resolution, setup, in_channels=3):
         calls.append(("inference", batch, resolution, setup))
         flat = isinstance(model, type(models.build_config(NETS["a"])))  # "a": launch-bound
-        return timing.Timing(median=1e-3 if flat else 1e-5 * batch, iqr=0.0, runs=3)
+        return timing.Timing.exact(1e-3 if flat else 1e-5 * batch)
 
     def train_step(model, batch, resolution, num_classes, setup):
         calls.append(("train_step", batch, resolution, setup))
-        return timing.Timing(median=1e-5 * batch, iqr=0.0, runs=3)
+        return timing.Timing.exact(1e-5 * batch)
 
     monkeypatch.setattr(timing, "time_inference", inference)
     monkeypatch.setattr(timing, "time_train_step", train_step)

@@ -23,6 +23,7 @@ from harness.supernet.sandwich import (
     Sandwich,
     SandwichConfig,
     combined_update,
+    counted_cosines,
     project_conflict_,
     recalibrate_bn,
     soft_cross_entropy,
@@ -195,8 +196,11 @@ def test_cosines_are_logged_at_the_cadence_and_summarised(data):
     assert len(c["cos"]) == 3 and all(-1 <= v <= 1 for v in c["cos"])
     assert all(len(row) == len(c["names"]) for row in c["tensor_cos"])
     s = summarize_conflicts(c)
-    values = [v for row in c["tensor_cos"] for v in row if v is not None]
+    values = [v for row in counted_cosines(c) for v in row if v is not None]
     assert s.pairs == len(values) and s.tensor_share == sum(v < 0 for v in values) / len(values)
+    # the key biases' float-noise cosines are left out (tests/supernet/test_conflict_floor.py)
+    assert s.below_floor == sum(v is not None for row in c["tensor_cos"] for v in row) - s.pairs
+    assert s.below_floor >= len(c["steps"])
     assert s.step_share == sum(v < 0 for v in c["cos"]) / 3
     assert math.isclose(s.mean_cos, sum(c["cos"]) / 3)
 
