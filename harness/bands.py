@@ -250,15 +250,16 @@ def pooled_sd(groups: Sequence[Sequence[float]]) -> float:
 # ------------------------------------------------------------------ the held-out check
 
 
-def held_out_problems(metrics: dict[str, Any], verdict_noise: NoiseTable, held_out: str
-                      ) -> list[str]:
+def held_out_problems(metrics: dict[str, Any], verdict_noise: NoiseTable, held_out: str,
+                      declared: Sequence[str] = ()) -> list[str]:
     """What fails when ``held_out``'s run is judged against a reference made without it.
 
     ``metrics``: a stored reference's metrics (``references.StoredMetric`` by name). Each band
     with a stored rule (``Measured.spec``) is rebuilt from the other paths, around the native
     path's value (or the first other path's when native is the one held out); a fixed band is
     reused around that value. The verdict must be among those the other paths gave or made
-    plausible on their seed redraws (``harness.odds``). This is the rule's test on a machine
+    plausible on their seed redraws (``harness.odds``), or the claim's declared ``boundary``
+    verdicts (``declared``, each stored with why). This is the rule's test on a machine
     nobody measured: every committed reference must pass it for every path it was measured on.
     """
     rest = verdict_noise.without(held_out)
@@ -274,7 +275,7 @@ def held_out_problems(metrics: dict[str, Any], verdict_noise: NoiseTable, held_o
         if msg:
             problems.append(f"{held_out}: {msg}")
     verdict = verdict_noise.verdicts.get(held_out)
-    allowed = rest.verdicts_plausible()
+    allowed = rest.verdicts_plausible() | set(declared)
     if verdict and allowed and verdict not in allowed:
         odds = "; ".join(f"{s} {o.text()}" for s, o in rest.odds.items()) or "no redraws stored"
         problems.append(f"{held_out}: verdict {verdict}, but the other paths accept only "

@@ -47,7 +47,8 @@ class Reference:
         the seeds reaches plausibly (``harness.odds``): a design near its decision boundary may
         land on either side on a user's CPU."""
         return sorted({self.verdict, *self.raw.get("verdicts_seen", []),
-                       *self.raw.get("verdicts_plausible", [])})
+                       *self.raw.get("verdicts_plausible", []),
+                       *self.raw.get("verdicts_declared", {})})
 
 
 @dataclass(frozen=True)
@@ -168,7 +169,7 @@ def verdicts_plausible(evidence: Evidence) -> list[str]:
     under a measured kernel path, plus those seen (``verdicts_seen``)."""
     mine = evidence.odds.plausible() if evidence.odds is not None else []
     noise = evidence.noise.verdicts_plausible() if evidence.noise is not None else set()
-    return sorted({*verdicts_seen(evidence), *mine, *noise})
+    return sorted({*verdicts_seen(evidence), *mine, *noise, *evidence.claim.boundary})
 
 
 def _odds_text(evidence: Evidence) -> str:
@@ -221,6 +222,8 @@ def reference_record(evidence: Evidence, profile: str, env: dict[str, Any]) -> d
         **({"verdicts_plausible": plausible}
            if len(plausible := verdicts_plausible(evidence)) > 1 else {}),
         **({"verdict_odds": evidence.odds.to_json()} if evidence.odds is not None else {}),
+        **({"verdicts_declared": dict(evidence.claim.boundary)} if evidence.claim.boundary
+           else {}),
         "reason": evidence.reason,
         "metrics": {
             m.name: {
@@ -266,7 +269,8 @@ def _describe_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
     def allowed(doc: dict[str, Any]) -> list[str]:
         return sorted({v for v in (doc.get("verdict"), *doc.get("verdicts_seen", []),
-                                   *doc.get("verdicts_plausible", [])) if v})
+                                   *doc.get("verdicts_plausible", []),
+                                   *doc.get("verdicts_declared", {})) if v})
     if allowed(old) != allowed(new):
         lines.append(f"verdicts accepted: {allowed(old) or '(none)'} -> {allowed(new)}")
     old_m, new_m = old.get("metrics", {}), new.get("metrics", {})

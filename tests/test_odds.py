@@ -105,3 +105,28 @@ def test_out_of_scope_drops_the_odds():
     ev = Evidence(Claim(id="t.g", statement="s", source="src", scope="gpu"), "cpu", None)
     ev.decide(True, "r", VerdictOdds({"REPRODUCED": 0.5, "INCONCLUSIVE": 0.5}, 200))
     assert ev.odds is None and ev.verdict.value == "OUT_OF_SCOPE"
+
+
+def test_a_declared_boundary_verdict_is_stored_with_why_and_accepted(tmp_path):
+    claim = Claim(id="t.b", statement="s", source="src",
+                  boundary={"INCONCLUSIVE": "3 seeds: one path's bounds straddle the margin"})
+    ev = Evidence(claim, "cpu", None)
+    ev.metric("acc", 0.5, Tolerance(why="w", abs=0.1, domain=(0, 1)))
+    ev.decide(False, "r", VerdictOdds({"NOT_REPRODUCED": 1.0}, 100))
+    record = refs.reference_record(ev, "smoke", {})
+    assert record["verdicts_declared"] == claim.boundary
+    path = tmp_path / "t.b.json"
+    refs.write_reference(path, record)
+    ref = refs.load_reference(path)
+    assert ref.verdicts_allowed == ["INCONCLUSIVE", "NOT_REPRODUCED"]
+    other = Evidence(claim, "cpu", None)
+    other.metric("acc", 0.5, Tolerance(why="w", abs=0.1, domain=(0, 1)))
+    other.decide(True, "r")
+    assert refs.compare(other, ref).status == "REGRESSED"  # R was never declared nor seen
+
+
+def test_a_boundary_needs_known_verdicts_and_reasons():
+    with pytest.raises(ValueError, match="each with why"):
+        Claim(id="t.c", statement="s", source="src", boundary={"INCONCLUSIVE": " "})
+    with pytest.raises(ValueError, match="each with why"):
+        Claim(id="t.c", statement="s", source="src", boundary={"MAYBE": "x"})
