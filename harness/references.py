@@ -271,7 +271,8 @@ def _describe_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         return sorted({v for v in (doc.get("verdict"), *doc.get("verdicts_seen", []),
                                    *doc.get("verdicts_plausible", []),
                                    *doc.get("verdicts_declared", {})) if v})
-    if allowed(old) != allowed(new):
+    widened = len(allowed(old)) > 1 or len(allowed(new)) > 1  # else the verdict line says it
+    if allowed(old) != allowed(new) and widened:
         lines.append(f"verdicts accepted: {allowed(old) or '(none)'} -> {allowed(new)}")
     old_m, new_m = old.get("metrics", {}), new.get("metrics", {})
     for name in list(new_m) + [n for n in old_m if n not in new_m]:
