@@ -220,8 +220,9 @@ def test_pruning_helps_decomposition(evidence, profile, load_data, executor):
 
 # ---------------------------------------------------------------------------- deployment
 
-TIME_WHY = ("inference time over the reference network's, median of interleaved pairs timed "
-            "in one run (torch.utils.benchmark, 1 thread on the CPU)")
+TIME_WHY = ("inference time over the reference network's, fastest block over fastest block "
+            "across interleaved pairs timed in one run (torch.utils.benchmark, 1 thread on the "
+            "CPU)")
 
 
 def _time_ratio(what: str) -> Measured:
@@ -270,6 +271,15 @@ DEPTHWISE_NOT_ALWAYS_FASTER = Claim(
 )
 
 
+# Why the deciding cells' CPU ratios are reported, not guarded (the verdict, and the count of
+# slower cells, still are): the largest cell's ratio is not one number on a CPU. On this
+# project's AVX2 EPYC back-to-back runs gave 0.12 and 0.25 (fastest blocks); the AVX-512 EPYC
+# of earlier references gave 0.24-0.50 (medians) across its kernel paths. A band covering that
+# would guard nothing the verdict (ratio < 1 in the largest cell, > 1 in the smallest) misses.
+DEPTHWISE_CPU_WHY = ("a deciding cell; on a CPU its ratio moves with the CPU and between runs "
+                     "(0.12-0.50 seen in the largest cell), so the verdict guards it, not a band")
+
+
 @pytest.mark.claim(DEPTHWISE_NOT_ALWAYS_FASTER)
 def test_depthwise_not_always_faster(evidence, profile):
     dep = profile.pick(DEPLOY)
@@ -286,9 +296,11 @@ def test_depthwise_not_always_faster(evidence, profile):
         evidence.metric(f"flops_ratio_{tag}", row.flops_ratio, Tolerance(
             why="(9C + C²)/(9C²) counted by harness.complexity: exact arithmetic",
             rel=1e-9, domain=RATIO))
-        if (row.channels, row.size) in deciding:
+        if (row.channels, row.size) in deciding and profile.device == "cuda":
             evidence.metric(f"time_ratio_{tag}", row.time_ratio, _time_ratio(
                 "depthwise-separable block over the standard 3×3 conv"), key=True)
+        elif (row.channels, row.size) in deciding:
+            evidence.observe(f"time_ratio_{tag}", row.time_ratio, DEPTHWISE_CPU_WHY)
         else:
             evidence.observe(f"time_ratio_{tag}", row.time_ratio, "a cell that does not decide "
                              "the verdict; in the table and heat map")
