@@ -33,6 +33,11 @@ class Timing:
     best: float
 
     @classmethod
+    def of(cls, m) -> Timing:
+        """From a ``torch.utils.benchmark`` Measurement (``blocked_autorange``)."""
+        return cls(m.median, m.iqr, len(m.times), min(m.times))
+
+    @classmethod
     def exact(cls, seconds: float) -> Timing:
         """A timing without spread (every block took ``seconds``): for fakes in tests."""
         return cls(seconds, 0.0, 1, seconds)
@@ -71,8 +76,7 @@ def _measure(fn, setup: TimingSetup, label: str) -> Timing:
             label=label,
         )
         m = timer.blocked_autorange(min_run_time=setup.min_run_time)
-    return warn_if_noisy(Timing(median=m.median, iqr=m.iqr, runs=len(m.times), best=min(m.times)),
-                         label)
+    return warn_if_noisy(Timing.of(m), label)
 
 
 def warn_if_noisy(t: Timing, label: str) -> Timing:
@@ -187,8 +191,7 @@ def interleaved_ratio(a: Callable[[], None], b: Callable[[], None], rounds: int,
     for _ in range(rounds):
         t_a = benchmark.Timer("f()", globals={"f": a}).blocked_autorange(min_run_time=min_run_time)
         t_b = benchmark.Timer("f()", globals={"f": b}).blocked_autorange(min_run_time=min_run_time)
-        pairs.append((Timing(t_a.median, t_a.iqr, len(t_a.times), min(t_a.times)),
-                      Timing(t_b.median, t_b.iqr, len(t_b.times), min(t_b.times))))
+        pairs.append((Timing.of(t_a), Timing.of(t_b)))
     return _summary(pairs)
 
 

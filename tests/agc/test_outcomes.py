@@ -20,6 +20,7 @@ from harness.claim import Claim, Evidence, Tolerance, Verdict
 from harness.odds import judge_odds
 from harness.train import TrainRecord
 from tests.agc.grids import AGC, BN, CFG, LARGE, NF, PAPER_LIKE, SMALL
+from tests.outcomes import assert_a_reported_result
 
 CHANCE = CFG.chance
 NOT_REPRODUCED = (Verdict.NOT_REPRODUCED, Verdict.INCONCLUSIVE)
@@ -125,10 +126,7 @@ def report(name: str, runs: pd.DataFrame, tmp_path) -> Evidence:
     """What the claim records and writes; the evidence, with its verdict."""
     ev = Evidence(claim(name), "cpu", tmp_path / name)
     CLAIMS[name](runs, ev)
-    for path in ev.artifacts:
-        assert path.exists() and path.stat().st_size > 0, path
-    assert ev.verdict is not None and ev.reason
-    return ev
+    return assert_a_reported_result(ev)
 
 
 # ------------------------------------------------------------------------------ outcomes

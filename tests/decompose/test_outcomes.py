@@ -21,6 +21,7 @@ from harness.decompose import verdicts as v
 from harness.odds import judge_odds
 from harness.stats import mean
 from harness.train import TrainConfig
+from tests.outcomes import assert_a_reported_result
 
 CFG = study.DecompStudyConfig(model="vgg_tiny", model_overrides=(), data=DataSpec("synthetic"),
                               resolution=16, train=TrainConfig(), seeds=(0, 1, 2),
@@ -122,10 +123,7 @@ def report(name: str, dmg: pd.DataFrame, strat: pd.DataFrame, tmp_path) -> Evide
     ev.figure("strategies_all.png", study.plot_strategies(strat))
     j, odds = CLAIMS[name](dmg, strat, ev)
     ev.decide(j.holds, j.reason, odds)
-    for path in ev.artifacts:
-        assert path.exists() and path.stat().st_size > 0, path
-    assert ev.verdict is not None and ev.reason
-    return ev
+    return assert_a_reported_result(ev)
 
 
 # ------------------------------------------------------------------------------ outcomes

@@ -22,6 +22,7 @@ from harness.odds import resample_lists, verdict_odds
 from harness.scaling import study
 from harness.scaling import verdicts as v
 from harness.train import TrainRecord
+from tests.outcomes import assert_a_reported_result
 
 CHANCE = 0.1
 MARGIN = 0.03
@@ -101,10 +102,7 @@ def report(name: str, table: pd.DataFrame, tmp_path) -> Evidence:
     ev = Evidence(Claim(f"scaling.{name}", "test", "test", trained=True), "cpu", tmp_path / name)
     base = CLAIMS[name](table, ev)
     ev.baseline(base, CHANCE, "the unscaled base")
-    for path in ev.artifacts:
-        assert path.exists() and path.stat().st_size > 0, path
-    assert ev.verdict is not None and ev.reason
-    return ev
+    return assert_a_reported_result(ev)
 
 
 # ------------------------------------------------------------------------------ outcomes

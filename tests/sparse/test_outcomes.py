@@ -20,6 +20,7 @@ from harness.sparse import verdicts as v
 from harness.sparse.study import DENSE, RIGL, SET, STATIC
 from harness.stats import mean
 from harness.train import TrainRecord
+from tests.outcomes import assert_a_reported_result
 from tests.sparse.test_verdicts import CFG, PAPER_LIKE
 
 CHANCE = CFG.chance
@@ -115,10 +116,7 @@ def report(name: str, runs: pd.DataFrame, tmp_path) -> Evidence:
     record_claim, judge = CLAIMS[name]
     j = record_claim(runs, ev)
     ev.decide(j.holds, j.reason, judge_odds(judge, runs, CFG, resamples=20))
-    for path in ev.artifacts:
-        assert path.exists() and path.stat().st_size > 0, path
-    assert ev.verdict is not None and ev.reason
-    return ev
+    return assert_a_reported_result(ev)
 
 
 # ------------------------------------------------------------------------------ outcomes

@@ -32,6 +32,7 @@ from harness.supernet.verdicts import (
     STANDALONE,
 )
 from harness.train import TrainConfig, TrainRecord
+from tests.outcomes import assert_a_reported_result
 
 CFG = study.GridConfig(cnn="cnn_supernet_tiny", hybrid="hybrid_supernet_tiny",
                        data=DataSpec("synthetic"), resolution=16, seeds=(0, 1, 2),
@@ -144,10 +145,7 @@ def report(name: str, runs: pd.DataFrame, tmp_path) -> Evidence:
     record_claim, judge = CLAIMS[name]
     j = record_claim(runs, ev)
     ev.decide(j.holds, j.reason, judge_odds(judge, runs, CFG, resamples=20))
-    for path in ev.artifacts:
-        assert path.exists() and path.stat().st_size > 0, path
-    assert ev.verdict is not None and ev.reason
-    return ev
+    return assert_a_reported_result(ev)
 
 
 # ------------------------------------------------------------------------------ outcomes
