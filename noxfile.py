@@ -266,7 +266,7 @@ def report(session: nox.Session) -> None:
     if not session.posargs:
         session.error("name a run: nox -s report -- results/<run>  (or two: A B)")
     install(session)
-    session.run("python", "-m", "harness.report", *session.posargs)
+    session.run("python", "-m", "harness.html_report", *session.posargs)
 
 
 @nox.session

@@ -30,7 +30,8 @@ def pytest_benchmark_update_machine_info(config, machine_info):
 @pytest.fixture
 def bench(benchmark) -> Callable[..., None]:
     """``bench(fn, device, rounds=20, warmup=3)``: time ``fn`` as described above."""
-    from harness.timing import synchronised, timing_settings
+    from harness.environment import timing_settings
+    from harness.timing import synchronised
 
     def run(fn: Callable[[], None], device: str, rounds: int = 20, warmup: int = 3) -> None:
         with timing_settings(device, cpu_threads=1):

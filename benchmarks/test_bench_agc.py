@@ -1,4 +1,5 @@
-"""AGC's overhead per training step, as a ratio against the same step without clipping.
+"""AGC's overhead per training step, as a ratio against the same step without clipping: both
+the loop's real step (``train.make_step``), one with AGC as its ``before_step`` hook.
 
 Both variants are timed in the same process, interleaved, with ``torch.utils.benchmark``; the
 ratio goes to ``extra_info["agc_overhead_ratio"]`` (>1: AGC costs that factor). The benchmark's
@@ -8,38 +9,31 @@ own timing is the AGC step, for ``--benchmark-compare``. No test asserts wall-cl
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from harness import models
 from harness.agc.study import AGCHook
 from harness.environment import cpu_name
 from harness.timing import interleaved_ratio
-from harness.train import StepState
+from harness.train import TrainConfig, make_step
 
 MODEL, BATCH, RES, LAM, ROUNDS = "nf_resnet_tiny", 32, 32, 0.01, 7
 
 
-def make_step(clip: bool):
+CFG = TrainConfig(lr=1e-3)  # the recipe's step (SGD, Nesterov, weight decay, smoothing)
+
+
+def agc_step(clip: bool):
     torch.manual_seed(0)
     model = models.build(MODEL, resolution=RES).train()
     x, y = torch.randn(BATCH, 3, RES, RES), torch.randint(0, 10, (BATCH,))
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True)
-    hook = AGCHook(LAM) if clip else None  # the hook train() runs, classifier skipped
-
-    def step() -> None:
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if hook is not None:
-            hook(StepState(model, opt, 0, loss.detach()))
-        opt.step()
-
-    return step
+    hooks = [AGCHook(LAM)] if clip else []  # the hook train() runs, classifier skipped
+    step = make_step(model, CFG, before_step=hooks)
+    return lambda: step(x, y)
 
 
 def test_agc_overhead_per_step(benchmark):
     torch.set_num_threads(1)  # fixed, so runs on the same machine compare
-    plain, clipped = make_step(False), make_step(True)
+    plain, clipped = agc_step(False), agc_step(True)
     ratio = interleaved_ratio(plain, clipped, ROUNDS)  # load hits both variants alike
     benchmark.group = "agc"
     benchmark.pedantic(clipped, warmup_rounds=3, rounds=20, iterations=1)

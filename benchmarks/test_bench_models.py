@@ -1,16 +1,17 @@
 """Inference and training step of scaled models: a tiny RegNetY-like base scaled 4x in flops
 by width alone (w) and by the fast compound rule (dWr), as the scaling claims build them.
-Fast enough to be the A/B gate's default subset (``nox -s bench_ab``)."""
+The training step is the loop's own (``train.make_step``). Fast enough to be the A/B gate's
+default subset (``nox -s bench_ab``)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from harness import models
 from harness.scaling import scale
 from harness.timing import bench_device
+from harness.train import TrainConfig, make_step
 
 BASE = models.config_of("anynet_tiny_y", stem_type="cifar", depths=(1, 2, 4),
                         widths=(16, 32, 64), resolution=16)
@@ -46,13 +47,10 @@ def test_inference_of_scaled_model(bench, benchmark, strategy):
 def test_train_step_of_scaled_model(bench, benchmark, strategy):
     model, x, y = scaled(strategy)
     model.train()
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    one_step = make_step(model, TrainConfig(lr=1e-3), DEVICE)
 
     def step() -> None:
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        one_step(x, y)
 
     benchmark.group = "scaled-train-step"
     benchmark.extra_info.update({"strategy": strategy, "s": 4, "batch": BATCH})

@@ -1,51 +1,42 @@
 """Dynamic sparse training: the step-time overhead of mask maintenance against dense training
 (a ratio measured in one run, interleaved), and the cost of one mask update for a
-ResNet-18-sized model. Speed is reported, never asserted: ``nox -s bench``."""
+ResNet-18-sized model. Every step timed is the loop's real step (``train.make_step``), the masks
+its ``after_step`` hook. Speed is reported, never asserted: ``nox -s bench``."""
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch.utils import benchmark as tb
 
 from harness import models
 from harness.environment import cpu_name
 from harness.sparse import DynamicSparse, SparseConfig
 from harness.timing import interleaved_ratio
-from harness.train import RunStart, StepState
+from harness.train import RunStart, TrainConfig, make_optimizer, make_step
 
 MODEL, BATCH, RES, ROUNDS, DT = "vgg_tiny", 32, 16, 7, 100
+CFG = TrainConfig(lr=1e-3)  # the recipe's step (SGD, Nesterov, weight decay, smoothing)
 
 
-def make_step(sparse: bool, update_interval: int = DT):
+def sparse_step(sparse: bool, update_interval: int = DT):
     torch.manual_seed(0)
     model = models.build(MODEL, resolution=RES).train()
     x, y = torch.randn(BATCH, 3, RES, RES), torch.randint(0, 10, (BATCH,))
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True)
-    hook = None
+    opt = make_optimizer(model, CFG)
+    hooks = []
     if sparse:
-        hook = DynamicSparse(SparseConfig(0.9, update_interval=update_interval,
-                                          stop_fraction=1.0))
-        hook.start(RunStart(model, opt, 10**9, 100, 0))
-    step_no = [0]
-
-    def step() -> None:
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if hook is not None:
-            hook(StepState(model, opt, step_no[0], loss.detach()))
-        step_no[0] += 1
-
-    return step
+        hooks = [DynamicSparse(SparseConfig(0.9, update_interval=update_interval,
+                                            stop_fraction=1.0))]
+        hooks[0].start(RunStart(model, opt, 10**9, 100, 0))
+    step = make_step(model, CFG, optimizer=opt, after_step=hooks)  # counts its steps for ΔT
+    return lambda: step(x, y)
 
 
 def test_mask_maintenance_overhead_per_step(benchmark):
     """Masking weights and momentum every step, plus an update every ΔT=100 steps (its cost
     spread over the run, as training sees it)."""
     torch.set_num_threads(1)
-    dense, sparse = make_step(False), make_step(True)
+    dense, sparse = sparse_step(False), sparse_step(True)
     ratio = interleaved_ratio(dense, sparse, ROUNDS)  # load hits both alike
     benchmark.group = "sparse"
     benchmark.pedantic(sparse, warmup_rounds=3, rounds=20, iterations=1)
@@ -62,20 +53,15 @@ def test_one_mask_update_of_a_resnet18_sized_model(benchmark):
     (11M weights), against one dense training step of the same model at batch 8."""
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    model = models.build("bn_resnet18_cifar")
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    model = models.build("bn_resnet18_cifar").train()
+    opt = make_optimizer(model, CFG)
     hook = DynamicSparse(SparseConfig(0.9, growth="gradient", stop_fraction=1.0))
     hook.start(RunStart(model, opt, 10**9, 100, 0))
     x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
-    F.cross_entropy(model(x), y).backward()
+    step = make_step(model, CFG, optimizer=opt)  # dense: the masks' hook is not in it
+    step(x, y)  # leaves the gradients the growth criterion reads
 
-    def step() -> None:
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    t_step = tb.Timer("f()", globals={"f": step}).blocked_autorange(min_run_time=1.0)
+    t_step = tb.Timer("f()", globals={"f": lambda: step(x, y)}).blocked_autorange(min_run_time=1.0)
     benchmark.group = "sparse"
     benchmark.pedantic(lambda: hook.update(1), warmup_rounds=1, rounds=5, iterations=1)
     t_update = benchmark.stats.stats.median

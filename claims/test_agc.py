@@ -1,11 +1,12 @@
-"""Adaptive Gradient Clipping (Brock, De, Smith, Simonyan, ICML 2021, "NFNets"; seed 002).
+"""Adaptive Gradient Clipping (Brock, De, Smith, Simonyan, ICML 2021, "NFNets"; claims/README.md §2).
 
 AGC clips each unit's gradient to lam * ||W_i||*. The paper's claims: the rule itself; with
 AGC a normalizer-free ResNet trains stably at large batch (lr scaled linearly) where it
 otherwise breaks, and gets close to BatchNorm; the benefit and the best lam shrink as the
 batch gets smaller; the final classifier should not be clipped; BatchNorm costs step time and
-fails at tiny batches. Implementations: ``harness.agc.rule`` (the rule), ``harness.agc.study`` (the
-hook, the grid, the verdict rules). All grid claims share one grid of cached training runs.
+fails at tiny batches. The rule: ``harness/agc/rule.py``; the verdict rules and their margins:
+``harness/agc/verdicts.py``; the grid: ``harness/agc/study.py``. All grid claims share one grid
+of cached training runs.
 """
 
 from __future__ import annotations
@@ -26,11 +27,11 @@ from harness.agc.study import (
     grid_summary,
     plot_grid,
     rule_study,
-    run_cells,
     skip_final_cells,
     step_timing_cost,
     time_bn_vs_nf,
     tiny_batch_cells,
+    train_agc_cells,
 )
 from harness.agc.verdicts import (
     BN,
@@ -148,9 +149,9 @@ GRID_CONFIGS = {"smoke": SMOKE_GRID, "full": FULL_GRID}
 
 def grid_runs(cfg: GridConfig, cells, profile, load_data, executor):
     """The runs of ``cells``: cached on disk (not for dry runs), side by side on the CPU."""
-    return run_cells(cfg, cells, device=profile.device,
+    return train_agc_cells(cfg, cells, device=profile.device,
                      load=lambda: load_data(cfg.data, cfg.resolution),
-                     use_cache=not profile.dry_run, executor=executor)
+                     use_cache=profile.use_cache, executor=executor)
 
 
 # Bands come from measured noise (harness.bands): every metric under three CPU kernel paths,

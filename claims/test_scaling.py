@@ -1,4 +1,4 @@
-"""Fast and Accurate Model Scaling (Dollár, Singh, Girshick, CVPR 2021; seed 000).
+"""Fast and Accurate Model Scaling (Dollár, Singh, Girshick, CVPR 2021; claims/README.md §1).
 
 Scaling a network's flops by s through depth d, width w and resolution r changes its params and
 activations differently (per conv: f = d·w²·r², p = d·w², a = d·w·r²). The paper's claims:
@@ -45,7 +45,13 @@ from harness.scaling.study import (
     timing_doubling,
     train_scaled,
 )
-from harness.scaling.verdicts import dWr_verdict, order_verdict
+from harness.scaling.verdicts import (
+    acts_predict_verdict,
+    complexity_laws_verdict,
+    dWr_verdict,
+    order_verdict,
+    w_fastest_verdict,
+)
 from harness.train import TrainConfig
 
 # ------------------------------------------------------------------- the complexity laws
@@ -89,11 +95,9 @@ def test_complexity_laws(evidence, profile):
                     paper="1.2/1.1/1.15 vs 1.26/1.12/1.12")
     for v in report.violations[:5]:
         evidence.note(v)
-    worked = (round(ex.flops / 1e9, 2), round(ex.params / 1e6, 1), round(ex.acts / 1e6, 1))
-    holds = not report.violations and worked == (15.61, 68.1, 26.5) and report.efficientnet_gap < 0.1
-    evidence.decide(holds, f"{report.cells} scaled networks checked, {len(report.violations)} "
-                           f"law violations; worked example {worked}"
-                    + (f"; first: {report.violations[0]}" if report.violations else ""))
+    judged = complexity_laws_verdict(report.cells, report.violations, ex.flops, ex.params,
+                                     ex.acts, report.efficientnet_gap)
+    evidence.decide(judged.holds, judged.reason)
 
 
 # ------------------------------------------------------- runtime follows activations
@@ -194,21 +198,14 @@ def test_acts_predict_runtime(evidence, profile):
         evidence.metric(name, row.r, r_tol(name, profile.device),
                         key=row.phase == "inference",
                         paper={"flops": "≈0.81", "acts": "≈1"}.get(row.metric))
-    holds, best, shown = True, True, []
-    for phase in ("inference", "train_step"):
-        r = table[table.phase == phase].set_index("metric").r
-        best &= r["acts"] > r["flops"] and r["acts"] > r["params"]
-        holds &= r["acts"] >= 0.9 and r["acts"] > r["flops"] and r["acts"] > r["params"]
-        shown.append(f"{phase}: r(acts)={r['acts']:.3f}, r(flops)={r['flops']:.3f}, "
-                     f"r(params)={r['params']:.3f}")
+    r = {phase: dict(zip(rows.metric, rows.r)) for phase, rows in table.groupby("phase")}
+    judged = acts_predict_verdict(r, record_batch_doubling(evidence, pop, profile.device),
+                                  DISPATCH_NOTE)
     if profile.device == "cuda":
-        evidence.metric("acts_is_best_predictor", int(best), BEST_TOL, key=True)
+        evidence.metric("acts_is_best_predictor", int(judged.acts_best), BEST_TOL, key=True)
     else:
-        evidence.observe("acts_is_best_predictor", int(best), CPU_BEST)
-    reason = "; ".join(shown) + " (needs r(acts) ≥ 0.9 and above both others)"
-    if record_batch_doubling(evidence, pop, profile.device):
-        holds, reason = None, f"{reason}; but the timing was dispatch-bound: {DISPATCH_NOTE}"
-    evidence.decide(holds, reason)
+        evidence.observe("acts_is_best_predictor", int(judged.acts_best), CPU_BEST)
+    evidence.decide(judged.holds, judged.reason)
 
 
 # ---------------------------------------------------------- width scaling is fastest
@@ -249,14 +246,11 @@ def test_w_fastest(evidence, profile):
                                           "moved over 0.11-0.56 across 3 kernel-path runs with "
                                           "load beside them: a band would cover [0, 1]")
     evidence.metric("dwr_most_acts_share", dwr_most / n, EXACT)
-    holds = fewest_acts == n and fastest == n and fastest_train == n
-    if record_batch_doubling(evidence, pop, profile.device):
-        holds = None  # runtimes that follow kernel launches cannot rank networks
+    bound = record_batch_doubling(evidence, pop, profile.device)
+    if bound:
         evidence.note(f"the timing was dispatch-bound: {DISPATCH_NOTE}")
-    evidence.decide(holds, f"w has the fewest acts in {fewest_acts}/{n} equal-flops groups and "
-                           f"the lowest runtime in {fastest}/{n} (inference), {fastest_train}/{n} "
-                           f"(train step); secondary: dwr has the most acts among dr/wr/dwr in "
-                           f"{dwr_most}/{n} (the closed forms give dr a ∝ s > dwr s^(5/6))")
+    judged = w_fastest_verdict(n, fewest_acts, fastest, fastest_train, dwr_most, bound)
+    evidence.decide(judged.holds, judged.reason)
 
 
 # ------------------------------------------------- dWr matches dwr's accuracy, faster
@@ -350,7 +344,7 @@ def _record_budgets(evidence, nets: dict, base_name: str = "base0") -> dict:
     return ratios
 
 
-def _train_cells(cfg, cells, profile, load_data, use_cache, executor, evidence):
+def _train_cells(cfg, cells, profile, load_data, executor, evidence):
     full = profile.unshrunk(TRAINED)  # a dry run prints what the full-size runs would cost
     evidence.full_size_jobs(lambda: list(scaled_jobs(
         full, {f"{m}/{st}": scaled_config(full.bases[int(m.removeprefix("base"))], st, full.s)
@@ -358,13 +352,13 @@ def _train_cells(cfg, cells, profile, load_data, use_cache, executor, evidence):
         cells_per_gpu=1)
     # The dWr claim reads these runs' epoch times: one run per GPU, never sharing it.
     records = train_scaled(cfg, {f"{m}/{st}": net for (m, st), net in cells.items()},
-                           device=profile.device, load_data=load_data, use_cache=use_cache,
+                           device=profile.device, load_data=load_data, use_cache=profile.use_cache,
                            executor=dataclasses.replace(executor, cells_per_gpu=1))
     return {(*name.split("/"), seed): rec for (name, seed), rec in records.items()}
 
 
 @pytest.mark.claim(DWR_MATCHES_DWR_FASTER)
-def test_dWr_matches_dwr_faster(evidence, profile, load_data, use_cache, executor):
+def test_dWr_matches_dwr_faster(evidence, profile, load_data, executor):
     cfg = profile.pick(TRAINED)
     evidence.record_config(cfg, cfg.seeds)
     base = cfg.bases[0]
@@ -373,9 +367,9 @@ def test_dWr_matches_dwr_faster(evidence, profile, load_data, use_cache, executo
     full = profile.unshrunk(TRAINED)
     evidence.full_size_phases(lambda: {"scaling.dWr_inference": inference_timing_cost(
         full, {st: scaled_config(full.bases[0], st, full.s) for st in ("base", *full.strategies)})})
-    table = accuracy_table(_train_cells(cfg, nets, profile, load_data, use_cache, executor, evidence))
+    table = accuracy_table(_train_cells(cfg, nets, profile, load_data, executor, evidence))
     evidence.table("accuracy.csv", table)
-    chance = 1 / base.num_classes  # a diverged run counts as chance
+    chance = cfg.data.chance  # a diverged run counts as chance
     acc = {st: table[table.strategy == st].sort_values("seed").test_acc.fillna(chance).tolist()
            for st in ("base", *cfg.strategies)}
     evidence.baseline(acc["base"], chance, "the unscaled base")
@@ -398,19 +392,15 @@ def test_dWr_matches_dwr_faster(evidence, profile, load_data, use_cache, executo
     bound = _record_timing_doubling(evidence, cfg, nets, profile.device)
 
     def judge(accuracies):
-        j = dWr_verdict(accuracies, times, epoch.to_dict(), cfg.accuracy_margin,
-                        judge_speed=profile.device == "cuda", chance=chance)
-        if bound:  # the speed half cannot be judged: only the accuracy half decides
-            return j, None if j.comparable.decided else j.comparable.decided
-        return j, j.holds
+        return dWr_verdict(accuracies, times, epoch.to_dict(), cfg.accuracy_margin,
+                           judge_speed=profile.device == "cuda", chance=chance,
+                           dispatch_bound=bound, dispatch_note=TIMING_DOUBLING_NOTE)
 
-    j, holds = judge(acc)
-    reason = j.reason + (f"; but the runtime ratios are not judged: the timing of {bound} was "
-                         f"dispatch-bound ({TIMING_DOUBLING_NOTE})" if bound else "")
+    j = judge(acc)
     flops = ", ".join(f"{st} {budgets[('base0', st)]:.2f}x" for st in cfg.strategies)
     # Redraws of the seeds move the accuracies; the timings are one measurement.
-    odds = verdict_odds(lambda idx: judge(resample_lists(acc, idx))[1], len(acc["dwr"]))
-    evidence.decide(holds, f"{reason}; flops over the base (target {cfg.s:g}x): {flops}", odds)
+    odds = verdict_odds(lambda idx: judge(resample_lists(acc, idx)).holds, len(acc["dwr"]))
+    evidence.decide(j.holds, f"{j.reason}; flops over the base (target {cfg.s:g}x): {flops}", odds)
 
 
 TIMING_DOUBLING_WHY = ("smallest t(2B)/t(B) of dWr and dwr, inference at the timing batch and a "
@@ -452,20 +442,20 @@ ORDER_PRESERVED = Claim(
 
 
 @pytest.mark.claim(ORDER_PRESERVED)
-def test_order_preserved(evidence, profile, load_data, use_cache, executor):
+def test_order_preserved(evidence, profile, load_data, executor):
     cfg = profile.pick(TRAINED)
     evidence.record_config(cfg, cfg.seeds)
     nets = {(f"base{i}", st): scaled_config(b, st, cfg.s)
             for i, b in enumerate(cfg.bases[:2]) for st in ("base", "dWr")}
     _record_budgets(evidence, nets)
-    table = accuracy_table(_train_cells(cfg, nets, profile, load_data, use_cache, executor, evidence))
+    table = accuracy_table(_train_cells(cfg, nets, profile, load_data, executor, evidence))
     evidence.table("accuracy.csv", table)
 
     def acc(model, st):
         rows = table[(table.model == model) & (table.strategy == st)].sort_values("seed")
-        return rows.test_acc.fillna(1 / cfg.bases[0].num_classes).tolist()  # diverged: chance
+        return rows.test_acc.fillna(cfg.data.chance).tolist()  # diverged: chance
 
-    evidence.baseline(acc("base0", "base"), 1 / cfg.bases[0].num_classes, "the first base")
+    evidence.baseline(acc("base0", "base"), cfg.data.chance, "the first base")
     for model in ("base0", "base1"):
         for st in ("base", "dWr"):
             evidence.metric(f"acc_{model}_{st}", stats.summarize(acc(model, st)).mean, ACC_TOL,

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import atomic
-from harness.claim import ACCURACY, Tolerance, _fmt
+from harness.claim import ACCURACY, Tolerance, format_value
 from harness.environment import CUDA_KERNEL_SETTINGS, KERNEL_SETTINGS
 from harness.odds import VerdictOdds
 from harness.timing import dispatch_bound
@@ -150,11 +150,12 @@ class Measured:
         half = max(floor, band.half)
         why = (f"{self.what}. Measured{f' on {noise.cpu}' if noise.cpu else ''} under "
                f"{len(per)} kernel paths: {band.values_text}. σ across paths "
-               f"{_fmt(band.sd_paths)}" + (
-                   f"; seed σ {_fmt(band.sd_seed)} (pooled{f' over *{self.pool}*' if self.pool else ''})"
-                   f" → σ of a {band.n}-seed mean {_fmt(band.sd_mean)}" if band.n > 1 else "")
-               + f". Rule: max(floor {_fmt(floor)}, {self.k:g}·√2·σ = {_fmt(band.k_term)}, "
-                 f"largest deviation {_fmt(band.deviation)}) = {_fmt(half)}")
+               f"{format_value(band.sd_paths)}" + (
+                   f"; seed σ {format_value(band.sd_seed)} "
+                   f"(pooled{f' over *{self.pool}*' if self.pool else ''})"
+                   f" → σ of a {band.n}-seed mean {format_value(band.sd_mean)}" if band.n > 1 else "")
+               + f". Rule: max(floor {format_value(floor)}, {self.k:g}·√2·σ = {format_value(band.k_term)}, "
+                 f"largest deviation {format_value(band.deviation)}) = {format_value(half)}")
         return Tolerance(why=why, abs=half, direction=self.direction, domain=self.domain,
                          rule=self.spec())
 
@@ -230,7 +231,7 @@ def band_from(per: dict[str, PathValue], seed: tuple[float, int], k: float = K,
     deviation = max((abs(v - ref) for v in finite), default=0.0) if ref is not None else 0.0
     k_term = k * math.sqrt(2) * sigma
     text = ", ".join(
-        f"{s} {_fmt(pv.value)}" + (f" (seeds {', '.join(_fmt(x) for x in pv.samples)})"
+        f"{s} {format_value(pv.value)}" + (f" (seeds {', '.join(format_value(x) for x in pv.samples)})"
                                    if pv.samples else "")
         for s, pv in per.items())
     return Band(max(k_term, deviation), sd_paths, sd_seed, sd_mean, n, k_term, deviation, text)

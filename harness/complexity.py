@@ -13,13 +13,12 @@ Conventions (Radosavovic et al. 2020; Dollár et al., "Fast and Accurate Model S
 ``with torch.device("meta"):`` and counting is instant: no memory is allocated and no arithmetic
 runs. ``independent_flops`` is a cross-check with PyTorch's own ``FlopCounterMode``.
 
-Beside the hook counter there are pycls-style analytic helpers (``conv2d_cx`` …) that the model
-files use to compute complexity from a config alone.
+``Cx`` is the running state of a pycls-style analytic count from a config alone; the per-layer
+steps (``conv2d_cx`` …) sit beside the layers they count, in ``harness/models/layers.py``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -30,14 +29,9 @@ __all__ = [
     "Complexity",
     "Cx",
     "LayerCount",
-    "conv2d_cx",
-    "gap2d_cx",
     "independent_flops",
     "layer_counts",
-    "linear_cx",
     "measure",
-    "norm2d_cx",
-    "pool2d_cx",
 ]
 
 
@@ -192,44 +186,3 @@ class Cx:
 
     def totals(self) -> Complexity:
         return Complexity(self.flops, self.params, self.acts)
-
-
-def conv2d_cx(
-    cx: Cx, w_in: int, w_out: int, k: int, *, stride: int = 1, groups: int = 1, bias: bool = False
-) -> Cx:
-    """A k×k conv with 'same' padding (k odd), as built by the model files."""
-    h, w = (cx.h - 1) // stride + 1, (cx.w - 1) // stride + 1
-    return Cx(
-        h,
-        w,
-        cx.flops + k * k * w_in * w_out * h * w // groups + (w_out * h * w if bias else 0),
-        cx.params + k * k * w_in * w_out // groups + (w_out if bias else 0),
-        cx.acts + w_out * h * w,
-    )
-
-
-def norm2d_cx(cx: Cx, w_in: int) -> Cx:
-    """BatchNorm: 2·C params (gamma, beta); running stats are buffers, not params."""
-    return dataclasses.replace(cx, params=cx.params + 2 * w_in)
-
-
-def pool2d_cx(cx: Cx, w_in: int, k: int, *, stride: int = 1) -> Cx:
-    """Max pool with 'same' padding: only its output counts, as acts."""
-    h, w = (cx.h - 1) // stride + 1, (cx.w - 1) // stride + 1
-    return Cx(h, w, cx.flops, cx.params, cx.acts + w_in * h * w)
-
-
-def gap2d_cx(cx: Cx, w_in: int) -> Cx:
-    """Global average pool: free, output is 1×1."""
-    return dataclasses.replace(cx, h=1, w=1)
-
-
-def linear_cx(cx: Cx, w_in: int, w_out: int, *, bias: bool = False) -> Cx:
-    """A linear layer on one location."""
-    return Cx(
-        cx.h,
-        cx.w,
-        cx.flops + w_in * w_out + (w_out if bias else 0),
-        cx.params + w_in * w_out + (w_out if bias else 0),
-        cx.acts + w_out,
-    )

@@ -37,7 +37,8 @@ from typing import Any
 import torch
 
 from harness.data import DatasetSplits, DataSpec
-from harness.train import TrainJob, cache_key
+from harness.runs.cache import cache_key
+from harness.runs.jobs import TrainJob
 
 # Calibration of the device's work: a ResNet-50 (4.09 GMAC at 224²) trains at about 3,200
 # images/s on one H100 in bf16 with channels_last (of the order NVIDIA's DeepLearningExamples
@@ -511,14 +512,13 @@ def placeholder_data(spec: DataSpec, resolution: int, channels: int = 3) -> Data
         return (torch.zeros(1, channels, resolution, resolution).expand(n, -1, -1, -1),
                 torch.zeros(1, dtype=torch.long).expand(n))
 
-    classes = {"cifar10": 10, "cifar100": 100}.get(spec.name, spec.num_classes)
     test = spec.test_size or (10_000 if spec.name != "synthetic" else 2_000)
-    return DatasetSplits(split(spec.train_count), split(test), classes, resolution,
+    return DatasetSplits(split(spec.train_count), split(test), spec.num_classes, resolution,
                          f"placeholder for {spec.name} at {resolution} px (no data)")
 
 
 # ------------------------------------------------------------------ the papers' own scale
-# Each family's published experiment, from /work/shared/CLAIMS.md and the papers: the network's
+# Each family's published experiment, from claims/README.md and the papers: the network's
 # multiply-adds at its resolution, the dataset size, epochs, and how many full training runs
 # the claims need. "runs" counts networks × settings × seeds; a setting that trains longer
 # counts as more runs (RigL-ITOP 2× steps = 2). Where the paper does not say, the row says

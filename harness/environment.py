@@ -6,6 +6,7 @@ import os
 import platform
 import subprocess
 from collections.abc import Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -189,3 +190,20 @@ def capture(device: str = "cpu") -> dict[str, Any]:
         env["device_name"] = torch.cuda.get_device_name(0)
         env["gpu_count"] = torch.cuda.device_count()
     return env
+
+
+@contextmanager
+def timing_settings(device: str, cpu_threads: int):
+    """cudnn autotuning on CUDA; a fixed thread count on the CPU. Restores both afterwards."""
+    import torch
+
+    prev_threads, prev_bench = torch.get_num_threads(), torch.backends.cudnn.benchmark
+    try:
+        if device == "cuda":
+            torch.backends.cudnn.benchmark = True
+        else:
+            torch.set_num_threads(cpu_threads)
+        yield
+    finally:
+        torch.set_num_threads(prev_threads)
+        torch.backends.cudnn.benchmark = prev_bench

@@ -109,7 +109,7 @@ def family_order(estimate: dict[str, Any] | None) -> list[tuple[str, float | Non
 
 
 def _cache_dir() -> Path:
-    from harness.train import cache_dir
+    from harness.runs.cache import cache_dir
 
     return cache_dir()
 

@@ -395,7 +395,7 @@ def train_step_peak(model: ModelLike, batch: int, resolution: int, *, amp: str |
 
 
 def job_peak(job: Any) -> MemoryEstimate:
-    """The predicted peak of a ``harness.train.TrainJob``'s step, on the GPU it is planned
+    """The predicted peak of a ``harness.runs.jobs.TrainJob``'s step, on the GPU it is planned
     for (its recipe's ``amp`` applies, whatever ``job.device``): its model (built on meta, as
     ``harness.costs.job_work`` counts it), its recipe's batch, optimizer and layout, its
     training set on the device and one eval batch, and its step function's passes

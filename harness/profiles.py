@@ -107,6 +107,13 @@ class Profile:
             raise UsageError(f"this claim defines no {self.name!r} profile") from None
         return config.dry_run() if self.dry_run else config  # type: ignore[attr-defined]
 
+    @property
+    def use_cache(self) -> bool:
+        """Whether training runs may come from (and go to) the cache: a dry run trains each job
+        for one step, a record that must never be stored or reused. (``--no-cache`` points the
+        cache at a fresh folder instead, so claims sharing a run still train it once.)"""
+        return not self.dry_run
+
     def unshrunk(self, configs: Mapping[str, C]) -> C:
         """This profile's config as defined, never shrunk: what a dry run's estimate prices."""
         return dataclasses.replace(self, dry_run=False).pick(configs)

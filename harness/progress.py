@@ -1,6 +1,6 @@
 """Progress bars for long work (training runs, timing populations).
 
-Kept apart from reporting so that the training loop, whose source is part of every cache key,
+Kept apart from the results module so that the training loop, whose source is part of every cache key,
 does not depend on how results are reported."""
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 Layout: ``reference_results/<profile>/<device class>/<claim id>.json``, one file per claim.
 A check fails when a metric leaves its tolerance band or the verdict differs from the stored one.
 Only ``write_reference`` (called by ``--regen-references``) ever writes there, atomically.
+``check_reference`` is what the plugin runs after each claim check: compare, regenerate, or
+neither on a dry run, as pytest-regressions' ``perform_regression_check`` does.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from harness import atomic
-from harness.claim import Evidence, Tolerance, _fmt
+from harness.claim import Tolerance, format_value
 from harness.costs import ESTIMATE_NAME  # a profile's priced plan, beside its references
+from harness.evidence import Evidence
 
 SCHEMA_VERSION = 1
 DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "reference_results"
@@ -183,7 +186,7 @@ def _band_text(tol: Tolerance, value: float | None) -> str:
     if value is None:
         return "(nan)"
     lo, hi = tol.band(value)
-    return f"[{_fmt(lo)}, {_fmt(hi)}]"
+    return f"[{format_value(lo)}, {format_value(hi)}]"
 
 
 def compare(evidence: Evidence, reference: Reference) -> Comparison:
@@ -248,6 +251,67 @@ def reference_record(evidence: Evidence, profile: str, env: dict[str, Any]) -> d
     }
 
 
+MODES = ("compare", "strict", "regenerate", "dry-run")
+
+
+def check_reference(evidence: Evidence, root: Path, profile: str, device: str, device_class: str,
+                    mode: str, run_dir: Path, environment: dict[str, Any]
+                    ) -> tuple[Comparison, list[str]]:
+    """Settle one claim check against its reference under ``root``: (the ``Comparison``, lines
+    for the regeneration log).
+
+    ``mode``: ``compare`` (``strict``: a missing reference fails too), ``regenerate`` (store
+    this evidence, refusing one that guards nothing) or ``dry-run`` (neither). A regression or
+    an unreadable reference writes this run's record to ``run_dir/<claim>.obtained.json``.
+    Fails with an AssertionError whose ``comparison`` attribute is the Comparison (None when
+    the reference was refused)."""
+    __tracebackhide__ = True
+    claim = evidence.claim
+    if mode not in MODES:
+        raise ValueError(f"mode {mode!r} not in {MODES}")
+    if evidence.verdict is None:
+        raise _failure(f"{claim.id}: the check recorded no verdict", None)
+    path = reference_path(root, profile, device_class, claim.id)
+    log: list[str] = []
+    if mode == "dry-run":
+        comparison = Comparison("DRY_RUN")
+    elif mode == "regenerate":
+        refused = unstorable(evidence)
+        if refused:
+            raise _failure(f"{claim.id}: refusing to store a reference that guards nothing "
+                           f"({path} is unchanged):\n  " + "\n  ".join(refused), None)
+        changes = write_reference(path, reference_record(evidence, profile, environment))
+        log = [f"{path}:"] + ([f"  {c}" for c in changes] or ["  (unchanged)"])
+        comparison = Comparison("REGENERATED", path=path)
+    elif not path.exists():
+        cmd = regen_command(profile, device, claim.id)
+        comparison = Comparison("NO_REFERENCE", (f"no reference at {path}", f"store one: {cmd}"))
+    else:
+        try:
+            comparison = compare(evidence, load_reference(path))
+        except ReferenceError as e:
+            comparison = Comparison("BAD_REFERENCE", (str(e),), path)
+    if comparison.status in ("REGRESSED", "BAD_REFERENCE"):
+        obtained = run_dir / f"{claim.id}.obtained.json"
+        obtained.parent.mkdir(parents=True, exist_ok=True)
+        obtained.write_text(json.dumps(reference_record(evidence, profile, environment),
+                                       indent=2) + "\n")
+        raise _failure(
+            f"{claim.id} {comparison.status.lower().replace('_', ' ')} against {path}:\n  "
+            + "\n  ".join(comparison.problems)
+            + f"\n(this run's record: {obtained}; if the change is intended: "
+            + regen_command(profile, device, claim.id) + ")", comparison)
+    if comparison.status == "NO_REFERENCE" and mode == "strict":
+        raise _failure("; ".join(comparison.problems), comparison)
+    return comparison, log
+
+
+def _failure(message: str, comparison: Comparison | None) -> AssertionError:
+    error = AssertionError(message)
+    error.comparison = comparison  # type: ignore[attr-defined]
+    return error
+
+
 def write_reference(path: Path, record: dict[str, Any]) -> list[str]:
     """Atomically replace ``path`` with ``record``; return old-vs-new lines for every metric."""
     path = Path(path)
@@ -287,4 +351,4 @@ def _describe_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 def _show(x: Any) -> str:
-    return _fmt(x) if isinstance(x, (int, float)) or x is None else str(x)
+    return format_value(x) if isinstance(x, (int, float)) or x is None else str(x)

@@ -12,11 +12,13 @@ from __future__ import annotations
 import copy
 import warnings
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+
+from harness import environment
+from harness.train import AMP_DTYPES, TrainConfig, make_step
 
 NOISY_IQR_RATIO = 0.15  # IQR/median above this marks a measurement as noisy
 
@@ -47,26 +49,11 @@ class Timing:
         return self.iqr / self.median > NOISY_IQR_RATIO if self.median > 0 else True
 
 
-@contextmanager
-def timing_settings(device: str, cpu_threads: int):
-    """cudnn autotuning on CUDA; a fixed thread count on the CPU. Restores both afterwards."""
-    prev_threads, prev_bench = torch.get_num_threads(), torch.backends.cudnn.benchmark
-    try:
-        if device == "cuda":
-            torch.backends.cudnn.benchmark = True
-        else:
-            torch.set_num_threads(cpu_threads)
-        yield
-    finally:
-        torch.set_num_threads(prev_threads)
-        torch.backends.cudnn.benchmark = prev_bench
-
-
 def _measure(fn, setup: TimingSetup, label: str) -> Timing:
     from torch.utils import benchmark
 
     device, cpu_threads = setup.device, setup.cpu_threads
-    with timing_settings(device, cpu_threads):
+    with environment.timing_settings(device, cpu_threads):
         for _ in range(setup.warmup):
             fn()
         if device == "cuda":
@@ -123,7 +110,8 @@ def time_inference(model: nn.Module, batch_size: int, resolution: int,
 
 def time_train_step(model: nn.Module, batch_size: int, resolution: int, num_classes: int,
                     setup: TimingSetup = TimingSetup(), microbatches: int = 1) -> Timing:
-    """Seconds per training step: forward, cross-entropy, backward and an SGD step.
+    """Seconds per training step: the loop's own step (``train.make_step``: forward,
+    cross-entropy, backward, an SGD step with momentum, no weight decay or label smoothing).
 
     ``microbatches`` = k > 1: where the step does not fit the device at once
     (``harness.memory.microbatches``), k forward/backward passes of ``batch_size / k`` images
@@ -135,20 +123,15 @@ def time_train_step(model: nn.Module, batch_size: int, resolution: int, num_clas
     model, x = _on_device(model.train(), batch_size, resolution, setup)
     forward_fn = _compiled(model, setup)
     y = torch.randint(0, num_classes, (batch_size,), device=setup.device)
-    opt = torch.optim.SGD(model.parameters(), lr=1e-6, momentum=0.9)
-
-    if microbatches > 1:
+    if microbatches > 1:  # the loop has no accumulation: the same step, its passes split
+        opt = torch.optim.SGD(model.parameters(), lr=1e-6, momentum=0.9)
         return _measure(_accumulated_step(forward_fn, opt, x, y, setup, microbatches), setup,
                         f"train step ({microbatches} micro-batches)")
-
-    def step() -> None:
-        with _autocast(setup.device, setup.amp_dtype):
-            loss = nn.functional.cross_entropy(forward_fn(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    return _measure(step, setup, "train step")
+    amp = next((name for name, dtype in AMP_DTYPES.items() if dtype == setup.amp_dtype), None)
+    # x is already in the setup's layout; a tiny lr keeps the weights (and the work) as they are.
+    cfg = TrainConfig(lr=1e-6, nesterov=False, weight_decay=0.0, label_smoothing=0.0, amp=amp)
+    step = make_step(model, cfg, setup.device, forward=forward_fn)
+    return _measure(lambda: step(x, y), setup, "train step")
 
 
 def _accumulated_step(forward_fn: Callable[[torch.Tensor], torch.Tensor],

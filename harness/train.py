@@ -1,12 +1,15 @@
 """One compact training loop for every claim, readable in one sitting (airbench-style).
 
-Sections: config -> optimizer and schedule -> the loop -> evaluation -> the on-disk cache.
+Sections: config -> optimizer and schedule -> one step -> the loop -> evaluation. Caching runs
+and running many side by side is ``harness.runs`` (which imports this, never the reverse).
 
 - SGD with momentum (Nesterov optional), linear warm-up then cosine or exponential decay,
   label smoothing, no weight decay on norms and biases (ndim <= 1).
 - CUDA: AMP (bf16, or fp16 with a GradScaler), optional torch.compile.
 - Any device: channels_last (NHWC); on the CPU oneDNN's NHWC convolutions train the small
   smoke nets 15-30% faster than NCHW.
+- One step implementation: ``make_step`` returns it as a callable ``step(x, y) -> loss``;
+  ``train`` calls it once per batch, and benchmarks time that same callable.
 - Two hook points, so AGC and sparse masks plug in without forking: ``before_step`` runs
   between backward (after unscaling) and the optimizer step, ``after_step`` runs after it. A
   hook may also define ``start(RunStart)`` (called once, after the model and optimizer exist
@@ -21,29 +24,19 @@ Sections: config -> optimizer and schedule -> the loop -> evaluation -> the on-d
   may define ``start``/``record`` like a hook; its module enters the cache's code fingerprint.
   Without one, the step is the plain cross-entropy step, unchanged.
 - A NaN or exploding loss stops the run and is recorded as ``diverged=True``: a result.
-- Records are cached on disk by a hash of everything that determines them.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import json
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-from harness import atomic, executors
-from harness.executors import CellsFailed, ExecutorSpec
-from harness.jsonable import to_jsonable
 
 # ----------------------------------------------------------------------------- config
 
@@ -90,6 +83,13 @@ def autocast_dtype(amp: str | None, device: str) -> torch.dtype | None:
     if amp is not None and amp not in AMP_DTYPES:
         raise ValueError(f"amp={amp!r}: expected one of {sorted(AMP_DTYPES)} or None")
     return AMP_DTYPES[amp] if amp is not None and device == "cuda" else None
+
+
+def grad_scaler(device: str, amp_dtype: torch.dtype | None) -> torch.amp.GradScaler:
+    """The loss scaler: enabled for fp16 autocast only (bf16 and fp32 need none). A seam:
+    tests replace it with an enabled CPU scaler to check that hooks see unscaled gradients."""
+    return torch.amp.GradScaler("cuda" if device == "cuda" else "cpu",
+                                enabled=amp_dtype is torch.float16)
 
 
 @dataclass
@@ -198,27 +198,73 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str, floor: float) -
     raise ValueError(f"unknown schedule {schedule!r}; use cosine, exponential or constant")
 
 
+# ------------------------------------------------------------------------- one step
+
+Step = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # step(x, y) -> loss, detached
+
+
+def make_step(model: nn.Module, cfg: TrainConfig, device: str = "cpu", *,
+              optimizer: torch.optim.Optimizer | None = None,
+              scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+              forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+              before_step: Sequence[StepHook] = (), after_step: Sequence[StepHook] = (),
+              step_fn: StepFn | None = None) -> Step:
+    """The loop's training step as a callable, the one ``train`` runs for every batch: zero the
+    gradients; forward and backward in ``cfg``'s precision (or ``step_fn``); unscale; clip;
+    the ``before_step`` hooks; the optimizer step; the ``after_step`` hooks; the schedule.
+
+    Defaults for a step outside ``train`` (a benchmark): ``make_optimizer(model, cfg)``, no
+    schedule (the lr stays ``cfg.lr``), ``forward`` the model itself. The caller puts the model
+    in train mode and calls the hooks' ``start``; the step counts its own calls from 0."""
+    opt = optimizer if optimizer is not None else make_optimizer(model, cfg)
+    forward = forward if forward is not None else model
+    amp_dtype = autocast_dtype(cfg.amp, device)
+    scaler = grad_scaler(device, amp_dtype)
+    count = 0
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        nonlocal count
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if step_fn is None:
+            with torch.autocast(device_type=device, dtype=amp_dtype,
+                                enabled=amp_dtype is not None):
+                loss = F.cross_entropy(forward(x), y, label_smoothing=cfg.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+        else:
+            opt.zero_grad(set_to_none=True)
+            loss = step_fn(model, (x, y), StepContext(forward, count, cfg, scaler, device,
+                                                      amp_dtype))
+        scaler.unscale_(opt)  # hooks (AGC) and clipping see true gradients
+        if cfg.clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
+        state = StepState(model, opt, count, loss.detach())
+        for hook in before_step:
+            hook(state)
+        scaler.step(opt)
+        scaler.update()
+        for hook in after_step:
+            hook(state)
+        if scheduler is not None:
+            scheduler.step()
+        count += 1
+        return state.loss
+
+    return step
+
+
 # ------------------------------------------------------------------------ the loop
 
 
-def train(
-    model_fn: Callable[[], nn.Module],
-    train_set: tuple[torch.Tensor, torch.Tensor],
-    test_set: tuple[torch.Tensor, torch.Tensor],
-    cfg: TrainConfig,
-    *,
-    device: str = "cpu",
-    before_step: Sequence[StepHook] = (),
-    after_step: Sequence[StepHook] = (),
-    progress: bool | None = None,
-    desc: str = "train",
-    step_fn: StepFn | None = None,
-) -> TrainRecord:
-    """Train ``model_fn()`` (built after seeding) and evaluate it on ``test_set``.
-
-    ``step_fn``: a custom forward/backward (see ``StepContext``); None is the plain
-    cross-entropy step."""
-    from harness.timing import timing_settings
+def train(model_fn: Callable[[], nn.Module], train_set: tuple[torch.Tensor, torch.Tensor],
+          test_set: tuple[torch.Tensor, torch.Tensor], cfg: TrainConfig, *, device: str = "cpu",
+          before_step: Sequence[StepHook] = (), after_step: Sequence[StepHook] = (),
+          progress: bool | None = None, desc: str = "train",
+          step_fn: StepFn | None = None) -> TrainRecord:
+    """Train ``model_fn()`` (built after seeding) and evaluate it on ``test_set``. ``step_fn``:
+    a custom forward/backward (see ``StepContext``); None is the plain cross-entropy step."""
+    from harness.environment import timing_settings
 
     with timing_settings(device, cfg.cpu_threads):
         return _train(model_fn, train_set, test_set, cfg, device, before_step, after_step,
@@ -244,8 +290,6 @@ def _train(model_fn, train_set, test_set, cfg, device, before_step, after_step, 
 
         require_compiler("cuda")
     forward = torch.compile(model) if (cuda and cfg.compile) else model
-    amp_dtype = autocast_dtype(cfg.amp, device)
-    scaler = grad_scaler(device, amp_dtype)
     opt = make_optimizer(model, cfg)
 
     x_train, y_train = (t.to(device) for t in train_set)
@@ -268,6 +312,8 @@ def _train(model_fn, train_set, test_set, cfg, device, before_step, after_step, 
     for hook in hooks:
         if hasattr(hook, "start"):
             hook.start(RunStart(model, opt, total, cfg.steps_per_epoch(n_train), cfg.seed))
+    one_step = make_step(model, cfg, device, optimizer=opt, scheduler=sched, forward=forward,
+                         before_step=before_step, after_step=after_step, step_fn=step_fn)
 
     bar = progress_bar(total, desc, progress)
     step, diverged = 0, False
@@ -281,30 +327,7 @@ def _train(model_fn, train_set, test_set, cfg, device, before_step, after_step, 
         t0 = time.perf_counter()
         for x, y in batches(x_train, y_train, cfg.batch_size, shuffle=True, generator=gen,
                             drop_last=True, augment=cfg.augment):
-            if cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            if step_fn is None:
-                with torch.autocast(device_type=device, dtype=amp_dtype,
-                                    enabled=amp_dtype is not None):
-                    loss = F.cross_entropy(forward(x), y, label_smoothing=cfg.label_smoothing)
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-            else:
-                opt.zero_grad(set_to_none=True)
-                loss = step_fn(model, (x, y), StepContext(forward, step, cfg, scaler, device,
-                                                          amp_dtype))
-            scaler.unscale_(opt)  # hooks (AGC) and clipping see true gradients
-            if cfg.clip_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
-            state = StepState(model, opt, step, loss.detach())
-            for hook in before_step:
-                hook(state)
-            scaler.step(opt)
-            scaler.update()
-            for hook in after_step:
-                hook(state)
-            sched.step()
-            running += loss.detach().float()
+            running += one_step(x, y).float()
             step += 1
             since_check += 1
             if since_check == cfg.check_every or step == total:
@@ -327,24 +350,11 @@ def _train(model_fn, train_set, test_set, cfg, device, before_step, after_step, 
     finite = all(torch.isfinite(p).all() for p in model.parameters())
     acc, test_loss = evaluate(forward, test_set, device, cfg) if finite else (math.nan, math.nan)
     return TrainRecord(
-        test_acc=acc,
-        test_loss=test_loss,
-        diverged=diverged,
-        steps=step,
-        loss_curve=loss_curve,
-        epoch_seconds=epoch_seconds,
+        test_acc=acc, test_loss=test_loss, diverged=diverged, steps=step, loss_curve=loss_curve,
+        epoch_seconds=epoch_seconds, train_seconds=train_seconds,
         images_per_second=step * cfg.batch_size / train_seconds if train_seconds > 0 else 0.0,
         peak_memory_mb=_peak_memory_mb(device),
-        train_seconds=train_seconds,
-        extra={k: v for hook in hooks if hasattr(hook, "record") for k, v in hook.record().items()},
-    )
-
-
-def grad_scaler(device: str, amp_dtype: torch.dtype | None) -> torch.amp.GradScaler:
-    """The loss scaler: enabled for fp16 autocast only (bf16 and fp32 need none). A seam:
-    tests replace it with an enabled CPU scaler to check that hooks see unscaled gradients."""
-    return torch.amp.GradScaler("cuda" if device == "cuda" else "cpu",
-                                enabled=amp_dtype is torch.float16)
+        extra={k: v for hook in hooks if hasattr(hook, "record") for k, v in hook.record().items()})
 
 
 # ----------------------------------------------------------------------- evaluation
@@ -358,14 +368,13 @@ def evaluate(model: nn.Module, test_set: tuple[torch.Tensor, torch.Tensor], devi
     was_training = model.training
     model.eval()
     amp_dtype = autocast_dtype(cfg.amp, device)
-    channels_last = cfg.channels_last
     x_all, y_all = test_set
     correct = torch.zeros((), dtype=torch.long, device=device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     for i in range(0, len(x_all), cfg.eval_batch_size):
         x = x_all[i:i + cfg.eval_batch_size].to(device)
         y = y_all[i:i + cfg.eval_batch_size].to(device)
-        if channels_last:
+        if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device_type=device, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(x).float()
@@ -389,372 +398,3 @@ def _peak_memory_mb(device: str) -> float | None:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     except ImportError:
         return None
-
-
-# ------------------------------------------------------------------------ the cache
-#
-# A record is reused only when everything that determines it is unchanged: the key the caller
-# gives (model config, recipe, data, seed, device class), the torch version, the CPU kernel
-# path (another path rounds differently: a new draw, never the same record), and the code: a
-# hash of the source of the loop's modules and of those defining the model and the hooks,
-# with every harness module they import. Editing the loss invalidates the cache; editing the
-# README does not.
-
-CACHE_VERSION = 2  # bump when the loop changes what a record means
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("HARNESS_CACHE")
-    return Path(root) if root else Path(__file__).resolve().parent.parent / ".cache" / "train"
-
-
-_HARNESS_ROOT = Path(__file__).resolve().parent
-
-
-def _module_file(name: str) -> Path | None:
-    """The source file of a ``harness`` module or package, without importing it."""
-    if name != "harness" and not name.startswith("harness."):
-        return None
-    rel = Path(*name.split(".")[1:]) if name != "harness" else Path()
-    for candidate in (_HARNESS_ROOT / rel.with_suffix(".py") if rel.parts else None,
-                      _HARNESS_ROOT / rel / "__init__.py"):
-        if candidate is not None and candidate.is_file():
-            return candidate
-    return None
-
-
-def _imports_of(path: Path) -> set[str]:
-    """The harness modules a file imports, lazily (inside functions) or not."""
-    import ast
-
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            found.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module)
-            found.update(f"{node.module}.{a.name}" for a in node.names)
-    return {n for n in found if _module_file(n) is not None}
-
-
-# Modules that decide how and where runs are scheduled and how files are written, never what a
-# run computes (tested: every executor gives the same record). They stay out of the key, so
-# editing them keeps the cache warm.
-_NOT_RUN_CODE = frozenset({_HARNESS_ROOT / "executors.py", _HARNESS_ROOT / "atomic.py"})
-
-
-def _closure(files: set[Path]) -> set[Path]:
-    """``files`` and every harness module they import, transitively (but ``_NOT_RUN_CODE``)."""
-    seen: set[Path] = set()
-    todo = list(files)
-    while todo:
-        f = todo.pop()
-        if f in seen or f in _NOT_RUN_CODE:
-            continue
-        seen.add(f)
-        if f.suffix == ".py":
-            todo += [m for n in _imports_of(f) if (m := _module_file(n)) is not None]
-    return seen
-
-
-def _defining_file(obj: Any) -> Path | None:
-    """The source file that defines a callable (through partials and bound methods)."""
-    import functools
-    import inspect
-
-    while isinstance(obj, functools.partial):
-        obj = obj.func
-    target = obj if inspect.isfunction(obj) or inspect.isclass(obj) else type(obj)
-    try:
-        path = inspect.getsourcefile(target)
-    except TypeError:  # builtins
-        return None
-    if path is None or "site-packages" in path or not Path(path).is_file():
-        return None  # third-party code is covered by its version (torch's is in the key)
-    return Path(path).resolve()
-
-
-def code_fingerprint(*callables: Any) -> str:
-    """A hash of the source that determines a training run: the loop's module and its imports,
-    the harness's models and data, and the modules defining ``callables`` (the model factory,
-    the hooks) with their imports."""
-    # The data's code too: a job carries tensors, and its key only names the data spec.
-    files = {Path(__file__).resolve(), _HARNESS_ROOT / "models" / "__init__.py",
-             _HARNESS_ROOT / "data" / "__init__.py"}
-    files |= {f for c in callables if (f := _defining_file(c)) is not None}
-    roots = frozenset(files)
-    memo = _FINGERPRINTS.get(roots)
-    if memo is not None and all(_stamp(f) == st for f, st in memo[0]):
-        return memo[1]  # no file of the closure changed since it was hashed
-    closure = sorted(_closure(files))
-    h = hashlib.sha256()
-    for f in closure:
-        h.update(str(f.relative_to(_HARNESS_ROOT.parent) if f.is_relative_to(_HARNESS_ROOT.parent)
-                     else f.name).encode())
-        h.update(f.read_bytes())
-    digest = h.hexdigest()[:16]
-    _FINGERPRINTS[roots] = ([(f, _stamp(f)) for f in closure], digest)
-    return digest
-
-
-_FINGERPRINTS: dict[frozenset[Path], tuple[list[tuple[Path, tuple[int, int]]], str]] = {}
-
-
-def _stamp(path: Path) -> tuple[int, int]:
-    st = path.stat()
-    return st.st_mtime_ns, st.st_size
-
-
-def cache_key(key: dict[str, Any], code: str | None = None, device: str | None = None) -> str:
-    """The hash under which a run's record is stored: the caller's key, the torch version, the
-    kernel path and the code fingerprint (``code_fingerprint()`` of the loop alone if None).
-    A CUDA run (``device``, else a ``device``/``device_class`` in the key naming CUDA) adds the
-    CUDA kernel setting in force, so each setting trains its own record; CPU keys are as ever."""
-    from harness.environment import cuda_kernel_config, kernel_path
-
-    doc = {"v": CACHE_VERSION, "torch": torch.__version__, "kernels": kernel_path(),
-           "code": code if code is not None else code_fingerprint(), **to_jsonable(key)}
-    if _on_cuda(key, device):
-        doc["cuda_kernels"] = cuda_kernel_config()
-    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:20]
-
-
-def _on_cuda(key: dict[str, Any], device: str | None) -> bool:
-    if device is not None:
-        return device == "cuda"
-    return any(isinstance(key.get(k), str) and key[k].startswith("cuda")
-               for k in ("device", "device_class"))
-
-
-def cached(key: dict[str, Any], run: Callable[[], TrainRecord], *, enabled: bool = True,
-           directory: Path | None = None, code: str | None = None,
-           hashed: str | None = None) -> TrainRecord:
-    """``run()``'s record, reused from disk when the same key finished before. ``hashed``: the
-    key's ``cache_key`` when the caller has it already (``run_jobs``).
-
-    One process trains a key at a time: a lock file per key (``filelock``) makes a concurrent
-    run with the same cache wait, then read the first one's record instead of training it
-    again. The entry is written atomically, so a run killed midway leaves none or a whole one."""
-    from filelock import FileLock
-
-    path = _cache_path(hashed or cache_key(key, code), directory)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(path.with_suffix(".lock")):
-        hit = _load_cached(path) if enabled else None
-        if hit is not None:
-            return hit
-        rec = run()
-        atomic.write_text(path, json.dumps({"key": to_jsonable(key),
-                                            "record": to_jsonable(asdict(rec))}))
-    return rec
-
-
-def _cache_path(hashed_key: str, directory: Path | None) -> Path:
-    return (directory or cache_dir()) / f"{hashed_key}.json"
-
-
-class CorruptCacheEntry(UserWarning):
-    """A cache entry that could not be read: it is moved aside and the run recomputed."""
-
-
-def _load_cached(path: Path) -> TrainRecord | None:
-    """The stored record; None when absent. An unreadable entry is reported, moved aside
-    (``*.corrupt``) and None returned, so the run is recomputed, never silently reused."""
-    import warnings
-
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return None
-    try:
-        doc = json.loads(text)
-        rec = TrainRecord(**{**doc["record"], "from_cache": True})
-        rec.loss_curve = [tuple(p) for p in rec.loss_curve]
-        if not isinstance(rec.test_acc, (int, float, type(None))) or not isinstance(rec.steps, int):
-            raise TypeError("record fields of the wrong type")
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        aside = path.with_suffix(".corrupt")
-        os.replace(path, aside)
-        warnings.warn(f"corrupt training-cache entry {path} ({type(e).__name__}: {e}); moved "
-                      f"to {aside.name} and recomputing", CorruptCacheEntry, stacklevel=2)
-        return None
-    rec.test_acc = math.nan if rec.test_acc is None else rec.test_acc  # NaN is stored as null
-    rec.test_loss = math.nan if rec.test_loss is None else rec.test_loss
-    return rec
-
-
-# ------------------------------------------------------------- many runs, side by side
-
-
-@dataclass
-class TrainJob:
-    """One cached training run, described so that another process can run it: ``model_fn``
-    and the hooks must pickle (module-level functions, ``functools.partial`` of them)."""
-
-    key: dict[str, Any]  # the cache key: everything that determines the record
-    model_fn: Callable[[], nn.Module]
-    train_set: tuple[torch.Tensor, torch.Tensor]
-    test_set: tuple[torch.Tensor, torch.Tensor]
-    cfg: TrainConfig
-    device: str = "cpu"
-    before_step: Sequence[StepHook] = ()
-    after_step: Sequence[StepHook] = ()
-    desc: str = "train"
-    cost: float = 0.0  # expected run time, any unit: the costliest start first
-    keep_weights: bool = False  # also cache the trained state_dict (``trained_weights``)
-    step_fn: StepFn | None = None  # a custom step (see ``StepContext``); must pickle too
-
-    def code(self) -> str:
-        """The fingerprint of the code this run depends on (see ``code_fingerprint``)."""
-        extra = (self.step_fn,) if self.step_fn is not None else ()
-        return code_fingerprint(self.model_fn, *self.before_step, *self.after_step, *extra)
-
-
-def run_jobs(jobs: Sequence[TrainJob], *, executor: ExecutorSpec | None = None,
-             use_cache: bool = True, directory: Path | None = None,
-             progress: bool | None = None) -> list[TrainRecord]:
-    """The records of ``jobs``, in order: cached ones read back, the rest trained (once per
-    distinct key: duplicates share the record) by ``executor`` (default: ``local``, serial in
-    this process; see ``harness.executors`` for ``processes`` and ``slurm``).
-
-    Each cell writes its record to the cache and this process reads it back from there, so a
-    killed run resumes with what had finished, and every executor returns the same record: each
-    run seeds itself and pins its CPU threads, so a record from a worker process is
-    bit-identical to a serial run's; only the measured fields (``MEASURED_FIELDS``) change.
-    Cells that fail (an error, a worker that dies, ``cell_timeout``) are raised together as one
-    ``CellsFailed`` after the others have finished.
-    """
-    spec = executor or ExecutorSpec()
-    directory = directory or cache_dir()  # resolved here: a Slurm job may not share our env
-    keys = [cache_key(job.key, job.code(), job.device) for job in jobs]
-    first_of: dict[str, int] = {}  # jobs with equal keys train once and share the record
-    for i, key in enumerate(keys):
-        first_of.setdefault(key, i)
-    out: dict[int, TrainRecord] = {}
-    for i in first_of.values():
-        hit = _load_cached(_cache_path(keys[i], directory)) if use_cache else None
-        if hit is not None and jobs[i].keep_weights and not _weights_ok(keys[i], directory):
-            hit = None  # the record without its weights is no use to the caller
-        if hit is not None:
-            out[i] = hit
-    todo = [i for i in first_of.values() if i not in out]
-    in_process = spec.name == "local"
-    cells = [executors.Cell(_label(jobs[i], keys[i]),
-                            functools.partial(_run_job, jobs[i], keys[i], use_cache, directory,
-                                              progress if in_process else False),
-                            cost=jobs[i].cost, device=jobs[i].device) for i in todo]
-    outcomes = executors.run_cells(cells, spec, progress=progress,
-                                   log_dir=directory.parent / "submitit")
-    failures = []
-    for i, cell, trained in zip(todo, cells, outcomes, strict=True):
-        if isinstance(trained, executors.CellFailure):
-            failures.append(trained)
-            continue
-        rec = _load_cached(_cache_path(keys[i], directory))  # what the cell wrote
-        if rec is None:
-            failures.append(executors.CellFailure(cell.label, "the run finished but left no "
-                                                  "readable cache entry"))
-            continue
-        rec.from_cache = not trained  # False: trained just now (maybe by a concurrent run)
-        out[i] = rec
-    if failures:
-        raise CellsFailed(failures)
-    return [out[first_of[key]] for key in keys]
-
-
-# What a run measures about the machine, not what its key determines: the fields that differ
-# between two runs of one key (in another process, on a loaded core). Everything else is
-# bit-identical whichever executor ran it.
-MEASURED_FIELDS = ("epoch_seconds", "images_per_second", "peak_memory_mb", "train_seconds",
-                   "from_cache")
-
-
-def _label(job: TrainJob, hashed: str) -> str:
-    """A failed cell's name in messages: its description, cache key and (shortened) config."""
-    doc = json.dumps(to_jsonable(job.key), sort_keys=True)
-    return f"{job.desc} [cache key {hashed}] {doc if len(doc) <= 300 else doc[:297] + '...'}"
-
-
-def run_table(cells: Sequence[Any], job: Callable[[Any], TrainJob],
-              row: Callable[[Any, TrainRecord], dict[str, Any]], *,
-              executor: ExecutorSpec | None = None, use_cache: bool = True):
-    """A study's grid: one job per cell through ``run_jobs``, one table row per cell (a
-    ``pandas.DataFrame``, in the cells' order)."""
-    import pandas as pd
-
-    cells = list(cells)
-    records = run_jobs([job(c) for c in cells], executor=executor, use_cache=use_cache)
-    return pd.DataFrame([row(c, r) for c, r in zip(cells, records, strict=True)])
-
-
-def _run_job(job: TrainJob, hashed: str, use_cache: bool, directory: Path | None,
-             progress: bool | None) -> bool:
-    """Train ``job`` into its cache entry (a cell's call, in whatever process runs it); False
-    when a finished record was there already (a concurrent run trained it while this waited)."""
-    after = list(job.after_step)
-    if job.keep_weights:
-        after.append(SaveWeights(str(_weights_path(hashed, directory))))
-        use_cache = use_cache and _weights_ok(hashed, directory)
-    rec = cached(job.key, lambda: train(job.model_fn, job.train_set, job.test_set, job.cfg,
-                                        device=job.device, before_step=job.before_step,
-                                        after_step=after, progress=progress, desc=job.desc,
-                                        step_fn=job.step_fn),
-                 enabled=use_cache, directory=directory, hashed=hashed)
-    return not rec.from_cache
-
-
-# ----------------------------------------------------------------- trained weights
-
-
-@dataclass
-class SaveWeights:
-    """An ``after_step`` hook that keeps the trained weights: when the run ends (``record``)
-    it writes the model's state_dict to ``path`` atomically, beside the cached record."""
-
-    path: str
-    _model: nn.Module | None = field(default=None, init=False, repr=False)
-
-    def start(self, run: RunStart) -> None:
-        self._model = run.model
-
-    def __call__(self, state: StepState) -> None:
-        pass
-
-    def record(self) -> dict[str, Any]:
-        path = Path(self.path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        torch.save({k: v.detach().cpu() for k, v in self._model.state_dict().items()}, tmp)
-        os.replace(tmp, path)
-        return {"weights": path.name}
-
-
-def _weights_path(hashed: str, directory: Path | None) -> Path:
-    return _cache_path(hashed, directory).with_suffix(".pt")
-
-
-def _weights_ok(hashed: str, directory: Path | None) -> bool:
-    try:
-        torch.load(_weights_path(hashed, directory), map_location="cpu", weights_only=True)
-        return True
-    except FileNotFoundError:
-        return False
-    except Exception as e:  # noqa: BLE001  (any unreadable file: retrain, say so)
-        import warnings
-
-        warnings.warn(f"unreadable cached weights {_weights_path(hashed, directory)} "
-                      f"({type(e).__name__}: {e}); retraining", CorruptCacheEntry, stacklevel=2)
-        return False
-
-
-def trained_weights(record: TrainRecord, directory: Path | None = None) -> dict[str, Any]:
-    """The state_dict a ``keep_weights`` job stored with ``record``."""
-    name = record.extra.get("weights")
-    if name is None:
-        raise ValueError("this record was trained without keep_weights: no weights stored")
-    path = (directory or cache_dir()) / name
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        raise ValueError(f"cached weights {path} unreadable ({type(e).__name__}: {e}); "
-                                f"delete it to retrain") from e

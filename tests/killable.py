@@ -1,4 +1,4 @@
-"""Helpers of the tests that kill real runs midway (tests/test_train_cache.py,
+"""Helpers of the tests that kill real runs midway (tests/runs/test_cache.py,
 tests/test_interrupted_claims.py)."""
 
 from __future__ import annotations

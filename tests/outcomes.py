@@ -3,7 +3,7 @@ evidence, whatever the outcome: every figure and table written, and a verdict wi
 
 from __future__ import annotations
 
-from harness.claim import Evidence
+from harness.evidence import Evidence
 
 
 def assert_a_reported_result(ev: Evidence) -> Evidence:

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from harness import bands
 from harness.bands import Measured, NoiseTable, PathValue
-from harness.claim import ACCURACY, Claim, Evidence
+from harness.claim import ACCURACY, Claim
+from harness.evidence import Evidence
 
 
 def table(**metrics: dict[str, PathValue]) -> NoiseTable:

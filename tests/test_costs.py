@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from harness import costs, models
 from harness.data import DataSpec
-from harness.train import TrainConfig, TrainJob
+from harness.runs.jobs import TrainJob
+from harness.train import TrainConfig
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

@@ -28,11 +28,12 @@ from harness.data import synthetic_dataset
 from harness.decompose import deploy
 from harness.decompose.study import DeployConfig
 from harness.decompose.tucker import DecomposeSettings, decompose_model, layer_error, tucker2
-from harness.executors import ExecutorSpec, visible_gpus
 from harness.profiles import device_class
+from harness.runs.executors import ExecutorSpec, visible_gpus
+from harness.runs.jobs import TrainJob, run_jobs
 from harness.sparse.masks import DynamicSparse, SparseConfig
 from harness.supernet.sandwich import Sandwich, SandwichConfig
-from harness.train import TrainConfig, TrainJob, autocast_dtype, grad_scaler, run_jobs, train
+from harness.train import TrainConfig, autocast_dtype, grad_scaler, train
 
 pytestmark = [pytest.mark.skipif(not torch.cuda.is_available(),
                                  reason="no CUDA device: torch.cuda.is_available() is False"),

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from harness import environment as envmod
-from harness import train as tr
 from harness.environment import (
     CUDA_KERNEL_SETTINGS,
     KERNEL_SETTINGS,
@@ -21,6 +20,7 @@ from harness.environment import (
     kernel_setting_name,
     setting_environment,
 )
+from harness.runs import cache as rc
 
 B = torch.backends
 
@@ -122,7 +122,7 @@ def test_setting_environment_sets_one_setting_and_clears_the_others():
 
 def _key_before_cuda_settings(key: dict, code: str) -> str:
     """``cache_key`` as it was before the CUDA settings: the CPU keys must stay exactly this."""
-    doc = {"v": tr.CACHE_VERSION, "torch": torch.__version__, "kernels": envmod.kernel_path(),
+    doc = {"v": rc.CACHE_VERSION, "torch": torch.__version__, "kernels": envmod.kernel_path(),
            "code": code, **key}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -137,8 +137,8 @@ def test_a_cpu_key_is_what_it_was_whatever_the_cuda_setting(monkeypatch, cuda_en
     for key in ({"study": "x", "device_class": "cpu"}, {"study": "x", "device": "cpu"},
                 {"study": "x"}):
         before = _key_before_cuda_settings(key, "c")
-        assert tr.cache_key(key, "c") == before
-        assert tr.cache_key(key, "c", "cpu") == before
+        assert rc.cache_key(key, "c") == before
+        assert rc.cache_key(key, "c", "cpu") == before
 
 
 def test_each_cuda_setting_has_its_own_key(monkeypatch):
@@ -149,9 +149,9 @@ def test_each_cuda_setting_has_its_own_key(monkeypatch):
         with monkeypatch.context() as m:
             for k, v in setting.items():
                 m.setenv(k, v)
-            by_key = tr.cache_key({"study": "x", "device_class": "cuda-nvidia-h200"}, "c")
-            by_scaling_key = tr.cache_key({"study": "x", "device": "cuda-nvidia-h200"}, "c")
-            by_device = tr.cache_key({"study": "x"}, "c", "cuda")
+            by_key = rc.cache_key({"study": "x", "device_class": "cuda-nvidia-h200"}, "c")
+            by_scaling_key = rc.cache_key({"study": "x", "device": "cuda-nvidia-h200"}, "c")
+            by_device = rc.cache_key({"study": "x"}, "c", "cuda")
             assert by_key != _key_before_cuda_settings(
                 {"study": "x", "device_class": "cuda-nvidia-h200"}, "c")
             keys[name] = (by_key, by_scaling_key, by_device)
@@ -159,4 +159,4 @@ def test_each_cuda_setting_has_its_own_key(monkeypatch):
         assert len({k[i] for k in keys.values()}) == len(CUDA_KERNEL_SETTINGS)
     with monkeypatch.context() as m:  # "1" is what native means: the same record
         m.setenv("HARNESS_CUDA_TF32", "1")
-        assert tr.cache_key({"study": "x"}, "c", "cuda") == keys["native"][2]
+        assert rc.cache_key({"study": "x"}, "c", "cuda") == keys["native"][2]

@@ -27,9 +27,10 @@ CLAIM_FILE = textwrap.dedent("""
     import time
     import pytest
     import torch, torch.nn as nn
-    from harness import train as tr
     from harness.bands import mean_accuracy
     from harness.claim import Claim
+    from harness.runs.jobs import TrainJob, run_jobs
+    from harness.train import TrainConfig
 
     LEARNS = Claim(id="demo.learns", statement="a linear model learns a linear task",
                    source="nowhere", trained=True)
@@ -49,12 +50,11 @@ CLAIM_FILE = textwrap.dedent("""
     @pytest.mark.claim(LEARNS)
     def test_learns(evidence, executor):
         train, test = split(0), split(1)
-        jobs = [tr.TrainJob({"demo-interrupt": seed}, model, train, test,
-                            tr.TrainConfig(epochs=1, batch_size=8, lr=0.2, warmup_epochs=0,
-                                           seed=seed),
-                            before_step=[SlowStep()], desc=f"seed {seed}")
+        jobs = [TrainJob({"demo-interrupt": seed}, model, train, test,
+                         TrainConfig(epochs=1, batch_size=8, lr=0.2, warmup_epochs=0, seed=seed),
+                         before_step=[SlowStep()], desc=f"seed {seed}")
                 for seed in range(8)]
-        accs = [r.test_acc for r in tr.run_jobs(jobs, executor=executor, progress=False)]
+        accs = [r.test_acc for r in run_jobs(jobs, executor=executor, progress=False)]
         evidence.baseline(accs, chance=1 / 3, what="the linear model")
         evidence.metric("acc", sum(accs) / len(accs), mean_accuracy("linear model"), key=True,
                         samples=accs)

@@ -1,5 +1,6 @@
 """The layout's import rules: no cycle inside ``harness/`` (lazy imports included, since they
-only hide one), and the one-way order claims → studies → methods → models → complexity."""
+only hide one), and the one-way order claims → studies → methods → models → complexity, with
+the runs (cache, jobs, executors) above the training loop."""
 
 from __future__ import annotations
 
@@ -79,7 +80,39 @@ def test_models_import_only_models_and_complexity(module):
     assert GRAPH[module] <= allowed, f"{module} reaches up for {GRAPH[module] - allowed}"
 
 
+def test_the_loop_never_imports_the_runs():
+    """``harness.runs`` (cache, jobs, executors) sits on the loop: ``train`` imports none of it,
+    not even through another module, and the runs do import it."""
+    runs = {m for m in MODULES if m == "harness.runs" or m.startswith("harness.runs.")}
+    assert {"harness.runs", "harness.runs.cache", "harness.runs.jobs",
+            "harness.runs.executors"} <= runs
+    assert not reaches("harness.train") & runs, "the loop reaches up for the runs"
+    assert "harness.train" in GRAPH["harness.runs.jobs"] | GRAPH["harness.runs.cache"]
+
+
 def test_methods_do_not_import_their_studies():
     for method, study in (("harness.scaling.strategies", "harness.scaling.study"),
                           ("harness.agc.rule", "harness.agc.study")):
         assert study not in GRAPH[method]
+
+
+def reaches(module: str) -> set[str]:
+    """Every harness module ``module`` imports, directly or through others (lazily included)."""
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        for n in GRAPH.get(todo.pop(), ()):
+            if n not in seen:
+                seen.add(n)
+                todo.append(n)
+    return seen
+
+
+@pytest.mark.parametrize("module", ["harness.claim", "harness.evidence"])
+def test_the_claim_and_evidence_types_sit_below_every_family(module):
+    """What a claim and its evidence are imports no costs, training or runs, even lazily: the
+    dry run's pricing is ``harness.dry_run``'s."""
+    above = {"harness.costs", "harness.train", "harness.dry_run"}
+    found = {m for m in reaches(module) if m in above or m.startswith("harness.runs")
+             or m.endswith("executors")}
+    assert not found, f"{module} reaches up for {sorted(found)}"

@@ -19,8 +19,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from harness import memory, models, scaling, timing
+from harness.runs.jobs import TrainJob
 from harness.scaling import study
-from harness.train import TrainConfig, TrainJob
+from harness.train import TrainConfig
 
 NETS = ("anynet_tiny_x", "effnet_tiny", "nf_resnet_tiny", "bn_resnet18_cifar")
 RES = 32

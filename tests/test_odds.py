@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from harness import odds
 from harness import references as refs
 from harness.bands import NoiseTable
-from harness.claim import Claim, Evidence, Tolerance
+from harness.claim import Claim, Tolerance
+from harness.evidence import Evidence
 from harness.odds import VerdictOdds
 
 

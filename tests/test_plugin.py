@@ -12,10 +12,10 @@ import torch  # noqa: F401
 # pytester's in-process runs drop modules first imported inside them; torch and pandas must not
 # be re-imported (their C extensions cannot be initialised twice), so import everything here.
 import harness.environment  # noqa: F401
+import harness.html_report  # noqa: F401
 import harness.profiles  # noqa: F401
 import harness.references  # noqa: F401
-import harness.report  # noqa: F401
-import harness.reporting  # noqa: F401
+import harness.results  # noqa: F401
 
 CLAIM_FILE = """
 import os
@@ -149,6 +149,37 @@ def test_unknown_claim_is_a_usage_error(sandbox):
     result = run(sandbox, "--claim", "no.such.claim")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*unknown claim 'no.such.claim'; known claims: demo.claim, demo.gpu*"])
+
+
+KEYWORD_FILE = """
+import pytest
+from harness.claim import Claim, Tolerance
+
+RULE = Claim(id="alpha.rule", statement="a", source="nowhere")
+SPEED = Claim(id="beta.speed", statement="b", source="nowhere")
+TOL = Tolerance(why="test tolerance", abs=0.1)
+
+@pytest.mark.claim(RULE)
+def test_one(evidence):
+    evidence.metric("x", 1.0, TOL)
+    evidence.decide(True, "ok")
+
+@pytest.mark.claim(SPEED)
+def test_two(evidence):
+    evidence.metric("x", 1.0, TOL)
+    evidence.decide(True, "ok")
+"""
+
+
+@pytest.mark.parametrize("keyword, selected, dropped", [
+    ("alpha.rule", "alpha.rule", "beta.speed"), ("alpha", "alpha.rule", "beta.speed"),
+    ("beta", "beta.speed", "alpha.rule"), ("beta.speed", "beta.speed", "alpha.rule")])
+def test_k_selects_claims_by_id_and_family(pytester, keyword, selected, dropped):
+    pytester.makepyfile(test_keyword_claims=KEYWORD_FILE)
+    result = run(pytester, "-k", keyword)
+    result.assert_outcomes(passed=1, deselected=1)
+    result.stdout.fnmatch_lines([f"{selected} *REPRODUCED*"])
+    assert dropped not in result.stdout.str()
 
 
 def test_unknown_profile_is_a_usage_error(sandbox):

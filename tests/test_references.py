@@ -6,7 +6,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from harness import references as refs
-from harness.claim import Claim, Evidence, Tolerance
+from harness.claim import Claim, Tolerance
+from harness.evidence import Evidence
 
 CLAIM = Claim(id="t.claim", statement="s", source="src")
 
@@ -154,7 +155,8 @@ def test_committed_noise_files_load_and_belong_to_a_reference():
 
 
 def test_a_band_over_the_whole_domain_is_refused_at_regeneration():
-    from harness.claim import ACCURACY, Claim, Evidence, Tolerance
+    from harness.claim import ACCURACY, Claim, Tolerance
+    from harness.evidence import Evidence
 
     ev = Evidence(Claim(id="t.x", statement="s", source="src"), "cpu", None)
     ev.metric("acc", 0.5, Tolerance(why="too wide", abs=0.5, domain=ACCURACY))
@@ -168,7 +170,8 @@ def test_a_band_over_the_whole_domain_is_refused_at_regeneration():
 
 
 def test_a_trained_claim_at_chance_is_refused_unless_chance_is_expected():
-    from harness.claim import Claim, Evidence
+    from harness.claim import Claim
+    from harness.evidence import Evidence
 
     def evidence(accs, **flags):
         ev = Evidence(Claim(id="t.x", statement="s", source="src", trained=True, **flags), "cpu",
@@ -185,7 +188,8 @@ def test_a_trained_claim_at_chance_is_refused_unless_chance_is_expected():
 
 
 def test_undecided_measurement_is_inconclusive_never_reproduced():
-    from harness.claim import Claim, Evidence, Verdict
+    from harness.claim import Claim, Verdict
+    from harness.evidence import Evidence
 
     ev = Evidence(Claim(id="t.x", statement="s", source="src"), "cpu", None)
     assert ev.decide(None, "precondition failed") is Verdict.INCONCLUSIVE
@@ -206,7 +210,8 @@ def test_band_edges_are_inside_despite_float_rounding():
 
 def test_verdicts_measured_across_kernel_paths_are_allowed_and_both_ways_is_refused():
     from harness.bands import NoiseTable
-    from harness.claim import Claim, Evidence
+    from harness.claim import Claim
+    from harness.evidence import Evidence
 
     def evidence(verdicts: dict[str, str], holds):
         ev = Evidence(Claim(id="t.x", statement="s", source="src"), "cpu", None)
@@ -256,3 +261,45 @@ def test_each_kernel_path_held_out_passes_the_bands_and_verdicts_of_the_others(p
 def test_every_trained_reference_has_measured_noise():
     trained = {p for p in COMMITTED if refs.load_reference(p).raw.get("trained")}
     assert trained and trained <= set(MEASURED), sorted(p.stem for p in trained - set(MEASURED))
+
+
+def settle(tmp_path, ev, mode):
+    return refs.check_reference(ev, tmp_path / "refs", "smoke", "cpu", "cpu", mode,
+                                tmp_path / "run", {"torch": "x"})
+
+
+def test_check_reference_stores_then_compares_and_fails_a_regression(tmp_path):
+    ev = evidence_with(x=1.0)
+    missing, log = settle(tmp_path, ev, "compare")
+    assert missing.status == "NO_REFERENCE" and not log
+    assert "nox -s regen -- --profile smoke --device cpu --claim t.claim" in missing.problems[1]
+    with pytest.raises(AssertionError, match="no reference at") as strict:
+        settle(tmp_path, ev, "strict")
+    assert strict.value.comparison.status == "NO_REFERENCE"
+
+    stored_, log = settle(tmp_path, ev, "regenerate")
+    path = tmp_path / "refs" / "smoke" / "cpu" / "t.claim.json"
+    assert stored_.status == "REGENERATED" and log == [f"{path}:", "  verdict: (none) -> REPRODUCED",
+                                                    "  x: (absent) -> 1"]
+    assert settle(tmp_path, ev, "compare")[0].status == "PASS"
+    assert settle(tmp_path, evidence_with(x=5.0), "dry-run")[0].status == "DRY_RUN"
+
+    with pytest.raises(AssertionError, match=r"(?s)t.claim regressed against .*x: measured 1.5") as e:
+        settle(tmp_path, evidence_with(x=1.5), "compare")
+    assert e.value.comparison.status == "REGRESSED"
+    obtained = json.loads((tmp_path / "run" / "t.claim.obtained.json").read_text())
+    assert obtained["metrics"]["x"]["value"] == 1.5
+
+
+def test_check_reference_refuses_no_verdict_and_a_band_that_guards_nothing(tmp_path):
+    with pytest.raises(AssertionError, match="recorded no verdict") as e:
+        settle(tmp_path, Evidence(CLAIM, "cpu"), "dry-run")
+    assert e.value.comparison is None
+    ev = Evidence(CLAIM, "cpu")
+    ev.metric("acc", 0.5, Tolerance(why="w", abs=1.0, domain=(0, 1)))
+    ev.decide(True, "ok")
+    with pytest.raises(AssertionError, match="refusing to store a reference that guards nothing"):
+        settle(tmp_path, ev, "regenerate")
+    assert not (tmp_path / "refs").exists()
+    with pytest.raises(ValueError, match="mode"):
+        settle(tmp_path, ev, "update")

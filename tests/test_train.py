@@ -9,7 +9,6 @@ from hypothesis import strategies as st
 
 from harness import train as tr
 from harness.data import synthetic_dataset
-from harness.executors import ExecutorSpec
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +81,14 @@ def test_divergence_is_a_result_not_a_crash(data):
     assert not math.isfinite(last) or last > exploding.divergence_loss
 
 
+def test_fewer_samples_than_one_batch_is_a_clear_error_not_a_hang():
+    x, y = torch.randn(4, 3, 2, 2), torch.randint(0, 3, (4,))
+    cfg = tr.TrainConfig(epochs=1, batch_size=8)
+    with pytest.raises(ValueError, match="4 training samples for batch size 8"):
+        tr.train(lambda: nn.Sequential(nn.Flatten(), nn.Linear(12, 3)), (x, y), (x, y), cfg,
+                 progress=False)
+
+
 def test_hooks_see_unscaled_gradients_before_the_step(data):
     seen = []
 
@@ -138,110 +145,6 @@ def test_schedule_warms_up_then_decays(total, warm_frac, schedule):
 def test_unknown_schedule_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown schedule 'linear'"):
         tr.lr_factor(5, 10, 0, "linear", 0.0)
-
-
-def test_cache_reuses_finished_cells(tmp_path, data):
-    calls = []
-
-    def run():
-        calls.append(1)
-        return tr.train(small_cnn, data.train, data.test, tr.TrainConfig(max_steps=2),
-                        progress=False)
-
-    key = {"model": "small_cnn", "train": tr.TrainConfig(max_steps=2), "seed": 0}
-    first = tr.cached(key, run, directory=tmp_path)
-    again = tr.cached(key, run, directory=tmp_path)
-    assert len(calls) == 1 and again.from_cache and not first.from_cache
-    assert again.test_acc == first.test_acc and again.loss_curve == first.loss_curve
-    tr.cached(key, run, directory=tmp_path, enabled=False)  # --no-cache recomputes
-    assert len(calls) == 2
-    tr.cached({**key, "seed": 1}, run, directory=tmp_path)  # another key is another cell
-    assert len(calls) == 3
-
-
-def test_corrupt_cache_entry_is_recomputed(tmp_path, data):
-    key = {"k": 1}
-
-    def run():
-        return tr.train(small_cnn, data.train, data.test, tr.TrainConfig(max_steps=1),
-                        progress=False)
-
-    tr.cached(key, run, directory=tmp_path)
-    (path,) = tmp_path.glob("*.json")
-    path.write_text("{broken")
-    rec = tr.cached(key, run, directory=tmp_path)
-    assert not rec.from_cache and tr.cached(key, run, directory=tmp_path).from_cache
-
-
-def test_diverged_record_round_trips_through_the_cache(tmp_path):
-    rec = tr.TrainRecord(math.nan, math.nan, True, 3, [(2, math.inf)], [0.1], 1.0, None, 0.1)
-    got = tr.cached({"d": 1}, lambda: rec, directory=tmp_path)
-    got = tr.cached({"d": 1}, lambda: rec, directory=tmp_path)
-    assert got.from_cache and got.diverged and math.isnan(got.test_acc)
-
-
-# ------------------------------------------------------------- many runs, side by side
-
-
-def _jobs(data, seeds=(0, 1, 2)) -> list[tr.TrainJob]:
-    import functools
-
-    from harness.models import build
-
-    # Built in the worker from picklable parts: the registry function and its overrides.
-    model_fn = functools.partial(build, "anynet_tiny_x", stem_type="cifar", resolution=16)
-    cfg = tr.TrainConfig(epochs=1, batch_size=64, lr=0.05, warmup_epochs=0.5)
-    return [tr.TrainJob({"test": "run_jobs", "seed": s}, model_fn, data.train, data.test,
-                        tr.TrainConfig(**{**cfg.__dict__, "seed": s}), cost=s)
-            for s in seeds]
-
-
-PROCESSES = ExecutorSpec("processes", workers=2)
-
-
-def _determined(rec: tr.TrainRecord) -> dict:
-    """Every field a run's key determines: all but the machine's measurements."""
-    return {k: v for k, v in dataclasses.asdict(rec).items() if k not in tr.MEASURED_FIELDS}
-
-
-@pytest.mark.slow
-def test_records_from_worker_processes_are_bit_identical_to_local_ones(data, tmp_path):
-    serial = tr.run_jobs(_jobs(data), directory=tmp_path / "a", progress=False)
-    parallel = tr.run_jobs(_jobs(data), executor=PROCESSES, directory=tmp_path / "b",
-                           progress=False)
-    assert [_determined(r) for r in serial] == [_determined(r) for r in parallel]  # bits, order
-    assert {"test_acc", "test_loss", "loss_curve", "steps", "extra"} <= _determined(serial[0]).keys()
-    assert len({r.test_acc for r in serial}) > 1  # the seeds differ: order would show
-    assert not any(r.from_cache for r in serial + parallel)
-    again = tr.run_jobs(_jobs(data), executor=PROCESSES, directory=tmp_path / "b", progress=False)
-    assert all(r.from_cache for r in again)
-    assert [_determined(r) for r in again] == [_determined(r) for r in parallel]
-
-
-@pytest.mark.slow
-def test_a_failing_worker_run_is_reraised(data, tmp_path):
-    jobs = _jobs(data, seeds=(0, 1))
-    bad_images = data.train[0][:, :1]  # one channel where the model expects three
-    jobs[1] = tr.TrainJob(jobs[1].key, jobs[1].model_fn, (bad_images, data.train[1]), data.test,
-                          jobs[1].cfg)
-    with pytest.raises(tr.CellsFailed, match="channels") as failed:
-        tr.run_jobs(jobs, executor=PROCESSES, directory=tmp_path, progress=False)
-    (failure,) = failed.value.failures
-    assert "\"seed\": 1" in failure.label  # which cell: its config
-    (ok,) = tr.run_jobs(jobs[:1], directory=tmp_path, progress=False)
-    assert ok.from_cache  # the other cell finished and kept its record
-
-
-def test_jobs_with_equal_keys_train_once(data, tmp_path, monkeypatch):
-    calls = []
-    real = tr._run_job
-    monkeypatch.setattr(tr, "_run_job", lambda job, *a: calls.append(job.key) or real(job, *a))
-    jobs = _jobs(data, seeds=(0,))
-    twin = tr.TrainJob(dict(jobs[0].key), jobs[0].model_fn, data.train, data.test, jobs[0].cfg)
-    cfg = tr.TrainConfig(epochs=0.2, batch_size=64)
-    jobs = [tr.TrainJob(j.key, j.model_fn, j.train_set, j.test_set, cfg) for j in (jobs[0], twin)]
-    a, b = tr.run_jobs(jobs, directory=tmp_path, progress=False)
-    assert len(calls) == 1 and a is b
 
 
 # --------------------------------------------------- the recipe, pinned element by element

@@ -5,6 +5,7 @@ cache; without one the loop is the plain step, bit for bit."""
 import dataclasses
 import functools
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +16,8 @@ from harness import models
 from harness import train as tr
 from harness.agc.study import AGCHook
 from harness.data import synthetic_dataset
+from harness.runs import cache as rc
+from harness.runs import jobs as rj
 from harness.sparse.masks import DynamicSparse, SparseConfig
 
 
@@ -142,13 +145,13 @@ def test_a_step_fn_returning_a_nan_loss_ends_the_run_as_diverged(data):
 
 
 def test_a_jobs_step_fn_enters_its_code_and_runs_through_the_cache(data, tmp_path):
-    job = tr.TrainJob({"t": "step_fn"}, MODEL, data.train, data.test,
+    job = rj.TrainJob({"t": "step_fn"}, MODEL, data.train, data.test,
                       dataclasses.replace(CFG, max_steps=4))
     with_fn = dataclasses.replace(job, step_fn=Recording())
     assert job.code() != with_fn.code()  # this test module defines the step function
-    assert tr._defining_file(with_fn.step_fn) == tr.Path(__file__).resolve()
-    first = tr.run_jobs([with_fn], directory=tmp_path)[0]
-    again = tr.run_jobs([dataclasses.replace(job, step_fn=Recording())], directory=tmp_path)[0]
+    assert rc._defining_file(with_fn.step_fn) == Path(__file__).resolve()
+    first = rj.run_jobs([with_fn], directory=tmp_path)[0]
+    again = rj.run_jobs([dataclasses.replace(job, step_fn=Recording())], directory=tmp_path)[0]
     assert not first.from_cache and again.from_cache and again.extra == first.extra
 
 

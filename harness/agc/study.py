@@ -8,8 +8,8 @@ the pieces here, in this order (the verdict rules are in ``harness.agc.verdicts`
   loop, classifier excluded unless asked;
 * ``rule_study``: the property suite of ``agc.rule`` on seeded random cases and on a real
   NF-ResNet, run on the harness's AGC and on the ``KNOWN_BAD`` implementations;
-* ``GridConfig`` and ``run_cells``: the batch size x method x lambda grid, one training run per
-  cell, all through ``train.run_jobs`` (cached, side by side on the CPU), AGC as an
+* ``GridConfig`` and ``train_agc_cells``: the batch size x method x lambda grid, one training run per
+  cell, all through ``runs.jobs.run_jobs`` (cached, side by side on the CPU), AGC as an
   ``AGCHook``;
 * ``grid_summary``, ``benefit_table`` (from ``verdicts.best_lambdas`` and ``accuracies``): the
   tables the verdicts are read from
@@ -44,10 +44,11 @@ from harness.agc.rule import (
 )
 from harness.agc.verdicts import AGC, BN, NF, accuracies, best_lambdas
 from harness.data import DatasetSplits, DataSpec
-from harness.executors import ExecutorSpec
 from harness.profiles import device_class
+from harness.runs.executors import ExecutorSpec
+from harness.runs.jobs import TrainJob, run_table
 from harness.stats import mean
-from harness.train import StepHook, StepState, TrainConfig, TrainJob, TrainRecord, autocast_dtype, run_table
+from harness.train import StepHook, StepState, TrainConfig, TrainRecord, autocast_dtype
 
 # ----------------------------------------------------------------------- the training hook
 
@@ -230,15 +231,15 @@ class GridConfig:
 
     @property
     def num_classes(self) -> int:
-        return {"cifar10": 10, "cifar100": 100}.get(self.data.name, self.data.num_classes)
+        return self.data.num_classes
 
     @property
     def chance(self) -> float:
-        return 1.0 / self.num_classes
+        return self.data.chance
 
 
 @dataclass(frozen=True)
-class Cell:
+class AGCCell:
     """One training run of the study."""
 
     method: str  # NF | NF+AGC | BN
@@ -253,30 +254,30 @@ class Cell:
                f"s={self.seed}"
 
 
-def grid_cells(cfg: GridConfig) -> list[Cell]:
+def grid_cells(cfg: GridConfig) -> list[AGCCell]:
     """NF, NF+AGC at every lambda and BN, at every batch size and seed (BN at the largest
     batch only with ``cfg.bn_largest_batch_only``)."""
     cells = []
     for b in cfg.batch_sizes:
         for s in cfg.seeds:
-            cells.append(Cell(NF, b, s))
-            cells += [Cell(AGC, b, s, lam) for lam in cfg.lambdas]
+            cells.append(AGCCell(NF, b, s))
+            cells += [AGCCell(AGC, b, s, lam) for lam in cfg.lambdas]
             if b == max(cfg.batch_sizes) or not cfg.bn_largest_batch_only:
-                cells.append(Cell(BN, b, s))
+                cells.append(AGCCell(BN, b, s))
     return cells
 
 
-def skip_final_cells(cfg: GridConfig, lam: float) -> list[Cell]:
+def skip_final_cells(cfg: GridConfig, lam: float) -> list[AGCCell]:
     """AGC that also clips the classifier, at the largest batch, at ``lam``, every seed."""
-    return [Cell(AGC, cfg.batch_sizes[-1], s, lam, clip_head=True) for s in cfg.seeds]
+    return [AGCCell(AGC, cfg.batch_sizes[-1], s, lam, clip_head=True) for s in cfg.seeds]
 
 
-def tiny_batch_cells(cfg: GridConfig) -> list[Cell]:
+def tiny_batch_cells(cfg: GridConfig) -> list[AGCCell]:
     """NF (no AGC) and BN at every batch size of ``cfg`` (the tiny one and its reference)."""
-    return [Cell(m, b, s) for b in cfg.batch_sizes for s in cfg.seeds for m in (NF, BN)]
+    return [AGCCell(m, b, s) for b in cfg.batch_sizes for s in cfg.seeds for m in (NF, BN)]
 
 
-def cell_config(cfg: GridConfig, cell: Cell) -> TrainConfig:
+def cell_config(cfg: GridConfig, cell: AGCCell) -> TrainConfig:
     recipe = dataclasses.replace(cfg.train, batch_size=cell.batch_size,
                                  lr=cfg.lr(cell.batch_size), seed=cell.seed,
                                  cpu_threads=cfg.cpu_threads)
@@ -293,7 +294,7 @@ def _model_overrides(cfg: GridConfig) -> dict[str, Any]:
             "resolution": cfg.resolution}
 
 
-def cell_key(cfg: GridConfig, cell: Cell, device: str) -> dict[str, Any]:
+def cell_key(cfg: GridConfig, cell: AGCCell, device: str) -> dict[str, Any]:
     """Everything that determines a cell's run: model config, training config, data, method,
     lambda, eps, clip-head flag, seed, device class and (on the CPU) the thread count."""
     name = cfg.bn_model if cell.method == BN else cfg.nf_model
@@ -316,7 +317,7 @@ def cell_key(cfg: GridConfig, cell: Cell, device: str) -> dict[str, Any]:
     }
 
 
-def cell_job(cfg: GridConfig, cell: Cell, data: DatasetSplits, device: str) -> TrainJob:
+def cell_job(cfg: GridConfig, cell: AGCCell, data: DatasetSplits, device: str) -> TrainJob:
     """One cell as a training job: the model built after seeding, AGC as a hook if asked."""
     name = cfg.bn_model if cell.method == BN else cfg.nf_model
     hooks = [AGCHook(cell.lam, cfg.eps, cell.clip_head)] if cell.method == AGC else []
@@ -327,22 +328,22 @@ def cell_job(cfg: GridConfig, cell: Cell, data: DatasetSplits, device: str) -> T
                     desc=cell.label(), cost=recipe.epochs * len(data.train[0]))
 
 
-def run_cells(
+def train_agc_cells(
     cfg: GridConfig,
-    cells: Iterable[Cell],
+    cells: Iterable[AGCCell],
     *,
     device: str,
     load: Callable[[], DatasetSplits],
     use_cache: bool = True,
     executor: ExecutorSpec | None = None,
 ) -> pd.DataFrame:
-    """Run (or reuse) every cell through ``train.run_jobs``; one row per cell, in order."""
+    """Run (or reuse) every cell through ``runs.jobs.run_jobs``; one row per cell, in order."""
     data = load()
     return run_table(cells, lambda c: cell_job(cfg, c, data, device),
                      lambda c, r: _row(cfg, c, r), executor=executor, use_cache=use_cache)
 
 
-def _row(cfg: GridConfig, cell: Cell, rec: TrainRecord) -> dict[str, Any]:
+def _row(cfg: GridConfig, cell: AGCCell, rec: TrainRecord) -> dict[str, Any]:
     failed = rec.diverged or not math.isfinite(rec.test_acc)
     return {
         "method": cell.method,

@@ -41,6 +41,9 @@ SYNTHETIC_TRAIN_SIZE, SYNTHETIC_TEST_SIZE = 5000, 2000  # generated when a spec 
 CIFAR_TRAIN_SIZE = 50_000  # CIFAR-10 and CIFAR-100 alike
 
 
+DATASET_CLASSES = {"cifar10": 10, "cifar100": 100}  # the real data sets' own class counts
+
+
 @dataclass(frozen=True)
 class DataSpec:
     """A dataset as a claim config names it; ``load_dataset`` turns it into tensors."""
@@ -49,8 +52,18 @@ class DataSpec:
     train_size: int | None = None  # synthetic: how many; CIFAR: a prefix subset (None = all)
     test_size: int | None = None
     seed: int = 0  # synthetic only
-    num_classes: int = 10  # synthetic only; CIFAR has its own
+    synthetic_classes: int = 10  # the generated task's; CIFAR has its own (``num_classes``)
     difficulty: str = "hard"  # synthetic only: "hard" or "medium" (see synthetic_dataset)
+
+    @property
+    def num_classes(self) -> int:
+        """How many classes this data set has."""
+        return DATASET_CLASSES.get(self.name, self.synthetic_classes)
+
+    @property
+    def chance(self) -> float:
+        """The accuracy of a guess: a net that learned nothing scores this."""
+        return 1.0 / self.num_classes
 
     @property
     def train_count(self) -> int:
@@ -62,9 +75,7 @@ class DataSpec:
     def dry_run(self) -> DataSpec:
         """Tiny generated data: a dry run exercises the pipeline, not the dataset."""
         return DataSpec("synthetic", train_size=64, test_size=32, seed=self.seed,
-                        difficulty=self.difficulty,
-                        num_classes=self.num_classes if self.name == "synthetic" else
-                        (100 if self.name == "cifar100" else 10))
+                        difficulty=self.difficulty, synthetic_classes=self.num_classes)
 
 
 def load_dataset(spec: DataSpec, resolution: int, data_root: str | Path | None,
@@ -74,7 +85,7 @@ def load_dataset(spec: DataSpec, resolution: int, data_root: str | Path | None,
     ``download``: fetch missing CIFAR files (MD5-checked, atomic) into ``data_root``, or into
     ``download.default_data_root()`` when none is given; without it they must be there."""
     if spec.name == "synthetic":
-        return synthetic_dataset(num_classes=spec.num_classes, resolution=resolution,
+        return synthetic_dataset(num_classes=spec.synthetic_classes, resolution=resolution,
                                  train_size=spec.train_size or SYNTHETIC_TRAIN_SIZE,
                                  test_size=spec.test_size or SYNTHETIC_TEST_SIZE, seed=spec.seed,
                                  difficulty=spec.difficulty)

@@ -1,9 +1,10 @@
 """Decomposition experiments on trained networks: per-layer damage, selective against
-decompose-all, pruning before decomposing. The claims ``decomp.*`` (claims/README.md section 4)
-are checked by ``claims/test_decompose.py`` with these pieces; the verdict rules are in
+decompose-all, pruning before decomposing. The claims ``decomp.*`` and ``deploy.*``
+(claims/README.md section 4) are checked by ``claims/test_decomp.py`` and
+``claims/test_deploy.py`` with these pieces; the verdict rules are in
 ``harness.decompose.verdicts``.
 
-The networks train once per seed through ``train.run_jobs`` with ``keep_weights``, so the
+The networks train once per seed through ``runs.jobs.run_jobs`` with ``keep_weights``, so the
 cache holds their weights too; nothing here fine-tunes (results are "not fine-tuned").
 """
 
@@ -27,9 +28,10 @@ from harness.decompose.tucker import (
     decompose_model,
     pointwise,
 )
-from harness.executors import ExecutorSpec
 from harness.profiles import device_class
-from harness.train import TrainConfig, TrainJob, evaluate, run_jobs, trained_weights
+from harness.runs.executors import ExecutorSpec
+from harness.runs.jobs import TrainJob, run_jobs, trained_weights
+from harness.train import TrainConfig, evaluate
 
 
 @dataclass(frozen=True)
@@ -64,8 +66,7 @@ class DecompStudyConfig:
 
     @property
     def chance(self) -> float:
-        n = {"cifar10": 10, "cifar100": 100}.get(self.data.name, self.data.num_classes)
-        return 1.0 / n
+        return self.data.chance
 
 
 def _build(cfg: DecompStudyConfig) -> nn.Module:

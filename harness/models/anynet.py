@@ -20,17 +20,19 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from harness.complexity import (
-    Complexity,
-    Cx,
+from harness.complexity import Complexity, Cx
+from harness.models._registry import register_model
+from harness.models.layers import (
+    SE,
+    adjust_block_compatibility,
+    conv,
     conv2d_cx,
     gap2d_cx,
+    init_weights,
     linear_cx,
     norm2d_cx,
     pool2d_cx,
 )
-from harness.models._registry import register_model
-from harness.models.layers import SE, adjust_block_compatibility, conv, init_weights
 
 __all__ = [
     "MODEL_CFGS",

@@ -14,9 +14,17 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from harness.complexity import Complexity, Cx, conv2d_cx, gap2d_cx, linear_cx, norm2d_cx
+from harness.complexity import Complexity, Cx
 from harness.models._registry import register_model
-from harness.models.layers import SE, conv, init_weights
+from harness.models.layers import (
+    SE,
+    conv,
+    conv2d_cx,
+    gap2d_cx,
+    init_weights,
+    linear_cx,
+    norm2d_cx,
+)
 
 __all__ = [
     "MODEL_CFGS",

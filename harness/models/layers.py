@@ -1,6 +1,8 @@
 """Building blocks shared by the model families (pycls-style: complexity beside each module).
 
-``conv`` (odd kernels, same padding: h' = (h-1)//stride + 1, as the counters assume), ``SE``
+``conv`` (odd kernels, same padding: h' = (h-1)//stride + 1, as the counters assume) and the
+per-layer analytic counts (``conv2d_cx``, ``norm2d_cx``, ``pool2d_cx``, ``gap2d_cx``,
+``linear_cx``), ``SE``
 (squeeze-and-excitation), ``init_weights`` (pycls's init) and ``adjust_block_compatibility``
 (pycls's rule that makes widths, bottleneck ratios and group widths fit together).
 """
@@ -14,13 +16,58 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from harness.complexity import Cx, conv2d_cx, gap2d_cx
+from harness.complexity import Cx
 
 
 def conv(w_in: int, w_out: int, k: int, *, stride: int = 1, groups: int = 1, bias: bool = False):
     """A conv with (k-1)//2 padding (bias off unless asked)."""
     # Odd kernels with (k-1)//2 padding give h' = (h-1)//stride + 1, which the counters assume.
     return nn.Conv2d(w_in, w_out, k, stride=stride, padding=(k - 1) // 2, groups=groups, bias=bias)
+
+
+# Each layer's analytic count (pycls's ``*_cx``), beside the layer it counts: the model files
+# compute flops, params and acts from a config alone; tests/models/test_layers.py checks each
+# against the hook counter on the built layer.
+
+def conv2d_cx(
+    cx: Cx, w_in: int, w_out: int, k: int, *, stride: int = 1, groups: int = 1, bias: bool = False
+) -> Cx:
+    """A k×k conv with 'same' padding (k odd), as built by the model files."""
+    h, w = (cx.h - 1) // stride + 1, (cx.w - 1) // stride + 1
+    return Cx(
+        h,
+        w,
+        cx.flops + k * k * w_in * w_out * h * w // groups + (w_out * h * w if bias else 0),
+        cx.params + k * k * w_in * w_out // groups + (w_out if bias else 0),
+        cx.acts + w_out * h * w,
+    )
+
+
+def norm2d_cx(cx: Cx, w_in: int) -> Cx:
+    """BatchNorm: 2·C params (gamma, beta); running stats are buffers, not params."""
+    return dataclasses.replace(cx, params=cx.params + 2 * w_in)
+
+
+def pool2d_cx(cx: Cx, w_in: int, k: int, *, stride: int = 1) -> Cx:
+    """Max pool with 'same' padding: only its output counts, as acts."""
+    h, w = (cx.h - 1) // stride + 1, (cx.w - 1) // stride + 1
+    return Cx(h, w, cx.flops, cx.params, cx.acts + w_in * h * w)
+
+
+def gap2d_cx(cx: Cx, w_in: int) -> Cx:
+    """Global average pool: free, output is 1×1."""
+    return dataclasses.replace(cx, h=1, w=1)
+
+
+def linear_cx(cx: Cx, w_in: int, w_out: int, *, bias: bool = False) -> Cx:
+    """A linear layer on one location."""
+    return Cx(
+        cx.h,
+        cx.w,
+        cx.flops + w_in * w_out + (w_out if bias else 0),
+        cx.params + w_in * w_out + (w_out if bias else 0),
+        cx.acts + w_out,
+    )
 
 
 class SE(nn.Module):

@@ -20,8 +20,9 @@ import torch
 from harness import memory, models, scaling, stats, timing
 from harness.complexity import Complexity
 from harness.data import DataSpec
-from harness.executors import ExecutorSpec
-from harness.train import TrainConfig, TrainJob, TrainRecord, autocast_dtype, run_jobs
+from harness.runs.executors import ExecutorSpec
+from harness.runs.jobs import TrainJob, run_jobs
+from harness.train import TrainConfig, TrainRecord, autocast_dtype
 
 # ------------------------------------------------------------------ runtime population
 
@@ -382,7 +383,7 @@ def train_scaled(cfg: ScaledTrainingConfig, nets: dict[str, models.Config], *, d
     """Train every network in ``nets`` once per seed with the config's recipe.
 
     Records come back keyed by (name, seed); finished cells are read from the cache, and the
-    rest train through ``executor`` (``harness.executors``: serial, processes or Slurm)."""
+    rest train through ``executor`` (``harness.runs.executors``: serial, processes or Slurm)."""
     jobs = scaled_jobs(cfg, nets, device=device, load_data=load_data)
     records = run_jobs(list(jobs.values()), executor=executor, use_cache=use_cache,
                        progress=progress)

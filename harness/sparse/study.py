@@ -1,13 +1,13 @@
 """Dynamic sparse training experiments: the invariant suite, the grid of runs, tables, plots.
 
-The claims ``itop.*`` (claims/README.md section 3) are checked by ``claims/test_sparse.py``
+The claims ``itop.*`` (claims/README.md section 3) are checked by ``claims/test_itop.py``
 with the pieces here (the verdict rules are in ``harness.sparse.verdicts``):
 
 * ``invariant_study``: the laws of the method (R_s, exact density, masked momentum, regrown
   weights at zero, ERK) checked while a real model trains a few steps, on the harness's
   ``DynamicSparse`` and on every ``KNOWN_BAD`` variant;
-* ``GridConfig`` and ``run_cells``: dense, static, SET and RigL cells over update intervals and
-  batch sizes, one training run per cell and seed, all through ``train.run_jobs`` (cached, side
+* ``GridConfig`` and ``train_sparse_cells``: dense, static, SET and RigL cells over update intervals and
+  batch sizes, one training run per cell and seed, all through ``runs.jobs.run_jobs`` (cached, side
   by side on the CPU), the sparse method as an ``after_step`` hook whose R_s curve is stored
   with the run;
 * ``cell_summary``, ``plot_accuracy_vs_rs``, ``plot_rs_curves``.
@@ -27,11 +27,12 @@ import torch
 
 from harness import models
 from harness.data import DatasetSplits, DataSpec, synthetic_dataset
-from harness.executors import ExecutorSpec
 from harness.profiles import device_class
+from harness.runs.executors import ExecutorSpec
+from harness.runs.jobs import TrainJob, run_table
 from harness.sparse.known_bad import KNOWN_BAD
 from harness.sparse.masks import DynamicSparse, SparseConfig, shaped_state
-from harness.train import TrainConfig, TrainJob, TrainRecord, run_table, train
+from harness.train import TrainConfig, TrainRecord, train
 
 # ------------------------------------------------------------- the laws (itop.rate_definition)
 
@@ -229,12 +230,11 @@ class GridConfig:
 
     @property
     def chance(self) -> float:
-        n = {"cifar10": 10, "cifar100": 100}.get(self.data.name, self.data.num_classes)
-        return 1.0 / n
+        return self.data.chance
 
 
 @dataclass(frozen=True)
-class Cell:
+class SparseCell:
     """One training run of the grid."""
 
     method: str  # dense | static | SET | RigL
@@ -247,19 +247,19 @@ class Cell:
         return f"{self.method}{dt} B={self.batch_size} seed {self.seed}"
 
 
-def grid_cells(cfg: GridConfig) -> list[Cell]:
+def grid_cells(cfg: GridConfig) -> list[SparseCell]:
     """Every cell of the grid, each (method, batch, ΔT) once per seed."""
     b = cfg.batch_size
     cells = []
     for s in cfg.seeds:
-        cells += [Cell(DENSE, b, s), Cell(STATIC, b, s)]
-        cells += [Cell(SET, b, s, dt) for dt in cfg.intervals]
-        cells += [Cell(RIGL, b, s, cfg.ref_interval)]
-        cells += [Cell(SET, bb, s, cfg.ref_interval) for bb in cfg.batch_sizes if bb != b]
+        cells += [SparseCell(DENSE, b, s), SparseCell(STATIC, b, s)]
+        cells += [SparseCell(SET, b, s, dt) for dt in cfg.intervals]
+        cells += [SparseCell(RIGL, b, s, cfg.ref_interval)]
+        cells += [SparseCell(SET, bb, s, cfg.ref_interval) for bb in cfg.batch_sizes if bb != b]
     return cells
 
 
-def sparse_config(cfg: GridConfig, cell: Cell) -> SparseConfig | None:
+def sparse_config(cfg: GridConfig, cell: SparseCell) -> SparseConfig | None:
     if cell.method == DENSE:
         return None
     return SparseConfig(cfg.sparsity, distribution=cfg.distribution,
@@ -268,7 +268,7 @@ def sparse_config(cfg: GridConfig, cell: Cell) -> SparseConfig | None:
                         stop_fraction=cfg.stop_fraction, static=cell.method == STATIC)
 
 
-def cell_job(cfg: GridConfig, cell: Cell, data: DatasetSplits, device: str) -> TrainJob:
+def cell_job(cfg: GridConfig, cell: SparseCell, data: DatasetSplits, device: str) -> TrainJob:
     recipe = dataclasses.replace(cfg.train, batch_size=cell.batch_size, seed=cell.seed,
                                  cpu_threads=cfg.cpu_threads)
     sparse = sparse_config(cfg, cell)
@@ -283,16 +283,16 @@ def cell_job(cfg: GridConfig, cell: Cell, data: DatasetSplits, device: str) -> T
                     desc=cell.label(), cost=recipe.epochs * len(data.train[0]) / cell.batch_size)
 
 
-def run_cells(cfg: GridConfig, cells: Iterable[Cell], *, device: str,
+def train_sparse_cells(cfg: GridConfig, cells: Iterable[SparseCell], *, device: str,
               load: Callable[[], DatasetSplits], use_cache: bool = True,
               executor: ExecutorSpec | None = None) -> pd.DataFrame:
-    """Run (or reuse) every cell through ``train.run_jobs``; one row per cell, in order."""
+    """Run (or reuse) every cell through ``runs.jobs.run_jobs``; one row per cell, in order."""
     data = load()
     return run_table(cells, lambda c: cell_job(cfg, c, data, device),
                      lambda c, r: _row(cfg, c, r), executor=executor, use_cache=use_cache)
 
 
-def _row(cfg: GridConfig, cell: Cell, rec: TrainRecord) -> dict[str, Any]:
+def _row(cfg: GridConfig, cell: SparseCell, rec: TrainRecord) -> dict[str, Any]:
     sparse = rec.extra.get("sparse", {})
     acc = rec.test_acc if math.isfinite(rec.test_acc) and not rec.diverged else cfg.chance
     return {"method": cell.method, "batch_size": cell.batch_size,

@@ -1,14 +1,14 @@
 """Supernet experiments: the projection-law suite, the grid of runs, tables and plots.
 
-The claims ``nasvit.*`` (claims/README.md section 5) are checked by ``claims/test_supernet.py``
+The claims ``nasvit.*`` (claims/README.md section 5) are checked by ``claims/test_nasvit.py``
 with the pieces here (the verdict rules are in ``harness.supernet.verdicts``):
 
 * ``rule_study``: the projection's laws on seeded random gradient pairs (strong conflicts,
   agreement, zero and orthogonal g₂ included) and on the per-tensor (g₁, g₂) pairs of a real
   supernet's sandwich steps, for the harness's rule and every ``KNOWN_BAD`` one;
-* ``GridConfig`` and ``run_cells``: naive sandwich training of a CNN and a hybrid supernet,
+* ``GridConfig`` and ``train_supernet_cells``: naive sandwich training of a CNN and a hybrid supernet,
   conflict-aware (projected) training of the hybrid, and the hybrid's smallest and mid-size
-  subnets trained alone, one run per cell and seed, all through ``train.run_jobs`` (cached,
+  subnets trained alone, one run per cell and seed, all through ``runs.jobs.run_jobs`` (cached,
   side by side on the CPU); the sandwich is the runs' ``step_fn``, its cosines stored with the
   run, its trained weights kept so that subnets are evaluated afterwards (extracted, BN
   statistics re-estimated on training images);
@@ -30,9 +30,10 @@ from torch import Tensor
 
 from harness import models
 from harness.data import DatasetSplits, DataSpec, synthetic_dataset
-from harness.executors import ExecutorSpec
 from harness.models.supernet import MODEL_CFGS, Arch, build_subnet, extract, middle, sample
 from harness.profiles import device_class
+from harness.runs.executors import ExecutorSpec
+from harness.runs.jobs import TrainJob, run_jobs, trained_weights
 from harness.supernet.known_bad import KNOWN_BAD
 from harness.supernet.sandwich import (
     ProjectionRule,
@@ -53,7 +54,7 @@ from harness.supernet.verdicts import (  # noqa: F401  (values: re-exported for 
     STANDALONE,
     values,
 )
-from harness.train import TrainConfig, TrainJob, TrainRecord, evaluate, run_jobs, train, trained_weights
+from harness.train import TrainConfig, TrainRecord, evaluate, train
 
 # ----------------------------------------------------------- the laws (nasvit.projection_rule)
 
@@ -219,12 +220,11 @@ class GridConfig:
 
     @property
     def chance(self) -> float:
-        n = {"cifar10": 10, "cifar100": 100}.get(self.data.name, self.data.num_classes)
-        return 1.0 / n
+        return self.data.chance
 
 
 @dataclass(frozen=True)
-class Cell:
+class SupernetCell:
     net: str  # cnn | hybrid
     method: str  # naive | projected | standalone
     seed: int
@@ -234,11 +234,13 @@ class Cell:
         return f"{self.net} {self.method}{' ' + self.arch if self.arch else ''} seed {self.seed}"
 
 
-def grid_cells(cfg: GridConfig) -> list[Cell]:
+def grid_cells(cfg: GridConfig) -> list[SupernetCell]:
     cells = []
     for s in cfg.seeds:
-        cells += [Cell(HYBRID, NAIVE, s), Cell(HYBRID, PROJECTED, s), Cell(CNN, NAIVE, s)]
-        cells += [Cell(HYBRID, STANDALONE, s, SMALLEST), Cell(HYBRID, STANDALONE, s, MID)]
+        cells += [SupernetCell(HYBRID, NAIVE, s), SupernetCell(HYBRID, PROJECTED, s),
+                  SupernetCell(CNN, NAIVE, s)]
+        cells += [SupernetCell(HYBRID, STANDALONE, s, SMALLEST),
+                  SupernetCell(HYBRID, STANDALONE, s, MID)]
     return cells
 
 
@@ -252,7 +254,7 @@ def _model(cfg: GridConfig, net: str) -> str:
     return {CNN: cfg.cnn, HYBRID: cfg.hybrid}[net]
 
 
-def cell_job(cfg: GridConfig, cell: Cell, data: DatasetSplits, device: str) -> TrainJob:
+def cell_job(cfg: GridConfig, cell: SupernetCell, data: DatasetSplits, device: str) -> TrainJob:
     recipe = dataclasses.replace(cfg.train, seed=cell.seed, cpu_threads=cfg.cpu_threads)
     name = _model(cfg, cell.net)
     key = {"study": "supernet-grid", "model": name, "method": cell.method, "data": cfg.data,
@@ -317,10 +319,10 @@ def _to_device(t: Tensor, device: str) -> Tensor:
     return t.to(device)
 
 
-def run_cells(cfg: GridConfig, cells: Iterable[Cell], *, device: str,
+def train_supernet_cells(cfg: GridConfig, cells: Iterable[SupernetCell], *, device: str,
               load: Callable[[], DatasetSplits], use_cache: bool = True,
               executor: ExecutorSpec | None = None) -> pd.DataFrame:
-    """Run (or reuse) every cell through ``train.run_jobs``, then evaluate the subnets of each
+    """Run (or reuse) every cell through ``runs.jobs.run_jobs``, then evaluate the subnets of each
     sandwich run. One row per (run, evaluated subnet): net, method, seed, arch, acc (a
     diverged run at chance), and the run's conflict summary (sandwich runs)."""
     data = load()
@@ -333,7 +335,7 @@ def run_cells(cfg: GridConfig, cells: Iterable[Cell], *, device: str,
     return pd.DataFrame(rows)
 
 
-def _rows(cfg: GridConfig, cell: Cell, rec: TrainRecord, data: DatasetSplits,
+def _rows(cfg: GridConfig, cell: SupernetCell, rec: TrainRecord, data: DatasetSplits,
           device: str) -> list[dict[str, Any]]:
     base = {"net": cell.net, "method": cell.method, "seed": cell.seed, "diverged": rec.diverged,
             "steps": rec.steps}

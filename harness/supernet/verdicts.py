@@ -1,6 +1,6 @@
 """The NASViT claims' verdict rules: pure functions of a runs table (one row per training run
 and evaluated subnet: net, method, seed, arch, acc with a diverged run at chance,
-tensor_share, step_share, mean_cos; see ``study.run_cells``).
+tensor_share, step_share, mean_cos; see ``study.train_supernet_cells``).
 
 Each returns a typed judgement: ``holds`` True (holds), False (refuted) or None (the seeds
 cannot tell, or the baseline did not learn: INCONCLUSIVE), a reason stating the numbers and the

@@ -1,5 +1,5 @@
 """Shared AGC test grids: a tiny trainable grid config and fabricated runs tables (the shape of
-``study.run_cells``'s output) in which each claim holds or fails on purpose."""
+``study.train_agc_cells``'s output) in which each claim holds or fails on purpose."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ D = None  # a diverged run
 
 
 def fake_runs(grid: dict[tuple, list[float | None]], chance: float = 0.1) -> pd.DataFrame:
-    """Rows like ``run_cells``'s from {(method, batch, lam[, clip_head]): [acc per seed]}."""
+    """Rows like ``train_agc_cells``'s from {(method, batch, lam[, clip_head]): [acc per seed]}."""
     rows = []
     for key, accs in grid.items():
         method, b, lam, *head = key

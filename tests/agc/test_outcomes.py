@@ -16,7 +16,8 @@ import pytest
 
 from harness.agc import study
 from harness.agc import verdicts as v
-from harness.claim import Claim, Evidence, Tolerance, Verdict
+from harness.claim import Claim, Tolerance, Verdict
+from harness.evidence import Evidence
 from harness.odds import judge_odds
 from harness.train import TrainRecord
 from tests.agc.grids import AGC, BN, CFG, LARGE, NF, PAPER_LIKE, SMALL
@@ -45,7 +46,7 @@ def table(grid: dict[tuple, list]) -> pd.DataFrame:
     rows = []
     for (method, b, lam, *head), accs in grid.items():
         for seed, acc in enumerate(accs):
-            cell = study.Cell(method, b, seed, lam, bool(head))
+            cell = study.AGCCell(method, b, seed, lam, bool(head))
             rows.append(study._row(CFG, cell, record(acc)))
     return pd.DataFrame(rows)
 

@@ -18,7 +18,8 @@ from harness.agc.known_bad import inverted_trigger_agc
 from harness.agc.study import RuleConfig
 from harness.agc.verdicts import AGC, BN, NF
 from harness.data import DataSpec, load_dataset, synthetic_dataset
-from harness.train import StepState, TrainConfig, cache_key, train
+from harness.runs.cache import cache_key
+from harness.train import StepState, TrainConfig, train
 from tests.agc.grids import GRID, LARGE, PAPER_LIKE, SMALL, D, fake_runs
 
 TINY = dict(stem_width=4, widths=(4, 8, 8), resolution=8)
@@ -132,11 +133,11 @@ def test_grid_cells_cover_methods_batches_lambdas_and_seeds():
     assert len(cells) == 2 * 2 * (1 + 2 + 1)
     assert {(c.method, c.lam) for c in cells} == {(NF, None), (AGC, 0.01), (AGC, 0.1), (BN, None)}
     assert len(set(cells)) == len(cells)
-    assert study.skip_final_cells(GRID, 0.1) == [study.Cell(AGC, 16, s, 0.1, True) for s in (0, 1)]
+    assert study.skip_final_cells(GRID, 0.1) == [study.AGCCell(AGC, 16, s, 0.1, True) for s in (0, 1)]
 
 
 def test_cache_key_holds_everything_that_determines_a_run():
-    cell = study.Cell(AGC, 8, 0, 0.01)
+    cell = study.AGCCell(AGC, 8, 0, 0.01)
     key = study.cell_key(GRID, cell, "cpu")
     assert key["train"].batch_size == 8 and key["train"].lr == GRID.lr(8) and key["seed"] == 0
     assert key["model_config"].widths == (4, 8, 8) and key["model_config"].resolution == 8
@@ -174,12 +175,12 @@ def test_cells_train_once_then_come_from_the_cache(tmp_path, monkeypatch):
         return load_dataset(GRID.data, GRID.resolution, None)
 
     cells = study.grid_cells(GRID)[:4] + study.skip_final_cells(GRID, 0.1)[:1]
-    first = study.run_cells(GRID, cells + cells[:1], device="cpu", load=load)
+    first = study.train_agc_cells(GRID, cells + cells[:1], device="cpu", load=load)
     assert list(first.method) == [NF, AGC, AGC, BN, AGC, NF] and first.steps.tolist() == [2] * 6
     # AGC ran on every step of the AGC cells only; with the head clipped it sees 2 more tensors.
     # The repeated cell trained once.
     assert len(clips) == 3 * 2 and clips[-1] == clips[0] + 2
-    again = study.run_cells(GRID, cells, device="cpu", load=load)
+    again = study.train_agc_cells(GRID, cells, device="cpu", load=load)
     assert again.from_cache.all() and len(clips) == 6
     pd.testing.assert_series_equal(first.test_acc[:5], again.test_acc)
 
@@ -200,7 +201,7 @@ def test_a_diverged_run_counts_as_chance():
     rec = study.TrainRecord(test_acc=math.nan, test_loss=math.nan, diverged=True, steps=3,
                             loss_curve=[(3, math.inf)], epoch_seconds=[0.1],
                             images_per_second=1.0, peak_memory_mb=None, train_seconds=0.1)
-    row = study._row(GRID, study.Cell(NF, 16, 0), rec)
+    row = study._row(GRID, study.AGCCell(NF, 16, 0), rec)
     assert row["diverged"] and row["acc"] == GRID.chance == 0.1
 
 
@@ -249,13 +250,13 @@ def test_every_cell_gets_at_least_min_steps_and_keeps_its_warmup_share():
         GRID, data=DataSpec("cifar10"), batch_sizes=(256, 1024, 4096), min_steps=200,
         train=TrainConfig(epochs=4, warmup_epochs=4 * 5 / 90))
     for b in full.batch_sizes:
-        recipe = study.cell_config(full, study.Cell(NF, b, 0))
+        recipe = study.cell_config(full, study.AGCCell(NF, b, 0))
         steps = recipe.total_steps(50_000)
         assert steps >= 200 and recipe.lr == pytest.approx(0.1 * b / 256)
         assert recipe.warmup_epochs / recipe.epochs == pytest.approx(5 / 90)
-    assert study.cell_config(full, study.Cell(NF, 256, 0)).epochs == 4  # 780 steps already
-    assert study.cell_config(full, study.Cell(NF, 4096, 0)).epochs == pytest.approx(200 / 12)
+    assert study.cell_config(full, study.AGCCell(NF, 256, 0)).epochs == 4  # 780 steps already
+    assert study.cell_config(full, study.AGCCell(NF, 4096, 0)).epochs == pytest.approx(200 / 12)
     # Without the floor (the smoke grid) the recipe is the configured one, unchanged.
-    assert study.cell_config(GRID, study.Cell(NF, 16, 0)) == dataclasses.replace(
+    assert study.cell_config(GRID, study.AGCCell(NF, 16, 0)) == dataclasses.replace(
         GRID.train, batch_size=16, lr=GRID.lr(16), seed=0, cpu_threads=GRID.cpu_threads)
     assert full.dry_run().min_steps == 0

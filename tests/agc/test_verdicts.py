@@ -8,7 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from harness.agc import verdicts
-from harness.claim import Claim, Evidence, Verdict
+from harness.claim import Claim, Verdict
+from harness.evidence import Evidence
 from tests.agc.grids import AGC, BN, CFG, LARGE, NF, PAPER_LIKE, SMALL, D, fake_runs
 
 STABILIZES = Claim("agc.stabilizes_large_batch", "AGC stabilizes large batch", "test")

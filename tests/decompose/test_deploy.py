@@ -24,15 +24,42 @@ def net() -> nn.Module:
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
 
 
-def test_pruning_keeps_the_saved_size_but_shrinks_the_compressed_one():
+def _zero_share(model: nn.Module) -> float:
+    """The share of the conv and linear weights that are zero: the sparsity pruned to."""
+    weights = [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    return float(sum((w == 0).sum() for w in weights) / sum(w.numel() for w in weights))
+
+
+def test_pruning_keeps_the_saved_size_but_shrinks_the_compressed_one(monkeypatch):
+    # Known fake timings, by the sparsity of the network timed: dense 4 s, 90% pruned 3 s; and
+    # a slower first round, so that the ratio is fastest over fastest across the rounds.
+    seconds = {0.0: [5.0, 4.0], 0.9: [3.5, 3.0]}  # per round
+    calls: dict[float, int] = {0.0: 0, 0.9: 0}
+
+    def fake_time(model, batch, resolution, s, in_channels=3):
+        share = round(_zero_share(model), 1)
+        t = seconds[share][calls[share] % 2]
+        calls[share] += 1
+        return timing.Timing.exact(t)
+
+    monkeypatch.setattr(timing, "time_inference", fake_time)
     model = net()
     table = deploy.pruning_costs(model, (0.0, 0.9), batch=2, resolution=8, setup=QUICK,
-                                 rounds=1)
+                                 rounds=2)
     dense, sparse = table.iloc[0], table.iloc[1]
+    assert table.sparsity.tolist() == [0.0, 0.9]
     assert dense.saved_ratio == 1 and dense.gzip_ratio == 1
     assert abs(sparse.saved_ratio - 1) < 0.01  # zeros are stored like any float
     assert sparse.gzip_ratio < 0.5  # ...but compress
-    assert table.time_ratio.gt(0).all()
+    # the sizes are those torch.save writes, over the dense model's
+    raw, gz = deploy.saved_sizes(deploy.prune_all(model, 0.9))
+    dense_raw, dense_gz = deploy.saved_sizes(model)
+    assert (sparse.saved_bytes, sparse.gzip_bytes) == (raw, gz)
+    assert sparse.saved_ratio == raw / dense_raw and sparse.gzip_ratio == gz / dense_gz
+    # time: pruned over dense, fastest block over fastest block; low/high: the rounds' ratios
+    assert dense.time_ratio == 1.0
+    assert sparse.time_ratio == pytest.approx(3.0 / 4.0)
+    assert (sparse.time_low, sparse.time_high) == pytest.approx((3.5 / 5.0, 3.0 / 4.0))
     pruned = deploy.prune_all(model, 0.9)
     w = pruned[2].weight
     assert abs(float((w == 0).float().mean()) - 0.9) < 0.01
@@ -52,14 +79,50 @@ def test_the_depthwise_grid_counts_flops_exactly_and_finds_the_crossover():
     assert deploy.crossover(never).faster_from_channels.isna().all()
 
 
-def test_precision_and_decomposition_speedups_are_ratios_of_timings():
+def test_precision_and_decomposition_speedups_are_ratios_of_timings(monkeypatch):
+    # Known fake timings: by precision (fp32 3 s, bf16 1.2 s) for the precision speed-up, by
+    # network for the decomposed one (the original 1.6 s at best, the decomposed 0.48 s at
+    # best, each round another time), so each ratio is checked exactly and the right way round.
     model = net()
-    assert deploy.precision_speedup(model, 2, 8, torch.bfloat16, QUICK) > 0
     small, _ = decompose_model(model, DecomposeSettings(1.0, "energy", 0.5), resolution=8,
                                force=True)
-    out = deploy.decomposed_speedup(model, small, 2, 8, QUICK, rounds=1)
+    by_precision = {None: 3.0, torch.bfloat16: 1.2}
+    by_round = {id(model): [2.0, 1.6, 1.8], id(small): [0.5, 0.6, 0.48]}
+    calls = {id(model): 0, id(small): 0}
+
+    def fake_time(m, batch, resolution, s, in_channels=3):
+        if id(m) not in by_round:  # precision_speedup times a copy in the low precision
+            return timing.Timing.exact(by_precision[s.amp_dtype])
+        t = by_round[id(m)][calls[id(m)]]
+        calls[id(m)] += 1
+        return timing.Timing.exact(t)
+
+    monkeypatch.setattr(timing, "time_inference", fake_time)
+    assert deploy.precision_speedup(model, 2, 8, torch.bfloat16, QUICK) == pytest.approx(2.5)
+    calls.update({k: 0 for k in calls})
+    out = deploy.decomposed_speedup(model, small, 2, 8, QUICK, rounds=3)
+    assert calls == {id(model): 3, id(small): 3}  # both timed once a round
+    # decomposed over original, fastest over fastest: not a round's ratio, not the inverse
+    assert out.time_ratio == pytest.approx(0.48 / 1.6)
+    # the flops: the exact counts of the two networks, decomposed over original
     assert out.flops_ratio == measure(small, 8).flops / measure(model, 8).flops
-    assert out.flops_ratio < 1 and out.time_ratio > 0
+    assert out.flops_ratio < 1
+
+
+def test_the_depthwise_grid_time_ratio_is_the_separable_time_over_the_standard(monkeypatch):
+    # Fake timings by module and channels: the standard conv C ms, the separable block
+    # (C / 4 + 2) ms: slower at C = 4, faster at C = 16.
+    def fake_time(model, batch, resolution, s, in_channels=3):
+        separable = isinstance(model, nn.Sequential)
+        ms = in_channels / 4 + 2 if separable else in_channels
+        return timing.Timing.exact(ms * 1e-3 * resolution)
+
+    monkeypatch.setattr(timing, "time_inference", fake_time)
+    grid = deploy.depthwise_grid((4, 16), (4, 8), batch=2, setup=QUICK)
+    assert list(zip(grid.channels, grid.size)) == [(4, 4), (4, 8), (16, 4), (16, 8)]
+    for row in grid.itertuples():
+        assert row.time_ratio == pytest.approx((row.channels / 4 + 2) / row.channels)
+    assert deploy.crossover(grid).faster_from_channels.tolist() == [16, 16]
 
 
 def _deploy_config(**kw):
@@ -108,10 +171,16 @@ def test_the_deploy_functions_time_in_the_setup_they_are_given(monkeypatch):
 
 
 def test_depthwise_doubling_flags_dispatch_bound_cells(monkeypatch):
-    # t(B) is flat for the small cells (launches set the pace) and doubles for the large ones
+    # t(B) is flat for the small cells (launches set the pace) and doubles for the large ones;
+    # the separable block's t(B) grows less than the standard conv's
     def fake_time(model, batch, resolution, s, in_channels=3):
         work = in_channels * resolution ** 2 * batch
-        return timing.Timing.exact(1e-4 + (work * 1e-9 if in_channels > 8 else 0.0))
+        per = 0.5e-9 if isinstance(model, nn.Sequential) else 1e-9
+        return timing.Timing.exact(1e-4 + (work * per if in_channels > 8 else 0.0))
+
+    def doubling(c, per):
+        work = c * 32 ** 2 * 64
+        return (1e-4 + 2 * work * per) / (1e-4 + work * per)
 
     monkeypatch.setattr(timing, "time_inference", fake_time)
     table = deploy.depthwise_doubling((4, 256), (32,), 64, QUICK)
@@ -119,6 +188,10 @@ def test_depthwise_doubling_flags_dispatch_bound_cells(monkeypatch):
                                    "doubling_separable", "doubling", "dispatch_bound"]
     assert table.dispatch_bound.tolist() == [True, False]
     assert table.doubling.iloc[0] == pytest.approx(1.0)
+    # t(2B)/t(B) of each module, and the smaller of the two
+    assert table.doubling_standard.iloc[1] == pytest.approx(doubling(256, 1e-9))
+    assert table.doubling_separable.iloc[1] == pytest.approx(doubling(256, 0.5e-9))
+    assert table.doubling.iloc[1] == pytest.approx(doubling(256, 0.5e-9))
     assert table.doubling.iloc[1] > timing.DISPATCH_BOUND_BELOW
 
 

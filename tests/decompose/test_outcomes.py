@@ -14,10 +14,11 @@ import math
 import pandas as pd
 import pytest
 
-from harness.claim import Claim, Evidence, Tolerance, Verdict
+from harness.claim import Claim, Tolerance, Verdict
 from harness.data import DataSpec
 from harness.decompose import deploy, study
 from harness.decompose import verdicts as v
+from harness.evidence import Evidence
 from harness.odds import judge_odds
 from harness.stats import mean
 from harness.train import TrainConfig

@@ -97,7 +97,7 @@ def test_each_seed_is_its_own_training_run():
     without the seed would make every "seed" the same network)."""
     from types import SimpleNamespace
 
-    from harness.train import cache_key
+    from harness.runs.cache import cache_key
 
     x, y = torch.zeros(4, 3, 8, 8), torch.zeros(4, dtype=torch.long)
     data = SimpleNamespace(train=(x, y), test=(x, y))  # base_jobs only hands the sets on

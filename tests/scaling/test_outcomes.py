@@ -17,7 +17,8 @@ import pandas as pd
 import pytest
 
 from harness import stats
-from harness.claim import Claim, Evidence, Tolerance, Verdict
+from harness.claim import Claim, Tolerance, Verdict
+from harness.evidence import Evidence
 from harness.odds import resample_lists, verdict_odds
 from harness.scaling import study
 from harness.scaling import verdicts as v

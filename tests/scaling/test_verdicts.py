@@ -11,7 +11,7 @@ import torch  # noqa: F401
 
 import harness.environment  # noqa: F401
 import harness.references  # noqa: F401
-import harness.reporting  # noqa: F401
+import harness.results  # noqa: F401
 from harness.scaling import strategies
 from harness.scaling import verdicts as claims
 
@@ -91,3 +91,69 @@ def test_wrong_fast_compound_exponents_break_the_complexity_laws_claim(pytester,
     result.assert_outcomes(failed=1)  # the committed reference says REPRODUCED
     result.stdout.fnmatch_lines(["*scaling.complexity_laws*NOT_REPRODUCED*REGRESSED*",
                                  "*verdict: NOT_REPRODUCED but reference REPRODUCED*"])
+
+
+def test_dWr_verdict_does_not_judge_a_dispatch_bound_speed_half():
+    slow = {**FAST, "dWr": 4.0}  # dWr slower: refuted on a GPU, unless the timing is not trusted
+    epoch = {"dWr": 2.0, "dwr": 3.0}
+    j = claims.dWr_verdict(GOOD_ACC, slow, epoch, 0.01, judge_speed=True)
+    assert j.holds is False
+    bound = claims.dWr_verdict(GOOD_ACC, slow, epoch, 0.01, judge_speed=True,
+                               dispatch_bound="dWr", dispatch_note="raise the batch")
+    assert bound.holds is None and "dispatch-bound" in bound.reason
+    worse = {**GOOD_ACC, "dWr": [0.30, 0.31, 0.30]}  # the accuracy half still refutes
+    assert claims.dWr_verdict(worse, slow, epoch, 0.01, judge_speed=True,
+                              dispatch_bound="dWr").holds is False
+
+
+# --------------------------------------------------------------------- complexity laws
+
+WORKED = (15.61e9, 68.1e6, 26.5e6)
+
+
+def test_complexity_laws_verdict_holds_only_on_the_published_figures():
+    assert claims.complexity_laws_verdict(12, [], *WORKED, 0.06).holds is True
+    assert claims.complexity_laws_verdict(12, ["dr ×2: acts 2.1x"], *WORKED, 0.06).holds is False
+    off = (15.70e9, 68.1e6, 26.5e6)  # one figure off at the published precision
+    j = claims.complexity_laws_verdict(12, [], *off, 0.06)
+    assert j.holds is False and j.worked == (15.7, 68.1, 26.5)
+    remark = claims.EFFICIENTNET_REMARK_MAX_GAP
+    assert claims.complexity_laws_verdict(12, [], *WORKED, remark).holds is False
+
+
+# ------------------------------------------------------------------ acts predict runtime
+
+def _r(acts: float, flops: float, params: float) -> dict:
+    return {"acts": acts, "flops": flops, "params": params}
+
+
+def test_acts_predict_verdict_needs_high_r_above_both_others_in_both_phases():
+    good = {"inference": _r(0.95, 0.8, 0.5), "train_step": _r(0.93, 0.7, 0.4)}
+    j = claims.acts_predict_verdict(good, dispatch_bound=False)
+    assert j.holds is True and j.acts_best
+    low = {**good, "train_step": _r(claims.ACTS_R_MIN - 0.01, 0.7, 0.4)}
+    j = claims.acts_predict_verdict(low, dispatch_bound=False)
+    assert j.holds is False and j.acts_best  # best predictor, but not "almost perfectly"
+    flops_wins = {**good, "inference": _r(0.95, 0.96, 0.5)}
+    j = claims.acts_predict_verdict(flops_wins, dispatch_bound=False)
+    assert j.holds is False and not j.acts_best
+    j = claims.acts_predict_verdict(good, dispatch_bound=True, dispatch_note="launch-bound")
+    assert j.holds is None and "launch-bound" in j.reason
+
+
+def test_acts_predict_verdict_names_a_missing_phase():
+    with pytest.raises(ValueError, match="train_step"):
+        claims.acts_predict_verdict({"inference": _r(0.95, 0.8, 0.5)}, dispatch_bound=False)
+
+
+# ------------------------------------------------------------------------- w fastest
+
+def test_w_fastest_verdict_needs_w_first_in_every_group():
+    assert claims.w_fastest_verdict(9, 9, 9, 9, 5, dispatch_bound=False).holds is True
+    for counts in ((8, 9, 9), (9, 8, 9), (9, 9, 8)):
+        assert claims.w_fastest_verdict(9, *counts, 5, dispatch_bound=False).holds is False
+    assert claims.w_fastest_verdict(9, 9, 9, 9, 5, dispatch_bound=True).holds is None
+    with pytest.raises(ValueError):
+        claims.w_fastest_verdict(9, 10, 9, 9, 5, dispatch_bound=False)
+    with pytest.raises(ValueError):
+        claims.w_fastest_verdict(0, 0, 0, 0, 0, dispatch_bound=False)

@@ -13,7 +13,8 @@ import math
 import pandas as pd
 import pytest
 
-from harness.claim import Claim, Evidence, Tolerance, Verdict
+from harness.claim import Claim, Tolerance, Verdict
+from harness.evidence import Evidence
 from harness.odds import judge_odds
 from harness.sparse import study
 from harness.sparse import verdicts as v
@@ -50,7 +51,7 @@ def record(method: str, outcome) -> TrainRecord:
 
 def table(grid: dict[tuple, list]) -> pd.DataFrame:
     """The study's runs table for {(method, batch, ΔT): [(acc, R_s) or DIVERGED per seed]}."""
-    rows = [study._row(CFG, study.Cell(m, b, seed, dt), record(m, outcome))
+    rows = [study._row(CFG, study.SparseCell(m, b, seed, dt), record(m, outcome))
             for (m, b, dt), seeds in grid.items() for seed, outcome in enumerate(seeds)]
     return pd.DataFrame(rows)
 

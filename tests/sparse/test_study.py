@@ -41,12 +41,41 @@ def test_grid_cells_and_keys():
 
 
 def test_cells_train_once_then_come_from_the_cache(tmp_path, monkeypatch):
+    # The first call trains every cell (one run_jobs ``train`` call each, one cache entry
+    # each); the second trains nothing, leaves the entries as they were and reads every record
+    # through the cache's loader.
+    from harness.runs import jobs
+
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
+    trained, loaded = [], []
+    real_train, real_load = jobs.train, jobs.load_cached
+
+    def counting_train(*args, **kwargs):
+        trained.append(kwargs["desc"])
+        return real_train(*args, **kwargs)
+
+    def counting_load(path):
+        rec = real_load(path)
+        loaded.append((path.name, rec is not None))
+        return rec
+
+    monkeypatch.setattr(jobs, "train", counting_train)
+    monkeypatch.setattr(jobs, "load_cached", counting_load)
     cells = study.grid_cells(GRID)[:7]
-    first = study.run_cells(GRID, cells, device="cpu",
-                            load=lambda: load_dataset(GRID.data, 8, None))
-    again = study.run_cells(GRID, cells, device="cpu",
-                            load=lambda: load_dataset(GRID.data, 8, None))
+    assert len(set(cells)) == 7  # seven distinct keys: seven runs, none shared
+    first = study.train_sparse_cells(GRID, cells, device="cpu",
+                                     load=lambda: load_dataset(GRID.data, 8, None))
+    assert sorted(trained) == sorted(c.label() for c in cells)  # each cell trained once
+    entries = sorted(tmp_path.glob("*.json"))
+    assert len(entries) == 7
+    stamps = {e.name: e.stat().st_mtime_ns for e in entries}
+    trained.clear()
+    loaded.clear()
+    again = study.train_sparse_cells(GRID, cells, device="cpu",
+                                     load=lambda: load_dataset(GRID.data, 8, None))
+    assert trained == []  # nothing trained the second time
+    assert sorted(loaded) == sorted((name, True) for name in stamps)  # every record a hit
+    assert {e.name: e.stat().st_mtime_ns for e in tmp_path.glob("*.json")} == stamps
     assert first.drop(columns="rs_curve").equals(again.drop(columns="rs_curve"))
     sparse = first[first.method != study.DENSE]
     assert (sparse.rs >= 0.1 - 0.01).all() and (first[first.method == study.DENSE].rs == 1).all()
@@ -90,9 +119,9 @@ def test_a_claims_cells_run_through_submitit_match_serial_runs(tmp_path, monkeyp
 
     import pandas as pd
 
-    from harness.executors import ExecutorSpec
+    from harness.runs.executors import ExecutorSpec
 
-    path = Path(__file__).resolve().parents[2] / "claims" / "test_sparse.py"
+    path = Path(__file__).resolve().parents[2] / "claims" / "test_itop.py"
     spec = importlib.util.spec_from_file_location("_itop_claims", path)
     claims = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(claims)
@@ -103,9 +132,9 @@ def test_a_claims_cells_run_through_submitit_match_serial_runs(tmp_path, monkeyp
         return load_dataset(dry.data, dry.resolution, None)
 
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "serial" / "cache"))
-    serial = study.run_cells(dry, cells, device="cpu", load=load)
+    serial = study.train_sparse_cells(dry, cells, device="cpu", load=load)
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "slurm" / "cache"))
-    slurm = study.run_cells(dry, cells, device="cpu", load=load,
+    slurm = study.train_sparse_cells(dry, cells, device="cpu", load=load,
                             executor=ExecutorSpec("slurm", (("cluster", "local"),)))
     pd.testing.assert_frame_equal(serial, slurm)
     assert len(list((tmp_path / "slurm" / "cache").glob("*.json"))) == 3

@@ -15,8 +15,9 @@ from unittest import mock
 import pandas as pd
 import pytest
 
-from harness.claim import Claim, Evidence, Tolerance, Verdict
+from harness.claim import Claim, Tolerance, Verdict
 from harness.data import DataSpec
+from harness.evidence import Evidence
 from harness.odds import judge_odds
 from harness.stats import mean
 from harness.supernet import study
@@ -79,7 +80,7 @@ def table(outcomes: dict[tuple, list]) -> pd.DataFrame:
                               lambda cfg, net, weights, which, data, device: weights[which]):
         for (net, method, *arch), seeds in outcomes.items():
             for seed, outcome in enumerate(seeds):
-                cell = study.Cell(net, method, seed, arch[0] if arch else None)
+                cell = study.SupernetCell(net, method, seed, arch[0] if arch else None)
                 share = 0.6 if net == HYBRID else 0.4
                 rec = record(outcome, share + 0.01 * seed, sandwich=method != STANDALONE)
                 rows += study._rows(CFG, cell, rec, data=None, device="cpu")

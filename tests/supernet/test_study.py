@@ -60,10 +60,67 @@ def test_grid_cells_and_jobs():
             assert job.step_fn.cfg.project == (cell.method == study.PROJECTED)
 
 
-@pytest.mark.parametrize("which", ["largest", "smallest", "mid"])
-def test_named_archs_lie_in_the_space(which):
-    arch = study.named_arch(GRID, study.HYBRID, which)
-    assert len(arch) == 3
+def test_the_grid_has_each_cell_once_with_its_arch_on_standalone_cells_only():
+    cells = study.grid_cells(GRID)
+    assert all(isinstance(c, study.SupernetCell) for c in cells)
+    triples = [(c.net, c.method, c.seed) for c in cells if c.method != study.STANDALONE]
+    expected = {(net, method, seed) for seed in GRID.seeds
+                for net, method in ((study.HYBRID, study.NAIVE), (study.HYBRID, study.PROJECTED),
+                                    (study.CNN, study.NAIVE))}
+    assert sorted(triples) == sorted(expected)  # each supernet run once per seed
+    assert [c for c in cells if c.method != study.STANDALONE and c.arch is not None] == []
+    alone = [(c.net, c.arch, c.seed) for c in cells if c.method == study.STANDALONE]
+    assert sorted(alone) == sorted((study.HYBRID, arch, seed) for seed in GRID.seeds
+                                   for arch in (study.SMALLEST, study.MID))
+    assert len(cells) == len(expected) + len(alone) == 5 * len(GRID.seeds)
+    assert len(set(cells)) == len(cells)
+    labels = [c.label() for c in cells]
+    assert len(set(labels)) == len(labels)  # a failed cell's name says which one
+
+
+def _space(net):
+    from harness.models.supernet import MODEL_CFGS
+
+    return MODEL_CFGS[GRID.cnn if net == study.CNN else GRID.hybrid].stages
+
+
+# (StageArch field, StageSpace choices): the dimensions each stage kind chooses
+_DIMS = {"conv": (("depth", "depths"), ("width", "widths")),
+         "transformer": (("depth", "depths"), ("width", "widths"), ("heads", "heads"),
+                         ("mlp_ratio", "mlp_ratios"))}
+
+
+@pytest.mark.parametrize("net", [study.HYBRID, study.CNN])
+@pytest.mark.parametrize("which", [study.LARGEST, study.SMALLEST, study.MID])
+def test_named_archs_lie_in_the_space(net, which):
+    from harness.models.supernet import StageArch
+
+    space = _space(net)
+    arch = study.named_arch(GRID, net, which)
+    assert len(arch) == len(space)
+    for i, (a, s) in enumerate(zip(arch, space, strict=True)):
+        assert isinstance(a, StageArch)
+        if s.kind == "conv":
+            assert (a.heads, a.mlp_ratio) == (0, 0.0), f"stage {i} is a conv stage"
+        for field, choices in _DIMS[s.kind]:
+            value, allowed = getattr(a, field), getattr(s, choices)
+            assert value in allowed, f"stage {i}: {field}={value} not in {allowed}"
+            # largest: every dimension's largest choice; smallest: its smallest; mid: the
+            # middle one (the lower of two middles)
+            want = {study.LARGEST: max(allowed), study.SMALLEST: min(allowed),
+                    study.MID: sorted(allowed)[(len(allowed) - 1) // 2]}[which]
+            assert value == want, f"{which} stage {i}: {field}={value}, want {want}"
+
+
+@pytest.mark.parametrize("net", [study.HYBRID, study.CNN])
+def test_the_named_archs_are_three_distinct_sizes(net):
+    from harness.models.supernet import MODEL_CFGS, subnet_complexity
+
+    archs = {w: study.named_arch(GRID, net, w) for w in (study.LARGEST, study.SMALLEST, study.MID)}
+    assert len(set(archs.values())) == 3
+    cfg = MODEL_CFGS[GRID.cnn if net == study.CNN else GRID.hybrid]
+    params = {w: subnet_complexity(cfg, a).params for w, a in archs.items()}
+    assert params[study.SMALLEST] < params[study.MID] < params[study.LARGEST]
 
 
 def test_dry_run_shrinks_every_cell():

@@ -1,7 +1,7 @@
-"""harness.executors: the spec from the command line, and each executor's contract: results in
+"""harness.runs.executors: the spec from the command line, and each executor's contract: results in
 order, a failing or dying cell fails alone (with its error), a hanging cell is stopped, CUDA
 workers are pinned one GPU each. The cells here are tiny functions (no torch in the workers);
-the same executors running real training cells are tested in tests/test_train_cache.py and
+the same executors running real training cells are tested in tests/runs/test_jobs.py and
 below with a real study's cells through submitit."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from harness import executors as ex
 from harness.profiles import UsageError
+from harness.runs import executors as ex
 
 # ------------------------------------------------------------------ cells (module level: they
 # must pickle into spawned workers)
@@ -49,10 +49,10 @@ def visible_devices(_: int) -> str | None:
     return os.environ.get("CUDA_VISIBLE_DEVICES")
 
 
-def cell(fn, x, device: str = "cpu") -> ex.Cell:
+def cell(fn, x, device: str = "cpu") -> ex.Task:
     import functools
 
-    return ex.Cell(f"{fn.__name__}({x})", functools.partial(fn, x), cost=x, device=device)
+    return ex.Task(f"{fn.__name__}({x})", functools.partial(fn, x), cost=x, device=device)
 
 
 # --------------------------------------------------------------------------- the spec
@@ -108,7 +108,7 @@ def test_each_cuda_worker_sees_only_its_gpu(monkeypatch):
     # No GPU needed: the cell reads the variable the worker set before anything touched CUDA.
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
     cells = [cell(visible_devices, i, device="cuda") for i in range(4)]
-    got = ex.run_cells(cells, ex.ExecutorSpec("processes"), progress=False)
+    got = ex.run_tasks(cells, ex.ExecutorSpec("processes"), progress=False)
     assert set(got) == {"3", "5"}
 
 
@@ -118,10 +118,10 @@ def test_each_cuda_worker_sees_only_its_gpu(monkeypatch):
 @pytest.mark.parametrize("name", ["local", "processes"])
 def test_results_come_back_in_order_and_a_failure_fails_only_its_cell(name):
     cells = [cell(square, 2), cell(fail, 3), cell(square, 4)]
-    got = ex.run_cells(cells, ex.ExecutorSpec(name, workers=2 if name == "processes" else None),
+    got = ex.run_tasks(cells, ex.ExecutorSpec(name, workers=2 if name == "processes" else None),
                        progress=False)
     assert got[0] == 4 and got[2] == 16
-    assert isinstance(got[1], ex.CellFailure) and got[1].label == "fail(3)"
+    assert isinstance(got[1], ex.TaskFailure) and got[1].label == "fail(3)"
     assert got[1].error == "ValueError: bad input 3" and "Traceback" in got[1].detail
 
 
@@ -129,69 +129,69 @@ def test_results_come_back_in_order_and_a_failure_fails_only_its_cell(name):
                                          (kill_self, "killed by SIGKILL")])
 def test_a_worker_that_dies_fails_its_cell_and_a_fresh_worker_takes_the_rest(fn, how):
     cells = [cell(fn, 3), cell(square, 2), cell(square, 1)]
-    got = ex.run_cells(cells, ex.ExecutorSpec("processes", workers=1), progress=False)
-    assert isinstance(got[0], ex.CellFailure) and how in got[0].error
+    got = ex.run_tasks(cells, ex.ExecutorSpec("processes", workers=1), progress=False)
+    assert isinstance(got[0], ex.TaskFailure) and how in got[0].error
     assert got[1:] == [4, 1]
 
 
 @pytest.mark.parametrize("name", ["local", "processes"])
 def test_a_hanging_cell_is_stopped_at_the_timeout_and_reported(name):
     cells = [cell(hang, 0), cell(square, 3)]
-    got = ex.run_cells(cells, ex.ExecutorSpec(name, workers=1 if name == "processes" else None,
+    got = ex.run_tasks(cells, ex.ExecutorSpec(name, workers=1 if name == "processes" else None,
                                               cell_timeout=1.0), progress=False)
-    assert isinstance(got[0], ex.CellFailure) and "timed out after 1 s" in got[0].error
+    assert isinstance(got[0], ex.TaskFailure) and "timed out after 1 s" in got[0].error
     assert got[1] == 9
 
 
 def test_workers_are_reused_across_calls_until_what_they_inherit_changes(monkeypatch):
     spec = ex.ExecutorSpec("processes", workers=1)
-    first = ex.run_cells([cell(pid, 0)], spec, progress=False)
-    assert ex.run_cells([cell(pid, 1)], spec, progress=False) == first  # no new spawn
+    first = ex.run_tasks([cell(pid, 0)], spec, progress=False)
+    assert ex.run_tasks([cell(pid, 1)], spec, progress=False) == first  # no new spawn
     # A worker spawned earlier would not see this variable (HARNESS_CACHE, a kernel path...):
     # a changed environment replaces it.
     monkeypatch.setenv("HARNESS_POOL_TEST", "1")
-    second = ex.run_cells([cell(pid, 2)], spec, progress=False)
+    second = ex.run_tasks([cell(pid, 2)], spec, progress=False)
     assert second != first
     ex.shutdown_workers()
-    assert ex.run_cells([cell(pid, 3)], spec, progress=False) != second
+    assert ex.run_tasks([cell(pid, 3)], spec, progress=False) != second
 
 
 def test_an_interrupted_call_leaves_no_worker_behind(monkeypatch):
     import multiprocessing.connection as mpc
 
     spec = ex.ExecutorSpec("processes", workers=1)
-    (worker,) = ex.run_cells([cell(pid, 0)], spec, progress=False)
+    (worker,) = ex.run_tasks([cell(pid, 0)], spec, progress=False)
 
     def ctrl_c(*args, **kwargs):  # Ctrl-C while a cell is in flight (no real signal: a
         raise KeyboardInterrupt   # runner such as nox may start pytest with SIGINT ignored)
 
     monkeypatch.setattr(mpc, "wait", ctrl_c)
     with pytest.raises(KeyboardInterrupt):
-        ex.run_cells([cell(square, 2)], spec, progress=False)
+        ex.run_tasks([cell(square, 2)], spec, progress=False)
     assert ex._POOL.slots == [] and ex._POOL.key is None
     with pytest.raises(ProcessLookupError):  # stopped and reaped
         os.kill(worker, 0)
 
 
 def test_cells_failed_lists_every_failure():
-    err = ex.CellsFailed([ex.CellFailure("a seed 0", "ValueError: x"),
-                          ex.CellFailure("b seed 1", "its worker process was killed by SIGKILL")])
+    err = ex.CellsFailed([ex.TaskFailure("a seed 0", "ValueError: x"),
+                          ex.TaskFailure("b seed 1", "its worker process was killed by SIGKILL")])
     assert isinstance(err, RuntimeError)
     assert "2 cell(s) failed" in str(err) and "a seed 0" in str(err) and "SIGKILL" in str(err)
 
 
 def test_the_slurm_path_runs_through_submitit_locally(tmp_path):
     spec = ex.ExecutorSpec("slurm", (("cluster", "local"), ("timeout_min", "5")))
-    got = ex.run_cells([cell(square, 3), cell(fail, 1)], spec, log_dir=tmp_path)
+    got = ex.run_tasks([cell(square, 3), cell(fail, 1)], spec, log_dir=tmp_path)
     assert got[0] == 9
-    assert isinstance(got[1], ex.CellFailure) and "bad input 1" in got[1].error
+    assert isinstance(got[1], ex.TaskFailure) and "bad input 1" in got[1].error
     assert list(tmp_path.iterdir())  # submitit's job folders (logs) are kept there
 
 
 def test_options_submitit_rejects_are_a_usage_error(tmp_path):
     spec = ex.ExecutorSpec("slurm", (("cluster", "local"), ("slurm_nonsense", "1")))
     with pytest.raises(UsageError, match="rejected by submitit"):
-        ex.run_cells([cell(square, 1)], spec, log_dir=tmp_path)
+        ex.run_tasks([cell(square, 1)], spec, log_dir=tmp_path)
 
 
 def test_slurm_without_submitit_says_how_to_install_it(tmp_path, monkeypatch):
@@ -200,7 +200,7 @@ def test_slurm_without_submitit_says_how_to_install_it(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "submitit", None)  # import submitit -> ImportError
     spec = ex.ExecutorSpec("slurm", (("cluster", "local"),))
     with pytest.raises(UsageError, match=r"pip install -e '\.\[slurm\]'"):
-        ex.run_cells([cell(square, 1)], spec, log_dir=tmp_path)
+        ex.run_tasks([cell(square, 1)], spec, log_dir=tmp_path)
 
 
 def test_default_workers(monkeypatch):
@@ -231,20 +231,4 @@ def test_cuda_runs_share_a_gpu_only_when_asked(monkeypatch):
                                cells_per_gpu=4)
     assert cpu.name == "processes" and cpu.workers == 2  # the CPU ignores GPU sharing
     # a default of 4 per GPU with one visible GPU: four worker processes
-    assert ex._default_processes([ex.Cell("a", lambda: None, device="cuda")], 4) == 4
-
-
-def test_the_full_profile_on_cuda_shares_each_gpu_by_default():
-    import argparse
-
-    from harness.pytest_plugin import _executor_spec
-
-    def opts(**kw):
-        base = dict(executor=None, executor_option=[], workers="auto", cell_timeout=None,
-                    cells_per_gpu="auto", profile="full")
-        return argparse.Namespace(**{**base, **kw})
-
-    assert _executor_spec(opts(), "cuda").cells_per_gpu == ex.CELLS_PER_GPU
-    assert _executor_spec(opts(profile="smoke"), "cuda").name == "local"
-    assert _executor_spec(opts(cells_per_gpu=1), "cuda").name == "local"
-    assert _executor_spec(opts(), "cpu").cells_per_gpu == 1
+    assert ex._default_processes([ex.Task("a", lambda: None, device="cuda")], 4) == 4

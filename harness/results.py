@@ -10,7 +10,9 @@ from typing import Any
 
 import pandas as pd
 
-from harness.claim import Evidence, to_jsonable
+from harness.claim import Claim
+from harness.evidence import Evidence
+from harness.jsonable import to_jsonable
 from harness.progress import progress_bar  # noqa: F401 (re-exported)
 from harness.references import Comparison
 
@@ -69,6 +71,45 @@ def error_row(claim_id: str, statement: str, reason: str, status: str, seconds: 
     """A claim whose check errored or was skipped: no verdict, and why."""
     return ClaimRow(claim_id, status, reason, "", "", status, seconds=round(seconds, 2),
                     statement=statement)
+
+
+def claim_row(claim: Claim, report: Any, evidence: Evidence | None, comparison: Comparison | None,
+              seconds: float) -> ClaimRow | None:
+    """The row a claim check's pytest report (``pytest.TestReport``) adds: its evidence against
+    the reference, or why there is none (skipped, or an error); None for a report that adds
+    no row (a setup that went well, a teardown)."""
+    if report.when == "call":
+        if report.skipped:
+            return error_row(claim.id, claim.statement, short_reason(report), "SKIPPED", 0.0)
+        if evidence is not None and evidence.verdict is not None and comparison is not None:
+            return row_from(evidence, comparison, seconds)
+        return error_row(claim.id, claim.statement, short_reason(report), "ERROR", seconds)
+    if report.when == "setup" and (report.skipped or report.failed):
+        status = "SKIPPED" if report.skipped else "ERROR"
+        return error_row(claim.id, claim.statement, short_reason(report), status, 0.0)
+    return None
+
+
+def short_reason(report: Any) -> str:
+    """Why a check was skipped or failed, in a line: the skip's reason, or the error's lines."""
+    if report.skipped and isinstance(report.longrepr, tuple):
+        return str(report.longrepr[2]).removeprefix("Skipped: ")
+    text = str(report.longrepr or "")
+    lines = [ln for ln in text.splitlines() if ln.startswith("E ")] or text.splitlines()[-1:]
+    return " ".join(ln[1:].strip() for ln in lines[:6])[:600]
+
+
+def print_summary(tr: Any, rows: list[ClaimRow], run_dir: Path, context: dict[str, Any],
+                  warning: str | None = None) -> None:
+    """On pytest's terminal reporter ``tr``: the table of the run (and ``warning``), then its
+    results written to ``run_dir`` (``write_results``)."""
+    dry = " (dry run)" if context.get("dry_run") else ""
+    tr.section(f"claims: profile {context.get('profile')}{dry} on {context.get('device_class')}")
+    tr.write_line(terminal_table(rows, width=max(120, tr._tw.fullwidth)))
+    if warning:
+        tr.write_line(f"\n{warning}", yellow=True, bold=True)
+    write_results(run_dir, rows, context)
+    tr.write_line(f"\nresults: {run_dir}/claims.csv, claims.json, report.md")
 
 
 def to_frame(rows: list[ClaimRow]) -> pd.DataFrame:

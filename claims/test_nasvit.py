@@ -1,4 +1,4 @@
-"""NASViT: gradient conflict-aware supernet training (Gong et al., ICLR 2022; seed 001).
+"""NASViT: gradient conflict-aware supernet training (Gong et al., ICLR 2022; claims/README.md §5).
 
 A weight-sharing supernet trained by the sandwich rule sums the supernet's gradient g₁ and the
 subnets' g₂; the paper finds they conflict (cos < 0) far more often in a transformer supernet
@@ -29,9 +29,9 @@ from harness.supernet.study import (
     grid_cells,
     plot_cosine,
     rule_study,
-    run_cells,
     subnet_evaluation_cost,
     summary_table,
+    train_supernet_cells,
     values,
 )
 from harness.supernet.verdicts import (
@@ -140,9 +140,9 @@ def _grid(evidence, profile, load_data, executor):
     full = profile.unshrunk(GRID_CONFIGS)  # a dry run prints what the full grid would cost
     evidence.full_size_jobs(lambda: placeholder_jobs(full, grid_cells(full), cell_job))
     evidence.full_size_phases(lambda: {"nasvit.subnets": subnet_evaluation_cost(full)})
-    runs = run_cells(cfg, grid_cells(cfg), device=profile.device,
+    runs = train_supernet_cells(cfg, grid_cells(cfg), device=profile.device,
                      load=lambda: load_data(cfg.data, cfg.resolution),
-                     use_cache=not profile.dry_run, executor=executor)
+                     use_cache=profile.use_cache, executor=executor)
     return cfg, runs
 
 

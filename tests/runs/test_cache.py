@@ -7,6 +7,7 @@ to the loss must give another key and retrain; a README edit must not.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -20,24 +21,30 @@ import pytest
 import torch
 import torch.nn as nn
 
-from harness import train as tr
+from harness.data import synthetic_dataset
+from harness.runs import cache as rc
+from harness.runs import jobs as rj
+from harness.train import TrainConfig, TrainRecord, train
 from tests.killable import default_sigint, wait_for_an_entry
+from tests.test_train import small_cnn
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 PROBE = textwrap.dedent("""
     import json, sys, torch, torch.nn as nn
-    from harness import train as tr
+    from harness.runs.cache import cache_key
+    from harness.runs.jobs import TrainJob, run_jobs
+    from harness.train import TrainConfig
 
     def model():
         return nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
 
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(32, 3, 2, 2, generator=g), torch.randint(0, 3, (32,), generator=g)
-    cfg = tr.TrainConfig(epochs=1, batch_size=16, warmup_epochs=0)
-    job = tr.TrainJob({"probe": 1}, model, (x, y), (x, y), cfg)
-    (rec,) = tr.run_jobs([job], progress=False)
-    print(json.dumps({"key": tr.cache_key(job.key, job.code()), "from_cache": rec.from_cache}))
+    cfg = TrainConfig(epochs=1, batch_size=16, warmup_epochs=0)
+    job = TrainJob({"probe": 1}, model, (x, y), (x, y), cfg)
+    (rec,) = run_jobs([job], progress=False)
+    print(json.dumps({"key": cache_key(job.key, job.code()), "from_cache": rec.from_cache}))
 """)
 
 
@@ -82,22 +89,26 @@ def test_another_kernel_path_is_another_key(tmp_path):
 
 
 def test_fingerprint_covers_the_loop_models_data_and_the_hook_modules():
-    files = tr._closure({Path(tr.__file__).resolve(), tr._HARNESS_ROOT / "models" / "__init__.py",
-                         tr._HARNESS_ROOT / "data" / "__init__.py"})
-    names = {f.relative_to(tr._HARNESS_ROOT).as_posix() for f in files}
-    assert {"train.py", "batches.py", "data/synthetic.py", "data/cifar.py", "models/__init__.py",
-            "models/nf_resnet.py"} <= names
-    # How results are reported or judged does not determine a run, so it is not hashed.
-    assert not names & {"claim.py", "reporting.py", "references.py", "bands.py", "stats.py"}
+    files = rc._closure(set(rc._RUN_CODE_ROOTS))
+    names = {f.relative_to(rc._HARNESS_ROOT).as_posix() for f in files}
+    assert {"train.py", "runs/jobs.py", "batches.py", "data/synthetic.py", "data/cifar.py",
+            "models/__init__.py", "models/nf_resnet.py"} <= names
+    # How results are reported or judged does not determine a run, so it is not hashed; nor do
+    # where runs are scheduled and how records and files are stored.
+    assert not names & {"claim.py", "results.py", "html_report.py", "references.py", "bands.py", "stats.py",
+                        "runs/__init__.py", "runs/cache.py", "runs/executors.py", "atomic.py"}
     from harness.agc.study import AGCHook
 
-    hook_files = tr._closure({tr._defining_file(AGCHook(0.01))})
+    hook_files = rc._closure({rc._defining_file(AGCHook(0.01))})
     assert {f.name for f in hook_files} >= {"study.py", "rule.py"}
-    assert tr.code_fingerprint(AGCHook(0.01)) != tr.code_fingerprint()
+    hook_names = {f.relative_to(rc._HARNESS_ROOT).as_posix() for f in hook_files}
+    assert "runs/jobs.py" in hook_names  # a study reaches the runner: it is hashed anyway
+    assert not hook_names & {"runs/cache.py", "runs/executors.py"}  # but not the cache, executors
+    assert rc.code_fingerprint(AGCHook(0.01)) != rc.code_fingerprint()
 
 
-def _record() -> tr.TrainRecord:
-    return tr.TrainRecord(test_acc=0.5, test_loss=1.0, diverged=False, steps=2,
+def _record() -> TrainRecord:
+    return TrainRecord(test_acc=0.5, test_loss=1.0, diverged=False, steps=2,
                           loss_curve=[(2, 1.0)], epoch_seconds=[0.1], images_per_second=1.0,
                           peak_memory_mb=None, train_seconds=0.1)
 
@@ -106,21 +117,69 @@ def _record() -> tr.TrainRecord:
                                      json.dumps([1, 2]), ""])
 def test_a_corrupt_entry_is_reported_moved_aside_and_recomputed(tmp_path, content):
     key = {"corrupt": 1}
-    path = tr._cache_path(tr.cache_key(key), tmp_path)
+    path = rc.cache_path(rc.cache_key(key), tmp_path)
     path.write_text(content)
     runs = []
-    with pytest.warns(tr.CorruptCacheEntry, match="corrupt training-cache entry"):
-        rec = tr.cached(key, lambda: runs.append(1) or _record(), directory=tmp_path)
+    with pytest.warns(rc.CorruptCacheEntry, match="corrupt training-cache entry"):
+        rec = rc.cached(key, lambda: runs.append(1) or _record(), directory=tmp_path)
     assert runs == [1] and not rec.from_cache
     assert path.with_suffix(".corrupt").read_text() == content  # kept for a look, not reused
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        again = tr.cached(key, lambda: runs.append(1) or _record(), directory=tmp_path)
+        again = rc.cached(key, lambda: runs.append(1) or _record(), directory=tmp_path)
     assert again.from_cache and runs == [1]
 
 
+# ----------------------------------------------------- cached(): reuse, recompute, round trip
+
+
+@pytest.fixture(scope="module")
+def data():
+    return synthetic_dataset(num_classes=10, resolution=16, train_size=512, test_size=256, seed=3)
+
+
+def test_cache_reuses_finished_cells(tmp_path, data):
+    calls = []
+
+    def run():
+        calls.append(1)
+        return train(small_cnn, data.train, data.test, TrainConfig(max_steps=2),
+                     progress=False)
+
+    key = {"model": "small_cnn", "train": TrainConfig(max_steps=2), "seed": 0}
+    first = rc.cached(key, run, directory=tmp_path)
+    again = rc.cached(key, run, directory=tmp_path)
+    assert len(calls) == 1 and again.from_cache and not first.from_cache
+    assert again.test_acc == first.test_acc and again.loss_curve == first.loss_curve
+    rc.cached(key, run, directory=tmp_path, enabled=False)  # --no-cache recomputes
+    assert len(calls) == 2
+    rc.cached({**key, "seed": 1}, run, directory=tmp_path)  # another key is another cell
+    assert len(calls) == 3
+
+
+def test_corrupt_cache_entry_is_recomputed(tmp_path, data):
+    key = {"k": 1}
+
+    def run():
+        return train(small_cnn, data.train, data.test, TrainConfig(max_steps=1),
+                     progress=False)
+
+    rc.cached(key, run, directory=tmp_path)
+    (path,) = tmp_path.glob("*.json")
+    path.write_text("{broken")
+    rec = rc.cached(key, run, directory=tmp_path)
+    assert not rec.from_cache and rc.cached(key, run, directory=tmp_path).from_cache
+
+
+def test_diverged_record_round_trips_through_the_cache(tmp_path):
+    rec = TrainRecord(math.nan, math.nan, True, 3, [(2, math.inf)], [0.1], 1.0, None, 0.1)
+    got = rc.cached({"d": 1}, lambda: rec, directory=tmp_path)
+    got = rc.cached({"d": 1}, lambda: rec, directory=tmp_path)
+    assert got.from_cache and got.diverged and math.isnan(got.test_acc)
+
+
 def test_code_given_to_the_key_changes_it():
-    assert tr.cache_key({"a": 1}, code="x") != tr.cache_key({"a": 1}, code="y")
+    assert rc.cache_key({"a": 1}, code="x") != rc.cache_key({"a": 1}, code="y")
 
 
 def test_records_of_a_job_depend_on_its_model_code(tmp_path):
@@ -128,18 +187,10 @@ def test_records_of_a_job_depend_on_its_model_code(tmp_path):
         return nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
 
     x, y = torch.randn(16, 3, 2, 2), torch.randint(0, 3, (16,))
-    cfg = tr.TrainConfig(epochs=1, batch_size=8, warmup_epochs=0)
-    job = tr.TrainJob({"m": 1}, model_a, (x, y), (x, y), cfg)
-    assert tr._defining_file(model_a) == Path(__file__).resolve()
-    assert job.code() == tr.code_fingerprint(model_a)
-
-
-def test_fewer_samples_than_one_batch_is_a_clear_error_not_a_hang():
-    x, y = torch.randn(4, 3, 2, 2), torch.randint(0, 3, (4,))
-    cfg = tr.TrainConfig(epochs=1, batch_size=8)
-    with pytest.raises(ValueError, match="4 training samples for batch size 8"):
-        tr.train(lambda: nn.Sequential(nn.Flatten(), nn.Linear(12, 3)), (x, y), (x, y), cfg,
-                 progress=False)
+    cfg = TrainConfig(epochs=1, batch_size=8, warmup_epochs=0)
+    job = rj.TrainJob({"m": 1}, model_a, (x, y), (x, y), cfg)
+    assert rc._defining_file(model_a) == Path(__file__).resolve()
+    assert job.code() == rc.code_fingerprint(model_a)
 
 
 @pytest.mark.slow
@@ -156,34 +207,6 @@ def _linear():
     return nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
 
 
-def test_kept_weights_come_back_with_the_record_and_a_missing_or_corrupt_file_retrains(
-        tmp_path):
-    torch.manual_seed(0)
-    x, y = torch.randn(16, 3, 2, 2), torch.randint(0, 3, (16,))
-    cfg = tr.TrainConfig(epochs=1, batch_size=8, warmup_epochs=0)
-    job = tr.TrainJob({"w": 1}, _linear, (x, y), (x, y), cfg, keep_weights=True)
-    (first,) = tr.run_jobs([job], directory=tmp_path)
-    weights = tr.trained_weights(first, tmp_path)
-    assert not first.from_cache and set(weights) == {"1.weight", "1.bias"}
-    (again,) = tr.run_jobs([job], directory=tmp_path)
-    assert again.from_cache
-    assert all(torch.equal(weights[k], v) for k, v in tr.trained_weights(again, tmp_path).items())
-    pt = next(tmp_path.glob("*.pt"))
-    pt.unlink()
-    (after_loss,) = tr.run_jobs([job], directory=tmp_path)
-    assert not after_loss.from_cache and pt.exists()
-    pt.write_bytes(b"not a checkpoint")
-    with pytest.warns(tr.CorruptCacheEntry, match="unreadable cached weights"):
-        (after_corrupt,) = tr.run_jobs([job], directory=tmp_path)
-    assert not after_corrupt.from_cache
-    assert all(torch.equal(weights[k], v) for k, v in
-               tr.trained_weights(after_corrupt, tmp_path).items())  # same seed, same run
-    plain = tr.TrainJob({"w": 2}, _linear, (x, y), (x, y), cfg)
-    (no_weights,) = tr.run_jobs([plain], directory=tmp_path)
-    with pytest.raises(ValueError, match="without keep_weights"):
-        tr.trained_weights(no_weights, tmp_path)
-
-
 # ------------------------------------------------ surviving interruption and concurrent runs
 # Real processes, as on a cluster: a run killed midway (SIGINT, SIGKILL to its whole process
 # group, as Slurm or the OOM killer would) leaves only whole cache entries, and the rerun reuses
@@ -192,8 +215,10 @@ def test_kept_weights_come_back_with_the_record_and_a_missing_or_corrupt_file_re
 RUN_SCRIPT = textwrap.dedent("""
     import json, os, sys, time
     import torch, torch.nn as nn
-    from harness import train as tr
-    from harness.executors import ExecutorSpec
+    from harness.runs.cache import cache_key
+    from harness.runs.executors import ExecutorSpec
+    from harness.runs.jobs import TrainJob, run_jobs
+    from harness.train import TrainConfig
 
     class SlowStep:  # a cell takes ~0.8 s, so a kill lands between cells
         def __call__(self, state):
@@ -205,13 +230,13 @@ RUN_SCRIPT = textwrap.dedent("""
     def main(executor, out):
         g = torch.Generator().manual_seed(0)
         x, y = torch.randn(64, 3, 2, 2, generator=g), torch.randint(0, 3, (64,), generator=g)
-        jobs = [tr.TrainJob({"interrupt": seed}, model, (x, y), (x, y),
-                            tr.TrainConfig(epochs=1, batch_size=8, warmup_epochs=0, seed=seed),
-                            before_step=[SlowStep()], desc=f"seed {seed}")
+        jobs = [TrainJob({"interrupt": seed}, model, (x, y), (x, y),
+                         TrainConfig(epochs=1, batch_size=8, warmup_epochs=0, seed=seed),
+                         before_step=[SlowStep()], desc=f"seed {seed}")
                 for seed in range(8)]
         spec = ExecutorSpec(executor, workers=2 if executor == "processes" else None)
-        records = tr.run_jobs(jobs, executor=spec, progress=False)
-        keys = [tr.cache_key(j.key, j.code()) for j in jobs]
+        records = run_jobs(jobs, executor=spec, progress=False)
+        keys = [cache_key(j.key, j.code()) for j in jobs]
         with open(out, "w") as f:
             json.dump([{"key": k, "acc": r.test_acc, "loss": r.test_loss,
                         "curve": r.loss_curve, "from_cache": r.from_cache}
@@ -278,7 +303,8 @@ def test_a_killed_run_leaves_whole_entries_and_the_rerun_reuses_them(tmp_path, u
 CONCURRENT_SCRIPT = textwrap.dedent("""
     import json, os, sys, time
     import torch, torch.nn as nn
-    from harness import train as tr
+    from harness.runs.jobs import TrainJob, run_jobs
+    from harness.train import TrainConfig
 
     def model():
         with open(os.environ["MARKERS"], "a") as f:  # one line per run that really trains
@@ -293,9 +319,9 @@ CONCURRENT_SCRIPT = textwrap.dedent("""
             time.sleep(0.01)  # both runs start the cell together
         g = torch.Generator().manual_seed(0)
         x, y = torch.randn(32, 3, 2, 2, generator=g), torch.randint(0, 3, (32,), generator=g)
-        job = tr.TrainJob({"shared": 1}, model, (x, y), (x, y),
-                          tr.TrainConfig(epochs=1, batch_size=8, warmup_epochs=0))
-        (rec,) = tr.run_jobs([job], progress=False)
+        job = TrainJob({"shared": 1}, model, (x, y), (x, y),
+                       TrainConfig(epochs=1, batch_size=8, warmup_epochs=0))
+        (rec,) = run_jobs([job], progress=False)
         with open(sys.argv[1], "w") as f:
             json.dump({"acc": rec.test_acc, "curve": rec.loss_curve,
                        "from_cache": rec.from_cache}, f)
@@ -321,38 +347,17 @@ def test_two_runs_sharing_a_cache_train_a_key_once(tmp_path, monkeypatch):
                                      json.dumps({"key": {}, "record": {"accuracy": 1}})])
 def test_run_jobs_recomputes_a_corrupt_entry_with_a_warning(tmp_path, content):
     x, y = torch.randn(16, 3, 2, 2), torch.randint(0, 3, (16,))
-    job = tr.TrainJob({"corrupt-run": 1}, _linear, (x, y), (x, y),
-                      tr.TrainConfig(epochs=1, batch_size=8, warmup_epochs=0))
-    (first,) = tr.run_jobs([job], directory=tmp_path)
+    job = rj.TrainJob({"corrupt-run": 1}, _linear, (x, y), (x, y),
+                         TrainConfig(epochs=1, batch_size=8, warmup_epochs=0))
+    (first,) = rj.run_jobs([job], directory=tmp_path)
     (entry,) = tmp_path.glob("*.json")
     entry.write_text(content)  # truncated JSON, or a record of the wrong schema
-    with pytest.warns(tr.CorruptCacheEntry, match="corrupt training-cache entry"):
-        (again,) = tr.run_jobs([job], directory=tmp_path)
+    with pytest.warns(rc.CorruptCacheEntry, match="corrupt training-cache entry"):
+        (again,) = rj.run_jobs([job], directory=tmp_path)
     assert not again.from_cache and again.test_acc == first.test_acc  # recomputed, same run
     assert entry.with_suffix(".corrupt").read_text() == content
-    (third,) = tr.run_jobs([job], directory=tmp_path)
+    (third,) = rj.run_jobs([job], directory=tmp_path)
     assert third.from_cache
-
-
-def _exit_in_model():
-    os._exit(7)
-
-
-def test_a_cell_whose_worker_dies_fails_with_its_config_and_the_others_keep_theirs(tmp_path):
-    from harness.executors import ExecutorSpec
-
-    x, y = torch.randn(16, 3, 2, 2), torch.randint(0, 3, (16,))
-    cfg = tr.TrainConfig(epochs=1, batch_size=8, warmup_epochs=0)
-    good = tr.TrainJob({"dies": 0}, _linear, (x, y), (x, y), cfg, desc="good cell")
-    bad = tr.TrainJob({"dies": 1}, _exit_in_model, (x, y), (x, y), cfg, desc="dying cell")
-    with pytest.raises(tr.CellsFailed) as failed:
-        tr.run_jobs([bad, good], executor=ExecutorSpec("processes", workers=1),
-                    directory=tmp_path, progress=False)
-    (failure,) = failed.value.failures
-    assert "dying cell" in failure.label and '"dies": 1' in failure.label
-    assert "exit status 7" in failure.error and "dying cell" in str(failed.value)
-    (kept,) = tr.run_jobs([good], directory=tmp_path)
-    assert kept.from_cache
 
 
 HOOK_MODULE = """
@@ -372,15 +377,15 @@ def test_editing_a_hooks_module_retrains_at_every_hook_point(tmp_path, monkeypat
     source = tmp_path / f"user_hook_{where}.py"
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(16, 3, 2, 2, generator=g), torch.randint(0, 3, (16,), generator=g)
-    cfg = tr.TrainConfig(epochs=1, batch_size=8, warmup_epochs=0)
+    cfg = TrainConfig(epochs=1, batch_size=8, warmup_epochs=0)
 
     def job_and_key(n: int):
         source.write_text(HOOK_MODULE.format(n=n))  # a new size: the fingerprint memo sees it
         module = importlib.reload(importlib.import_module(source.stem)) if n else \
             importlib.import_module(source.stem)
         hook = {"step_fn": module.hook} if where == "step_fn" else {where: (module.hook,)}
-        job = tr.TrainJob({"hook": where}, _linear, (x, y), (x, y), cfg, **hook)
-        return job, tr.cache_key(job.key, job.code())
+        job = rj.TrainJob({"hook": where}, _linear, (x, y), (x, y), cfg, **hook)
+        return job, rc.cache_key(job.key, job.code())
 
     (_, key0), (_, key1) = job_and_key(0), job_and_key(11)
     assert key0 != key1, f"editing the {where} hook's module kept the cache key"

@@ -1,8 +1,8 @@
 """Where a study's cells run: one interface, three places.
 
-A *cell* is one unit of work with a label (for ``train.run_jobs``: one ``TrainJob``, i.e. a
-config × seed). ``run_cells(cells, spec)`` runs them and returns, per cell, what its call
-returned or a ``CellFailure``; it never stops at the first failure, so every other cell keeps
+A *cell* is one unit of work with a label (for ``jobs.run_jobs``: one ``TrainJob``, i.e. a
+config × seed). ``run_tasks(cells, spec)`` runs them and returns, per cell, what its call
+returned or a ``TaskFailure``; it never stops at the first failure, so every other cell keeps
 its result. The caller raises ``CellsFailed`` listing them all.
 
 - ``local``: in this process, one after another (the default on CUDA and with one worker).
@@ -10,7 +10,7 @@ its result. The caller raises ``CellsFailed`` listing them all.
   one per GPU, each pinned to its GPU through ``CUDA_VISIBLE_DEVICES`` (set in the child before
   torch initialises CUDA). A worker that dies (an exception is caught; ``os._exit``, SIGKILL,
   the OOM killer are not) fails only its cell, and a fresh worker takes the next one. Workers
-  outlive one call: the next ``run_cells`` reuses them (spawning one costs seconds, mostly
+  outlive one call: the next ``run_tasks`` reuses them (spawning one costs seconds, mostly
   importing torch), as long as what a spawned worker inherits is unchanged (see ``_pool``).
 - ``slurm``: through submitit (``submitit.AutoExecutor``), one job per cell, submitted as one
   array. ``--executor-option cluster=local`` runs the same path on this machine (submitit's
@@ -20,12 +20,12 @@ A per-cell timeout (``cell_timeout``) stops a cell that hangs and reports it: ``
 ``slurm`` kill the worker or cancel the job; ``local`` interrupts the run with SIGALRM (a hang
 inside one C call ends when the call returns).
 
-Results do not travel back through these executors: ``train.run_jobs`` has each cell write its
+Results do not travel back through these executors: ``jobs.run_jobs`` has each cell write its
 record to the on-disk cache and reads it from there, so a killed run resumes with what had
 finished. A cell's call returns only a small value (whether it trained).
 
 This module decides how runs are scheduled, never what they compute, so its source is not part
-of the training cache's key (``train.code_fingerprint``).
+of the training cache's key (``cache.code_fingerprint``).
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ def default_workers(device: str) -> int:
 
 
 @dataclass(frozen=True)
-class Cell:
+class Task:
     """One unit of work: ``call()`` runs it (it must pickle for ``processes`` and ``slurm``)."""
 
     label: str  # what it is, for messages: the run's description and cache key
@@ -185,7 +185,7 @@ class Cell:
 
 
 @dataclass(frozen=True)
-class CellFailure:
+class TaskFailure:
     """A cell that did not finish: its label and the worker's error (or how it died)."""
 
     label: str
@@ -197,16 +197,16 @@ class CellsFailed(RuntimeError):
     """Raised once every other cell has finished: the cells that failed, each with its error.
     The finished cells' records are cached, so a rerun trains only these."""
 
-    def __init__(self, failures: Sequence[CellFailure]) -> None:
+    def __init__(self, failures: Sequence[TaskFailure]) -> None:
         self.failures = list(failures)
         lines = [f"{len(self.failures)} cell(s) failed; the others finished and are cached:"]
         lines += [f"- {f.label}:\n    " + f.error.replace("\n", "\n    ") for f in self.failures]
         super().__init__("\n".join(lines))
 
 
-def run_cells(cells: Sequence[Cell], spec: ExecutorSpec, *, progress: bool | None = None,
+def run_tasks(cells: Sequence[Task], spec: ExecutorSpec, *, progress: bool | None = None,
               log_dir: Path | None = None) -> list[Any]:
-    """Each cell's return value, or its ``CellFailure``, in the cells' order. ``log_dir``:
+    """Each cell's return value, or its ``TaskFailure``, in the cells' order. ``log_dir``:
     where submitit keeps its job folders (slurm)."""
     if not cells:
         return []
@@ -226,27 +226,27 @@ def _last_lines(text: str, n: int = 4) -> str:
 # ------------------------------------------------------------------------- local
 
 
-class CellTimeout(Exception):
+class TaskTimeout(Exception):
     pass
 
 
-def _run_local(cells: Sequence[Cell], spec: ExecutorSpec) -> list[Any]:
+def _run_local(cells: Sequence[Task], spec: ExecutorSpec) -> list[Any]:
     out: list[Any] = []
     for cell in cells:
         try:
             with _alarm(spec.cell_timeout):
                 out.append(cell.call())
-        except CellTimeout:
-            out.append(CellFailure(cell.label, f"timed out after {spec.cell_timeout:g} s "
+        except TaskTimeout:
+            out.append(TaskFailure(cell.label, f"timed out after {spec.cell_timeout:g} s "
                                                f"(--cell-timeout) and was stopped"))
         except Exception as e:  # noqa: BLE001 - reported with the cell; the others go on
-            out.append(CellFailure(cell.label, f"{type(e).__name__}: {e}",
+            out.append(TaskFailure(cell.label, f"{type(e).__name__}: {e}",
                                    traceback.format_exc()))
     return out
 
 
 class _alarm:
-    """Raise ``CellTimeout`` in this (main) thread after ``seconds`` (SIGALRM)."""
+    """Raise ``TaskTimeout`` in this (main) thread after ``seconds`` (SIGALRM)."""
 
     def __init__(self, seconds: float | None) -> None:
         self.seconds = seconds
@@ -259,7 +259,7 @@ class _alarm:
                              "use --executor processes")
 
         def expire(signum, frame):
-            raise CellTimeout
+            raise TaskTimeout
 
         self._old = signal.signal(signal.SIGALRM, expire)
         signal.setitimer(signal.ITIMER_REAL, self.seconds)
@@ -298,7 +298,7 @@ def worker_gpus(n_workers: int, gpus: Sequence[str], per_gpu: int = 1) -> list[s
     return [gpus[i % len(gpus)] for i in range(n_workers)]
 
 
-def _default_processes(cells: Sequence[Cell], per_gpu: int = 1) -> int:
+def _default_processes(cells: Sequence[Task], per_gpu: int = 1) -> int:
     if any(c.device == "cuda" for c in cells):
         return max(1, per_gpu * len(visible_gpus()))
     return default_workers("cpu")
@@ -397,7 +397,7 @@ def shutdown_workers(hard: bool = False) -> None:
 atexit.register(shutdown_workers)
 
 
-def _run_processes(cells: Sequence[Cell], spec: ExecutorSpec, n: int,
+def _run_processes(cells: Sequence[Task], spec: ExecutorSpec, n: int,
                    progress: bool | None) -> list[Any]:
     import multiprocessing as mp
     from multiprocessing.connection import wait
@@ -423,7 +423,7 @@ def _run_processes(cells: Sequence[Cell], spec: ExecutorSpec, n: int,
                         try:
                             s.conn.send(cells[i].call)
                         except Exception as e:  # noqa: BLE001 - e.g. a call that cannot pickle
-                            results[i] = CellFailure(cells[i].label, f"could not be sent to a "
+                            results[i] = TaskFailure(cells[i].label, f"could not be sent to a "
                                                      f"worker process: {type(e).__name__}: {e}")
                             bar.update(1)
                             continue
@@ -444,19 +444,19 @@ def _run_processes(cells: Sequence[Cell], spec: ExecutorSpec, n: int,
                         if status == "ok":
                             results[i] = payload[0]
                         elif status == "error":
-                            results[i] = CellFailure(cells[i].label, payload[0], payload[1])
+                            results[i] = TaskFailure(cells[i].label, payload[0], payload[1])
                         else:
                             s.process.join()
-                            results[i] = CellFailure(cells[i].label, _death(s.process.exitcode))
+                            results[i] = TaskFailure(cells[i].label, _death(s.process.exitcode))
                             s.stop(hard=True)
                     elif not s.alive():
                         s.process.join()
-                        results[i] = CellFailure(cells[i].label, _death(s.process.exitcode))
+                        results[i] = TaskFailure(cells[i].label, _death(s.process.exitcode))
                         s.stop(hard=True)
                     elif (spec.cell_timeout is not None
                           and time.monotonic() - s.started >= spec.cell_timeout):
                         s.stop(hard=True)
-                        results[i] = CellFailure(cells[i].label, f"timed out after "
+                        results[i] = TaskFailure(cells[i].label, f"timed out after "
                                                  f"{spec.cell_timeout:g} s (--cell-timeout); "
                                                  f"its worker was killed")
                     else:
@@ -502,7 +502,7 @@ def _job_error(e: Exception) -> str:
     return _last_lines(trace, 1 if len(parts) >= 3 else 4)
 
 
-def _run_slurm(cells: Sequence[Cell], spec: ExecutorSpec, log_dir: Path) -> list[Any]:
+def _run_slurm(cells: Sequence[Task], spec: ExecutorSpec, log_dir: Path) -> list[Any]:
     try:
         import submitit
     except ImportError:
@@ -529,7 +529,7 @@ def _run_slurm(cells: Sequence[Cell], spec: ExecutorSpec, log_dir: Path) -> list
                     try:
                         results[i] = job.result()
                     except Exception as e:  # noqa: BLE001 - failed, killed or timed-out job
-                        results[i] = CellFailure(cells[i].label, f"{_job_error(e)} (job "
+                        results[i] = TaskFailure(cells[i].label, f"{_job_error(e)} (job "
                                                  f"{job.job_id}, logs: {job.paths.folder})",
                                                  str(e))
                     pending.discard(i)
@@ -538,7 +538,7 @@ def _run_slurm(cells: Sequence[Cell], spec: ExecutorSpec, log_dir: Path) -> list
                         running_since[i] = time.monotonic()  # queue time does not count
                     if time.monotonic() - running_since.get(i, math.inf) >= spec.cell_timeout:
                         job.cancel(check=False)
-                        results[i] = CellFailure(cells[i].label, f"timed out after "
+                        results[i] = TaskFailure(cells[i].label, f"timed out after "
                                                  f"{spec.cell_timeout:g} s (--cell-timeout); "
                                                  f"job {job.job_id} cancelled")
                         pending.discard(i)

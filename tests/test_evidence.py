@@ -1,8 +1,9 @@
-"""harness.claim.Evidence: the law-suite recorder every "laws + known-bad" claim shares."""
+"""harness.evidence.Evidence: the law-suite recorder every "laws + known-bad" claim shares."""
 
 from __future__ import annotations
 
-from harness.claim import Claim, Evidence
+from harness.claim import Claim
+from harness.evidence import Evidence, FullSize
 
 
 def evidence() -> Evidence:
@@ -26,3 +27,16 @@ def test_a_missed_known_bad_or_a_violation_fails_the_laws():
     holds, summary = ev.laws("cases_checked", 10, ["case 3: g2 changed"], {"wrong_sign": 1})
     assert not holds and "first: case 3: g2 changed" in summary
     assert ev.notes == ["case 3: g2 changed"]
+
+
+def test_full_size_work_is_built_and_recorded_only_on_a_dry_run():
+    ev = evidence()
+    ev.full_size_jobs(lambda: 1 / 0)  # never built
+    ev.full_size_phases(lambda: 1 / 0)
+    assert ev.full_size == []
+    ev.estimating = True
+    ev.full_size_jobs(lambda: ["job"], cells_per_gpu=1)
+    ev.full_size_jobs(lambda: [])
+    ev.full_size_phases(lambda: {"k": "phase"})
+    assert ev.full_size == [FullSize(jobs=("job",), cells_per_gpu=1), FullSize(),
+                            FullSize(phases={"k": "phase"})]

@@ -1,4 +1,4 @@
-"""The HTML claims report (harness/report.py): built from a synthetic run folder whose plots,
+"""The HTML claims report (harness/html_report.py): built from a synthetic run folder whose plots,
 references and verdicts are known, then opened in headless chromium (where installed) to see
 that the verdict table and every plot actually render."""
 
@@ -20,7 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
-from harness import report  # noqa: E402
+from harness import html_report as report  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 ENV = {"torch": "2.13.0+cpu", "device_name": "Test CPU", "harness_commit": "abc123",

@@ -1,4 +1,4 @@
-"""In-Time Over-Parameterization (Liu, Yin, Mocanu, Pechenizkiy, ICML 2021; seed 004).
+"""In-Time Over-Parameterization (Liu, Yin, Mocanu, Pechenizkiy, ICML 2021; claims/README.md §3).
 
 Dynamic sparse training (DST) prunes and regrows weights during training; the ITOP rate R_s
 is the fraction of weights that were ever active. The paper's claims: with enough exploration
@@ -28,7 +28,7 @@ from harness.sparse.study import (
     invariant_study,
     plot_accuracy_vs_rs,
     plot_rs_curves,
-    run_cells,
+    train_sparse_cells,
 )
 from harness.sparse.verdicts import (
     judge_accuracy_tracks_rs,
@@ -123,9 +123,9 @@ def _grid(evidence, profile, load_data, executor):
     evidence.record_config(cfg, seeds=cfg.seeds)
     full = profile.unshrunk(GRID_CONFIGS)  # a dry run prints what the full grid would cost
     evidence.full_size_jobs(lambda: placeholder_jobs(full, grid_cells(full), cell_job))
-    runs = run_cells(cfg, grid_cells(cfg), device=profile.device,
+    runs = train_sparse_cells(cfg, grid_cells(cfg), device=profile.device,
                      load=lambda: load_data(cfg.data, cfg.resolution),
-                     use_cache=not profile.dry_run, executor=executor)
+                     use_cache=profile.use_cache, executor=executor)
     evidence.baseline(values(runs, DENSE, cfg.batch_size), cfg.chance, "the dense network")
     return cfg, runs
 

@@ -3,8 +3,8 @@ and two runs compared metric by metric.
 
 Read from what a run leaves (``results/<run>/claims.json`` and the plots beside it) and from
 the reference store (each metric's stored value and band), rendered with Jinja2 from
-``harness/templates/report.html.j2``. ``python -m harness.report RUN`` writes RUN/report.html;
-``python -m harness.report A B`` prints each metric's change and writes B/compare.html.
+``harness/templates/report.html.j2``. ``python -m harness.html_report RUN`` writes RUN/report.html;
+``python -m harness.html_report A B`` prints each metric's change and writes B/compare.html.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from typing import Any
 
 from harness import atomic
 from harness import references as refs
-from harness.claim import _fmt
-from harness.reporting import ClaimRow
+from harness.claim import format_value
+from harness.results import ClaimRow
 
 TEMPLATE = "report.html.j2"
 MAX_TABLE_ROWS = 40  # a CSV artifact longer than this is linked by name, not inlined
@@ -121,7 +121,7 @@ def _num(x: float | None) -> str:
         return "nan"
     if math.isinf(x):
         return "∞" if x > 0 else "−∞"
-    return _fmt(x)
+    return format_value(x)
 
 
 def metric_lines(row: ClaimRow, reference: refs.Reference | None) -> list[MetricLine]:
@@ -293,7 +293,7 @@ def write_comparison(a_dir: Path, b_dir: Path, out: Path | None = None) -> tuple
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m harness.report", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m harness.html_report", description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", type=Path, metavar="RUN",
                    help="results/<run>; two runs: A B compares them")
     p.add_argument("--out", type=Path, default=None, help="where the HTML goes")
