@@ -116,3 +116,47 @@ def test_the_claim_and_evidence_types_sit_below_every_family(module):
     found = {m for m in reaches(module) if m in above or m.startswith("harness.runs")
              or m.endswith("executors")}
     assert not found, f"{module} reaches up for {sorted(found)}"
+
+
+# Each family: its method(s), its study, its verdicts. The method is usable on its own model
+# (no study, no verdicts); the verdicts are pure rules over measured numbers (neither the study
+# nor the method, nor anything that trains or times); nothing in harness/ reaches a claim file.
+FAMILIES = {
+    "scaling": ["harness.scaling.strategies"],
+    "agc": ["harness.agc.rule", "harness.agc.known_bad"],
+    "sparse": ["harness.sparse.masks", "harness.sparse.known_bad"],
+    "decompose": ["harness.decompose.tucker", "harness.decompose.deploy"],
+    "supernet": ["harness.supernet.sandwich", "harness.supernet.known_bad"],
+}
+# What a pure rule may read: seed statistics and verdict odds.
+VERDICT_MAY_IMPORT = {"harness.stats", "harness.odds"}
+
+
+def test_every_family_has_a_method_a_study_and_verdicts():
+    for family, methods in FAMILIES.items():
+        assert {f"harness.{family}.study", f"harness.{family}.verdicts", *methods} <= MODULES.keys()
+    found = {m.split(".")[1] for m in MODULES if m.endswith(".verdicts")}
+    assert found == FAMILIES.keys(), "a new family: add it to FAMILIES"
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_a_familys_method_reaches_neither_its_study_nor_its_verdicts(family):
+    for method in FAMILIES[family]:
+        up = {f"harness.{family}.study", f"harness.{family}.verdicts"} & reaches(method)
+        assert not up, f"{method} reaches up for {sorted(up)}"
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_a_familys_verdicts_are_pure_rules(family):
+    verdicts = f"harness.{family}.verdicts"
+    assert reaches(verdicts) <= VERDICT_MAY_IMPORT, (
+        f"{verdicts} reaches {sorted(reaches(verdicts) - VERDICT_MAY_IMPORT)}")
+
+
+def test_the_layout_rules_catch_a_wrong_way_import(monkeypatch):
+    monkeypatch.setitem(GRAPH, "harness.agc.rule", GRAPH["harness.agc.rule"] | {"harness.agc.study"})
+    with pytest.raises(AssertionError, match="reaches up"):
+        test_a_familys_method_reaches_neither_its_study_nor_its_verdicts("agc")
+    monkeypatch.setitem(GRAPH, "harness.sparse.verdicts", {"harness.stats", "harness.train"})
+    with pytest.raises(AssertionError, match="harness.train"):
+        test_a_familys_verdicts_are_pure_rules("sparse")
