@@ -158,4 +158,4 @@ def decomposed_speedup(original: nn.Module, decomposed: nn.Module, batch: int, r
     original's (fastest over fastest across ``rounds`` interleaved pairs)."""
     f0, f1 = measure(original, resolution).flops, measure(decomposed, resolution).flops
     ratio = timing.inference_ratio(original, decomposed, batch, resolution, setup, rounds)
-    return FlopsVsTime(f1 / f0, 1 / ratio.best)  # inverted
+    return FlopsVsTime(f1 / f0, ratio.best)

@@ -22,6 +22,7 @@ import torch.nn as nn
 
 from harness import models
 from harness.data import DatasetSplits, DataSpec
+from harness.decompose import verdicts
 from harness.decompose.tucker import (
     DecomposeSettings,
     decomposable,
@@ -46,13 +47,13 @@ class DecompStudyConfig:
     rank_rule: str = "vbmf"
     energies: tuple[float, ...] = (0.5, 0.7, 0.9)  # energy ranks for the damage points
     cpu_threads: int = 1
-    # Verdict margins (accuracy fractions, share of conv parameters), fixed a priori.
-    damage_rho: float = 0.5  # "ranks the damage": mean per-seed Spearman at least this
-    selective_margin: float = 0.02  # selective stays within this of the original
-    all_drop_min: float = 0.05  # decompose-all "costs much": at least this much accuracy
-    min_removed: float = 0.10  # selective still removes this share of conv parameters
-    pruning_gain: float = 0.01  # pruning "helps": removes at least this much more (talk: ~2%)
-    learned_margin: float = 0.05
+    # Verdict margins (``verdicts.py`` says what each means).
+    damage_rho: float = verdicts.DAMAGE_RHO
+    selective_margin: float = verdicts.SELECTIVE_MARGIN
+    all_drop_min: float = verdicts.ALL_DROP_MIN
+    min_removed: float = verdicts.MIN_REMOVED
+    pruning_gain: float = verdicts.PRUNING_GAIN
+    learned_margin: float = verdicts.LEARNED_MARGIN
     max_layers: int | None = None  # study only the first decomposable convs (dry runs)
 
     def dry_run(self) -> DecompStudyConfig:
@@ -192,15 +193,13 @@ class DeployConfig:
     cpu_threads: int = 1
     amp: str | None = None  # the precision the GPU profile times in ("bf16"...; CUDA only)
     channels_last: bool = False  # NHWC models and inputs (CUDA only)
-    # Margins, fixed a priori.
-    time_unchanged: float = 0.10
-    size_unchanged: float = 0.01
-    gzip_shrinks: float = 0.5
-    # 3×3 depthwise + 1×1 over a 3×3 conv is (9C + C²)/(9C²) = 1/C + 1/9, exact: "far fewer"
-    # is at most half in every cell (0.36 at C = 4, 0.12 at C = 256).
-    flops_far_fewer: float = 0.5
-    speedup_real: float = 1.2
-    much_smaller: float = 0.5
+    # Verdict margins (``verdicts.py`` says what each means).
+    time_unchanged: float = verdicts.TIME_UNCHANGED
+    size_unchanged: float = verdicts.SIZE_UNCHANGED
+    gzip_shrinks: float = verdicts.GZIP_SHRINKS
+    flops_far_fewer: float = verdicts.FLOPS_FAR_FEWER
+    speedup_real: float = verdicts.SPEEDUP_REAL
+    much_smaller: float = verdicts.MUCH_SMALLER
 
     def dry_run(self) -> DeployConfig:
         return dataclasses.replace(self, batch=2, grid_batch=2, channels=self.channels[:2],

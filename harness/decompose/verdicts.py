@@ -24,6 +24,15 @@ import pandas as pd
 from harness import stats
 from harness.stats import mean, word
 
+# The decomposition margins (accuracy fractions, shares of conv parameters), fixed a priori:
+# ``study.DecompStudyConfig``'s defaults, which a claim's config may override.
+DAMAGE_RHO = 0.5  # "ranks the damage": mean per-seed Spearman at least this
+SELECTIVE_MARGIN = 0.02  # selective stays within this of the original
+ALL_DROP_MIN = 0.05  # decompose-all "costs much": at least this much accuracy
+MIN_REMOVED = 0.10  # selective still removes this share of conv parameters
+PRUNING_GAIN = 0.01  # pruning "helps": removes at least this much more (talk: ~2%)
+LEARNED_MARGIN = 0.05  # a comparison says something only above chance + this
+
 
 class DecompMargins(Protocol):
     """What the rules read of a ``study.DecompStudyConfig``, fixed a priori."""
@@ -181,6 +190,17 @@ def judge_pruning_helps(table: pd.DataFrame, cfg: DecompMargins) -> PruningHelps
 
 
 # ------------------------------------------------------------------------------ deploy.*
+
+
+# The deployment margins, fixed a priori: ``study.DeployConfig``'s defaults.
+TIME_UNCHANGED = 0.10  # |time ratio − 1| within this is "unchanged"
+SIZE_UNCHANGED = 0.01  # |saved-size ratio − 1| within this
+GZIP_SHRINKS = 0.5  # a gzip ratio at most this is "substantially" smaller
+# 3×3 depthwise + 1×1 over a 3×3 conv is (9C + C²)/(9C²) = 1/C + 1/9, exact: "far fewer" is at
+# most half in every cell (0.36 at C = 4, 0.12 at C = 256).
+FLOPS_FAR_FEWER = 0.5  # depthwise flops ratio at most this is "far fewer"
+SPEEDUP_REAL = 1.2  # a precision speed-up at least this is "real"
+MUCH_SMALLER = 0.5  # time saving at most this fraction of the flops saving
 
 
 class DeployMargins(Protocol):

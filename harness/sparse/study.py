@@ -30,6 +30,7 @@ from harness.data import DatasetSplits, DataSpec, synthetic_dataset
 from harness.profiles import device_class
 from harness.runs.executors import ExecutorSpec
 from harness.runs.jobs import TrainJob, run_table
+from harness.sparse import verdicts
 from harness.sparse.known_bad import KNOWN_BAD
 from harness.sparse.masks import DynamicSparse, SparseConfig, shaped_state
 from harness.train import TrainConfig, TrainRecord, train
@@ -213,11 +214,10 @@ class GridConfig:
     stop_fraction: float = 0.75
     model_overrides: tuple[tuple[str, Any], ...] = ()
     cpu_threads: int = 1
-    # Verdict margins in accuracy (fractions), fixed before any result was seen; not part of
-    # the cells' cache keys.
-    dense_margin: float = 0.02  # DST "reaches dense": not worse than dense by more than this
-    clearly_below: float = 0.02  # static "ends clearly below" DST by at least this
-    learned_margin: float = 0.05  # a comparison says something only above chance + this
+    # Verdict margins (``verdicts.py`` says what each means); not part of the cache keys.
+    dense_margin: float = verdicts.DENSE_MARGIN
+    clearly_below: float = verdicts.CLEARLY_BELOW
+    learned_margin: float = verdicts.LEARNED_MARGIN
 
     def dry_run(self) -> GridConfig:
         """Every cell, a step or two each, on 64 generated 8 px images."""

@@ -19,6 +19,12 @@ from harness.stats import mean, word
 
 DENSE, STATIC, SET, RIGL = "dense", "static", "SET", "RigL"
 
+# The margins, in accuracy (fractions), fixed before any result was seen: ``study.GridConfig``'s
+# defaults, which a claim's config may override (the claim file then says so).
+DENSE_MARGIN = 0.02  # DST "reaches dense": not worse than dense by more than this
+CLEARLY_BELOW = 0.02  # static "ends clearly below" DST by at least this
+LEARNED_MARGIN = 0.05  # a comparison says something only above chance + this
+
 
 class Margins(Protocol):
     """What the rules read of a grid's config (``study.GridConfig``), fixed a priori."""

@@ -34,6 +34,7 @@ from harness.models.supernet import MODEL_CFGS, Arch, build_subnet, extract, mid
 from harness.profiles import device_class
 from harness.runs.executors import ExecutorSpec
 from harness.runs.jobs import TrainJob, run_jobs, trained_weights
+from harness.supernet import verdicts
 from harness.supernet.known_bad import KNOWN_BAD
 from harness.supernet.sandwich import (
     ProjectionRule,
@@ -206,9 +207,10 @@ class GridConfig:
     log_every: int = 5
     calib_batches: int = 8  # BN re-estimation of an evaluated subnet, in training batches
     cpu_threads: int = 1
-    conflict_margin: float = 0.02  # the hybrid's conflict share above the CNN's by this
-    projection_margin: float = 0.02  # "at least the accuracy": not worse by more than this
-    learned_margin: float = 0.05  # a comparison says something only above chance + this
+    # Verdict margins (``verdicts.py`` says what each means).
+    conflict_margin: float = verdicts.CONFLICT_MARGIN
+    projection_margin: float = verdicts.PROJECTION_MARGIN
+    learned_margin: float = verdicts.LEARNED_MARGIN
 
     def dry_run(self) -> GridConfig:
         """Every cell, two steps each, on 64 generated 8 px images."""

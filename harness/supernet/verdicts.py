@@ -23,6 +23,12 @@ NAIVE, PROJECTED, STANDALONE = "naive", "projected", "standalone"
 CNN, HYBRID = "cnn", "hybrid"
 LARGEST, SMALLEST, MID = "largest", "smallest", "mid"
 
+# The margins, fixed before any result was seen: ``study.GridConfig``'s defaults, which a
+# claim's config may override (the claim file then says so).
+CONFLICT_MARGIN = 0.02  # the hybrid's share of negative cosines above the CNN's by this
+PROJECTION_MARGIN = 0.02  # "at least the accuracy": not worse by more than this (fraction)
+LEARNED_MARGIN = 0.05  # a comparison says something only above chance + this
+
 
 class Margins(Protocol):
     """What the rules read of a grid's config (``study.GridConfig``), fixed a priori."""
