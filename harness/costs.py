@@ -18,15 +18,13 @@ Every phase a claim runs is priced, not only training (``Phase.kind``):
 The constants are in ``GPU`` (``CostModel``) with where each comes from; ``ASSUMPTIONS`` is
 what a dry run prints. Read an estimate as a planning figure to about ×2, not a measurement:
 ``python -m harness.gpu_window`` measures each family beside it on the first GPU run.
-Used by ``--dry-run`` (minutes per family and in total, against ``FULL_BUDGET_MINUTES``) and
-for the README's "Running at paper scale" table (``paper_scale_markdown``).
+Used by ``--dry-run`` (minutes per family and in total, against ``FULL_BUDGET_MINUTES``) and by
+``harness.paper_scale`` (the README's "Running at paper scale" table). Kernels per step are
+``harness.kernel_counts``'s.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import dataclasses
 import json
 import math
 from collections.abc import Callable, Iterable, Sequence
@@ -37,6 +35,7 @@ from typing import Any
 import torch
 
 from harness.data import DatasetSplits, DataSpec
+from harness.kernel_counts import forward_kernels, op_signature, step_ops
 from harness.runs.cache import cache_key
 from harness.runs.jobs import TrainJob
 
@@ -120,115 +119,6 @@ def job_work(job: TrainJob) -> Work:
     return Work(macs, steps * job.cfg.batch_size * passes)
 
 
-# ------------------------------------------------------------------ kernels per step
-
-
-class _KernelCounter(torch.utils._python_dispatch.TorchDispatchMode):
-    """Counts the ATen ops that launch a kernel: views and metadata ops launch none."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if not func.is_view and func not in _NO_KERNEL:
-            self.ops += 1
-        return func(*args, **(kwargs or {}))
-
-
-_NO_KERNEL = frozenset({torch.ops.aten.detach.default, torch.ops.aten.alias.default,
-                        torch.ops.aten.empty.memory_format, torch.ops.aten.empty_strided.default,
-                        torch.ops.aten.empty_like.default, torch.ops.aten.lift_fresh.default,
-                        torch.ops.aten._local_scalar_dense.default,
-                        torch.ops.aten.set_.source_Storage_storage_offset})
-
-
-@dataclass(frozen=True)
-class StepOps:
-    """Kernels a training step launches, and a forward pass alone (for evaluation)."""
-
-    step: float
-    forward: float
-
-
-_STEP_OPS: dict[str, StepOps] = {}
-
-
-def step_ops(job: TrainJob) -> StepOps:
-    """Kernels per step of ``job``: its loop, model, hooks and step function run on the CPU at
-    batch 4 for 1 and for 3 steps under a counter; the difference over 2 is one step (model
-    building, hook start-up and the final evaluation cancel out). Cached per job without its
-    seed: seeds launch the same kernels. Mask updates every ΔT steps are not in 3 steps; they
-    are a small share of ΔT ≥ 50 steps."""
-    from harness.train import train
-
-    sig = _op_signature(job)
-    if sig in _STEP_OPS:
-        return _STEP_OPS[sig]
-    batch = 4
-    x, y = job.train_set
-    x_test, y_test = job.test_set
-    data = ((x[:16].contiguous(), y[:16].contiguous()), (x_test[:batch].contiguous(),
-                                                          y_test[:batch].contiguous()))
-
-    def count(steps: int) -> int:
-        cfg = dataclasses.replace(job.cfg, batch_size=batch, max_steps=steps, epochs=100,
-                                  check_every=10**6, eval_batch_size=batch, compile=False,
-                                  cpu_threads=1)
-        counter = _KernelCounter()
-        hooks = copy.deepcopy((job.before_step, job.after_step, job.step_fn))  # hooks bind to one run
-        with counter, _foreach_optimizers():
-            train(job.model_fn, *data, cfg, device="cpu", before_step=hooks[0],
-                  after_step=hooks[1], step_fn=hooks[2], progress=False)
-        return counter.ops
-
-    per_step = (count(3) - count(1)) / 2
-    with torch.device("meta"):
-        model = job.model_fn()
-    weights = sum(isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) for m in model.modules())
-    passes = getattr(job.step_fn, "forward_passes", 1)
-    if job.cfg.amp is not None:  # autocast casts each weight on the way in and its grad back
-        per_step += 2 * weights * passes
-    forward = _forward_ops(model, x[:2])
-    _STEP_OPS[sig] = StepOps(per_step, forward)
-    return _STEP_OPS[sig]
-
-
-@contextlib.contextmanager
-def _foreach_optimizers():
-    """Optimizers take their CUDA default while counting: the multi-tensor (foreach) kernels,
-    a few launches per step, where the CPU default loops over every parameter."""
-    import importlib
-
-    # each module imported the chooser by name: patch it where it is looked up
-    modules = [importlib.import_module(f"torch.optim.{m}") for m in ("sgd", "adam")]
-    originals = [m._default_to_fused_or_foreach for m in modules]
-    for m in modules:
-        m._default_to_fused_or_foreach = lambda *a, **k: (False, True)
-    try:
-        yield
-    finally:
-        for m, original in zip(modules, originals):
-            m._default_to_fused_or_foreach = original
-
-
-def _op_signature(job: TrainJob) -> str:
-    """What sets a job's kernels per step: its model, the kinds of its hooks, its step
-    function and the recipe's switches; not its seed, batch size or hyper-parameter values."""
-    cfg = job.cfg
-    return repr((repr(job.model_fn), [type(h).__name__ for h in (*job.before_step, *job.after_step)],
-                 repr(job.step_fn), cfg.amp, cfg.augment, cfg.optimizer, cfg.channels_last,
-                 cfg.clip_grad_norm is None, job.train_set[0].shape[1:]))
-
-
-def _forward_ops(model: torch.nn.Module, x: torch.Tensor) -> float:
-    """Kernels of one eval-mode forward (``model`` on the meta device: shapes only)."""
-    counter = _KernelCounter()
-    with torch.no_grad(), counter:
-        model.eval()(x.to("meta"))
-    return counter.ops
-
-
 # ------------------------------------------------------------------ phases and estimates
 
 
@@ -279,7 +169,7 @@ def job_peak_bytes(job: TrainJob) -> float:
     hyper-parameter values do not change what a step holds."""
     from harness.memory import job_peak
 
-    key = (_op_signature(job), job.cfg.batch_size)
+    key = (op_signature(job), job.cfg.batch_size)
     if key not in _PEAKS:
         _PEAKS[key] = float(job_peak(job).total)
     return _PEAKS[key]
@@ -326,7 +216,7 @@ def forward_ops_of(model_fn: Callable[[], torch.nn.Module], resolution: int,
     """Kernels of one eval forward of ``model_fn()`` at ``resolution`` (built on meta)."""
     with torch.device("meta"):
         model = model_fn()
-    return _forward_ops(model, torch.zeros(1, channels, resolution, resolution, device="meta"))
+    return forward_kernels(model, torch.zeros(1, channels, resolution, resolution, device="meta"))
 
 
 def forward_work(model_fn: Callable[[], torch.nn.Module], resolution: int,
@@ -338,7 +228,7 @@ def forward_work(model_fn: Callable[[], torch.nn.Module], resolution: int,
     with torch.device("meta"):
         model = model_fn()
     macs = measure(model, resolution, channels).flops
-    return macs, _forward_ops(model, torch.zeros(1, channels, resolution, resolution,
+    return macs, forward_kernels(model, torch.zeros(1, channels, resolution, resolution,
                                                  device="meta"))
 
 
@@ -515,83 +405,6 @@ def placeholder_data(spec: DataSpec, resolution: int, channels: int = 3) -> Data
     test = spec.test_size or (10_000 if spec.name != "synthetic" else 2_000)
     return DatasetSplits(split(spec.train_count), split(test), spec.num_classes, resolution,
                          f"placeholder for {spec.name} at {resolution} px (no data)")
-
-
-# ------------------------------------------------------------------ the papers' own scale
-# Each family's published experiment, from claims/README.md and the papers: the network's
-# multiply-adds at its resolution, the dataset size, epochs, and how many full training runs
-# the claims need. "runs" counts networks × settings × seeds; a setting that trains longer
-# counts as more runs (RigL-ITOP 2× steps = 2). Where the paper does not say, the row says
-# what is assumed.
-
-IMAGENET_TRAIN = 1_281_167
-COCO_TRAIN = 118_287
-
-
-@dataclass(frozen=True)
-class PaperRun:
-    family: str
-    setup: str  # what is trained, in words (with the assumptions)
-    gmacs: float  # forward multiply-adds per image (G), at the paper's resolution
-    images: int  # training images per epoch
-    epochs: int
-    runs: float  # full training runs of that network the family's claims need
-
-    @property
-    def work(self) -> Work:
-        return Work(self.gmacs * 1e9, self.images * self.epochs * self.runs)
-
-    @property
-    def gpu_hours(self) -> float:
-        return self.work.gpu_seconds() / 3600
-
-
-PAPER_RUNS = (
-    PaperRun("scaling", "EfficientNet-B0, RegNetY-500MF, RegNetZ-500MF scaled to 4GF and 16GF by "
-             "dwr, dWr and w (18 nets, mean ≈ 10 GMAC) plus the 3 bases (≈ 0.45 GMAC); "
-             "ImageNet 224² → scaled r, 100 epochs (pycls), 1 seed",
-             gmacs=(18 * 10 + 3 * 0.45) / 21, images=IMAGENET_TRAIN, epochs=100, runs=21),
-    PaperRun("agc", "NF-ResNet-50 (4.1 GMAC) without and with AGC at λ ∈ {0.01 … 0.16}, and "
-             "BN-ResNet-50, at batch 256 … 4096 (5 sizes × 7 = 35 runs); ImageNet 224², "
-             "90 epochs (assumed), 1 seed",
-             gmacs=4.1, images=IMAGENET_TRAIN, epochs=90, runs=35),
-    PaperRun("itop", "ResNet-50 (4.1 GMAC; masks do not save dense-kernel time): dense, and at "
-             "80% and 90% static, RigL, RigL-ITOP, RigL-ITOP 2× steps (1 + 2 × 5 = 11 "
-             "runs); ImageNet 224², 100 epochs, 1 seed",
-             gmacs=4.1, images=IMAGENET_TRAIN, epochs=100, runs=11),
-    PaperRun("decompose", "YOLOv5x (103 GMAC at 640²) trained once, then decomposed and "
-             "fine-tuned (assumed 10% of the training again); COCO 118k images, 300 epochs",
-             gmacs=103, images=COCO_TRAIN, epochs=300, runs=1.1),
-    PaperRun("nasvit", "NASViT and AlphaNet supernets, naive and projected sandwich (4 supernets, "
-             "each step the largest ≈ 0.76, smallest ≈ 0.2 and 2 random ≈ 0.45 GMAC subnets = "
-             "1.86 GMAC), plus 2 subnets trained alone (≈ 0.3 GMAC, counted as 0.16 of a "
-             "sandwich run each); ImageNet 224², 360 epochs",
-             gmacs=1.86, images=IMAGENET_TRAIN, epochs=360, runs=4 + 2 * 0.16),
-)
-
-
-def paper_scale_markdown(runs: Sequence[PaperRun] = PAPER_RUNS) -> str:
-    """The README's table: GPU-hours per family on one H100 at ``H100_MACS_PER_SECOND``."""
-    lines = ["| family | what the paper trains | GMAC/image | images × epochs | runs | "
-             "H100 GPU-hours |", "| --- | --- | ---: | ---: | ---: | ---: |"]
-    for r in runs:
-        lines.append(f"| {r.family} | {r.setup} | {r.gmacs:.3g} | {r.images:,} × {r.epochs} | "
-                     f"{r.runs:g} | {_hours(r.gpu_hours)} |")
-    total = sum(r.gpu_hours for r in runs)
-    lines.append(f"| **all** | | | | | **{_hours(total)}** |")
-    return "\n".join(lines)
-
-
-def _hours(h: float) -> str:
-    """Two significant figures: the model is good to about ×2, no more."""
-    if h <= 0:
-        return "0"
-    digits = max(0, 1 - int(math.floor(math.log10(h))))
-    return f"{round(h, digits):,.{digits}f}"
-
-
-if __name__ == "__main__":
-    print(paper_scale_markdown())
 
 
 def placeholder_jobs(cfg: Any, cells: Iterable[Any],

@@ -3,40 +3,25 @@ refuted where it must fail, and stays undecided where the seeds cannot tell."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass
 
 import pandas as pd
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from harness.data import DataSpec
 from harness.decompose import verdicts as v
+from harness.decompose.study import DecompStudyConfig, DeployConfig
+from harness.train import TrainConfig
 
-
-@dataclass(frozen=True)
-class Margins:
-    threshold: float = 0.1
-    damage_rho: float = 0.5
-    selective_margin: float = 0.02
-    all_drop_min: float = 0.05
-    min_removed: float = 0.10
-    pruning_gain: float = 0.01
-    learned_margin: float = 0.05
-    chance: float = 0.1
-
-
-@dataclass(frozen=True)
-class DeployMargins:
-    time_unchanged: float = 0.10
-    size_unchanged: float = 0.01
-    gzip_shrinks: float = 0.5
-    flops_far_fewer: float = 0.5
-    speedup_real: float = 1.2
-    much_smaller: float = 0.5
-
-
-M, D = Margins(), DeployMargins()
+# The real configs with their default margins (what the claims run with): a margin changed in
+# the config is what these rules are tested with. Only the fields without a default are set
+# here; none of them is a margin (chance: the 10-class synthetic data's, 0.1).
+M = DecompStudyConfig(model="vgg_tiny", model_overrides=(), data=DataSpec("synthetic"),
+                      resolution=16, train=TrainConfig(), seeds=(0, 1, 2), threshold=0.1)
+D = DeployConfig(batch=8, sparsities=(0.5, 0.9), channels=(4, 64), sizes=(8, 32), grid_batch=8)
 
 
 def damage(drop_of, seeds=(0, 1, 2), layers=5, keeps=(0.5, 0.7, 0.9)) -> pd.DataFrame:
@@ -70,7 +55,7 @@ def test_damage_ranking_ranks_layers_within_a_level_not_rank_levels():
 def test_damage_ranking_is_undecided_on_noisy_seeds():
     flips = {0: 1, 1: -1, 2: 1}
     table = damage(lambda s, i, k: flips[s] * 0.01 * i, seeds=(0, 1, 2))
-    assert v.judge_damage_ranking(table, Margins(damage_rho=0.2)).holds is None
+    assert v.judge_damage_ranking(table, dataclasses.replace(M, damage_rho=0.2)).holds is None
 
 
 def strategies(original, all_acc, sel_acc, sel_removed, pruned_removed=None, layers=2,
@@ -148,7 +133,8 @@ def test_depthwise_needs_slow_small_cells_and_fast_large_ones():
     assert v.judge_depthwise(grid([1.4, 1.0, 0.6, 0.5]), D).holds is True
     assert v.judge_depthwise(grid([0.9, 0.8, 0.6, 0.5]), D).holds is False  # always faster
     assert v.judge_depthwise(grid([1.4, 1.3, 1.2, 1.1]), D).holds is False  # never faster
-    judged = v.judge_depthwise(grid([1.4, 1.0, 0.6, 0.5]), DeployMargins(flops_far_fewer=0.3))
+    judged = v.judge_depthwise(grid([1.4, 1.0, 0.6, 0.5]),
+                               dataclasses.replace(D, flops_far_fewer=0.3))
     assert judged.holds is False and "not ≤ 0.3" in judged.reason
 
 
@@ -159,10 +145,24 @@ def test_precision_speedup_needs_a_real_fp16_gain():
 
 
 @settings(max_examples=50, deadline=None, database=None)
-@given(flops=st.floats(0.01, 0.99), time=st.floats(0.01, 1.5))
-def test_decomposed_speedup_rule_is_the_stated_inequality(flops, time):
-    judged = v.judge_decomposed_speedup(flops, time, D)
-    assert judged.holds == ((1 - time) <= 0.5 * (1 - flops))
+@given(flops=st.floats(0.01, 0.99), time=st.floats(0.01, 1.5),
+       much_smaller=st.sampled_from([D.much_smaller, 0.25]))
+@example(flops=0.2, time=0.7, much_smaller=D.much_smaller)  # saves 0.3 of 0.8 flops saved
+@example(flops=0.2, time=0.7, much_smaller=0.25)
+def test_decomposed_speedup_rule_is_the_stated_inequality(flops, time, much_smaller):
+    margins = dataclasses.replace(D, much_smaller=much_smaller)
+    judged = v.judge_decomposed_speedup(flops, time, margins)
+    assert judged.holds == ((1 - time) <= much_smaller * (1 - flops))
+
+
+def test_decomposed_speedup_reads_its_margin():
+    # 30% of the time saved for 80% of the flops: 0.375 of it, "much smaller" under the
+    # configured 0.5, not under 0.25
+    assert D.much_smaller * 0.8 >= 0.3
+    assert v.judge_decomposed_speedup(0.2, 0.7, D).holds is True
+    stricter = dataclasses.replace(D, much_smaller=0.25)
+    judged = v.judge_decomposed_speedup(0.2, 0.7, stricter)
+    assert judged.holds is False and "≤ 0.25" in judged.reason
 
 
 def test_decomposed_speedup_without_a_flops_saving_is_untested():
