@@ -24,6 +24,7 @@ from harness.decompose.study import (
     plot_depthwise,
 )
 from harness.decompose.verdicts import (
+    depthwise_verdict,
     judge_decomposed_speedup,
     judge_depthwise,
     judge_precision_speedup,
@@ -134,12 +135,7 @@ def test_depthwise_not_always_faster(evidence, profile):
     grid = grid.merge(deploy.depthwise_doubling(dep.channels, dep.sizes, dep.grid_batch, setup),
                       on=["channels", "size"])
     bound = _record_depthwise_doubling(evidence, grid, deciding, profile.device)
-    holds, reason = judged.holds, judged.reason
-    if bound and judged.max_flops_ratio <= dep.flops_far_fewer:  # the timing would decide
-        holds = None
-        reason += (f"; but the deciding cell(s) {bound} timed dispatch-bound (t(2B)/t(B) < "
-                   f"{timing.DISPATCH_BOUND_BELOW}): their ratios follow kernel launches, so "
-                   "they cannot decide; raise grid_batch")
+    holds, reason = depthwise_verdict(judged, dep, bound)
     evidence.table("depthwise.csv", grid)
     evidence.table("crossover.csv", cross)
     evidence.figure("depthwise.png", plot_depthwise(grid))

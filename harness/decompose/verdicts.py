@@ -282,6 +282,18 @@ def judge_depthwise(grid: pd.DataFrame, cfg: DeployMargins) -> DepthwiseCrossove
                               float(large.time_ratio), slower, len(grid))
 
 
+def depthwise_verdict(judged: DepthwiseCrossover, cfg: DeployMargins,
+                      dispatch_bound: str = "") -> tuple[bool | None, str]:
+    """The verdict on the grid: ``judged``'s, unless the timing would decide it (the flops are
+    far fewer) and ``dispatch_bound`` names deciding cells whose t(2B)/t(B) shows their time
+    followed kernel launches, not the convs: then they cannot decide (None)."""
+    if dispatch_bound and judged.max_flops_ratio <= cfg.flops_far_fewer:
+        return None, (f"{judged.reason}; but the deciding cell(s) {dispatch_bound} timed "
+                      "dispatch-bound (t(2B)/t(B) under the threshold): their ratios follow "
+                      "kernel launches, so they cannot decide; raise grid_batch")
+    return judged.holds, judged.reason
+
+
 @dataclass(frozen=True)
 class PrecisionSpeedup:
     holds: bool

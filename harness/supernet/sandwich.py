@@ -75,11 +75,14 @@ def project_conflict_(g1: Tensor, g2: Tensor) -> Tensor:
     # Out of range, the whole step coef·g₂ is taken in float64 and rounded once: the
     # coefficient alone can overflow float32 (g₂ = [0, 1.2e-38] against g₁ = [0, -4] needs
     # -3.4e38), though coef·g₂ is an ordinary number.
+    # A coefficient that is itself subnormal (g₁ = [1.2e-38, 0] against g₂ = [-814, -814]
+    # gives -2.4e-42) keeps only a few bits in float32: float64 too.
     tiny = torch.finfo(norm2.dtype).tiny
-    in_range = torch.isfinite(norm2) & (norm2 >= tiny) & torch.isfinite(dot)
     zero = torch.zeros_like(dot)
     # No conflict (or g₂ = 0, whence ⟨g₁, g₂⟩ = 0): coefficient 0, g₁ − 0·g₂ is g₁ bit for bit.
     coef = torch.where(conflict, dot / norm2, zero)
+    in_range = (torch.isfinite(norm2) & (norm2 >= tiny) & torch.isfinite(dot)
+                & ((coef.abs() >= tiny) | ~conflict))
     a64, b64 = a.double(), b.double()
     wide = torch.where(conflict, torch.dot(a64, b64) / torch.dot(b64, b64), zero.double())
     step = torch.where(in_range, coef * g2, (wide * g2.double()).to(g2.dtype))

@@ -138,6 +138,18 @@ def test_depthwise_needs_slow_small_cells_and_fast_large_ones():
     assert judged.holds is False and "not ≤ 0.3" in judged.reason
 
 
+def test_dispatch_bound_deciding_cells_cannot_decide_the_depthwise_verdict():
+    judged = v.judge_depthwise(grid([1.4, 1.0, 0.6, 0.5]), D)
+    assert v.depthwise_verdict(judged, D) == (True, judged.reason)
+    holds, reason = v.depthwise_verdict(judged, D, dispatch_bound="4 ch 8 px")
+    assert holds is None and "4 ch 8 px" in reason and "dispatch-bound" in reason
+    refuted = v.judge_depthwise(grid([0.9, 0.8, 0.6, 0.5]), D)
+    assert v.depthwise_verdict(refuted, D, dispatch_bound="4 ch 8 px")[0] is None
+    # Where the flops already refute the claim, the timing does not decide: no escape to None.
+    few = v.judge_depthwise(grid([1.4, 1.0, 0.6, 0.5]), dataclasses.replace(D, flops_far_fewer=0.3))
+    assert v.depthwise_verdict(few, dataclasses.replace(D, flops_far_fewer=0.3), "4 ch 8 px")[0] is False
+
+
 def test_precision_speedup_needs_a_real_fp16_gain():
     assert v.judge_precision_speedup({"fp16": 1.8, "bf16": 1.7}, D).holds is True
     assert v.judge_precision_speedup({"fp16": 1.05}, D).holds is False

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
@@ -45,6 +45,11 @@ def _t(a):
 
 @settings(max_examples=300, deadline=None)
 @given(pairs())
+# Found by hypothesis: a subnormal coefficient (-2.4e-42) kept too few bits in float32.
+@example((np.array([1.1754944e-38, 0, 0, 0, 0, 0], dtype=np.float32),
+          np.full(6, -814.0, dtype=np.float32)))
+# ... and one whose projection float32 cannot hold (g₁ the smallest subnormal, 1.4e-45).
+@example((np.array([1.4e-45, 0], dtype=np.float32), np.array([-1e3, -1e3], dtype=np.float32)))
 def test_projection_laws_on_random_pairs(pair):
     g1, g2 = map(_t, pair)
     violations, n, _ = law_violations(project_conflict_, [("p", g1, g2)])
