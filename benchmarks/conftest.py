@@ -11,7 +11,8 @@ Hot paths benchmarked: the training and inference step of scaled models
 (test_bench_models.py), the training step of a smoke model (test_bench_train_step.py), AGC's
 step (test_bench_agc.py), mask maintenance (test_bench_sparse.py), and complexity counting of
 RegNetY-16GF (test_bench_complexity.py), and a Tucker-2-decomposed network against its
-original plus the decomposition itself (test_bench_decompose.py).
+original plus the decomposition itself (test_bench_decompose.py); and the loop's own overhead
+against a bare PyTorch loop doing the same work (test_bench_loop_overhead.py).
 """
 
 from __future__ import annotations
