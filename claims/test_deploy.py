@@ -39,6 +39,11 @@ DEPLOY = {
                          amp="bf16", channels_last=True),  # as the network trains (STUDY)
 }
 
+def _deployment_cost(evidence, profile) -> None:
+    """On a dry run, the full deployment timings' GPU time (keyed per claim, priced once)."""
+    evidence.full_size_phases(lambda: deploy_cost(profile.unshrunk(DEPLOY), profile.unshrunk(STUDY)))
+
+
 TIME_WHY = ("inference time over the reference network's, fastest block over fastest block "
             "across interleaved pairs timed in one run (torch.utils.benchmark, 1 thread on the "
             "CPU)")
@@ -62,7 +67,7 @@ PRUNING_NO_SPEEDUP = Claim(
 def test_pruning_no_speedup(evidence, profile, load_data, executor):
     cfg, _, nets = trained_networks(evidence, profile, load_data, executor)
     dep = profile.pick(DEPLOY)
-    evidence.full_size_phases(lambda: deploy_cost(profile.unshrunk(DEPLOY), profile.unshrunk(STUDY)))
+    _deployment_cost(evidence, profile)
     net = nets[cfg.seeds[0]]
     table = deploy.pruning_costs(net, dep.sparsities, dep.batch, cfg.resolution,
                                  dep.setup(profile.device), dep.rounds)
@@ -102,7 +107,7 @@ DEPTHWISE_CPU_WHY = ("a deciding cell; on a CPU its ratio moves with the CPU and
 @pytest.mark.claim(DEPTHWISE_NOT_ALWAYS_FASTER)
 def test_depthwise_not_always_faster(evidence, profile):
     dep = profile.pick(DEPLOY)
-    evidence.full_size_phases(lambda: deploy_cost(profile.unshrunk(DEPLOY), profile.unshrunk(STUDY)))
+    _deployment_cost(evidence, profile)
     evidence.record_config(dep)
     setup = dep.setup(profile.device)
     grid = deploy.depthwise_grid(dep.channels, dep.sizes, dep.grid_batch, setup, dep.rounds)
@@ -179,7 +184,7 @@ def test_fp16_speedup(evidence, profile, load_data, executor):
 
     cfg, _, nets = trained_networks(evidence, profile, load_data, executor)
     dep = profile.pick(DEPLOY)
-    evidence.full_size_phases(lambda: deploy_cost(profile.unshrunk(DEPLOY), profile.unshrunk(STUDY)))
+    _deployment_cost(evidence, profile)
     setup = dep.setup(profile.device)
     net = nets[cfg.seeds[0]]
     speedups = {}
@@ -218,7 +223,7 @@ TUCKER_SPEEDUP_SMALL = Claim(
 def test_tucker_speedup_small(evidence, profile, load_data, executor):
     cfg, _, nets = trained_networks(evidence, profile, load_data, executor)
     dep = profile.pick(DEPLOY)
-    evidence.full_size_phases(lambda: deploy_cost(profile.unshrunk(DEPLOY), profile.unshrunk(STUDY)))
+    _deployment_cost(evidence, profile)
     net = nets[cfg.seeds[0]]
     # Every conv decomposed, so the flops saving is the largest this rank rule gives.
     decomposed = decompose_all(net, cfg)

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from harness import environment
-from harness.train import AMP_DTYPES, TrainConfig, make_step
+from harness.train import AMP_DTYPES, TrainConfig, make_optimizer, make_step
 
 NOISY_IQR_RATIO = 0.15  # IQR/median above this marks a measurement as noisy
 
@@ -123,13 +123,13 @@ def time_train_step(model: nn.Module, batch_size: int, resolution: int, num_clas
     model, x = _on_device(model.train(), batch_size, resolution, setup)
     forward_fn = _compiled(model, setup)
     y = torch.randint(0, num_classes, (batch_size,), device=setup.device)
-    if microbatches > 1:  # the loop has no accumulation: the same step, its passes split
-        opt = torch.optim.SGD(model.parameters(), lr=1e-6, momentum=0.9)
-        return _measure(_accumulated_step(forward_fn, opt, x, y, setup, microbatches), setup,
-                        f"train step ({microbatches} micro-batches)")
     amp = next((name for name, dtype in AMP_DTYPES.items() if dtype == setup.amp_dtype), None)
     # x is already in the setup's layout; a tiny lr keeps the weights (and the work) as they are.
     cfg = TrainConfig(lr=1e-6, nesterov=False, weight_decay=0.0, label_smoothing=0.0, amp=amp)
+    if microbatches > 1:  # the loop has no accumulation: the same optimizer, its passes split
+        return _measure(_accumulated_step(forward_fn, make_optimizer(model, cfg), x, y, setup,
+                                          microbatches), setup,
+                        f"train step ({microbatches} micro-batches)")
     step = make_step(model, cfg, setup.device, forward=forward_fn)
     return _measure(lambda: step(x, y), setup, "train step")
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from harness.data.cifar import (  # noqa: F401
+    CIFAR_CLASSES,
     CIFAR_STATS,
     DATA_ENV_VAR,
     DatasetCorrupt,
@@ -41,9 +42,6 @@ SYNTHETIC_TRAIN_SIZE, SYNTHETIC_TEST_SIZE = 5000, 2000  # generated when a spec 
 CIFAR_TRAIN_SIZE = 50_000  # CIFAR-10 and CIFAR-100 alike
 
 
-DATASET_CLASSES = {"cifar10": 10, "cifar100": 100}  # the real data sets' own class counts
-
-
 @dataclass(frozen=True)
 class DataSpec:
     """A dataset as a claim config names it; ``load_dataset`` turns it into tensors."""
@@ -58,7 +56,7 @@ class DataSpec:
     @property
     def num_classes(self) -> int:
         """How many classes this data set has."""
-        return DATASET_CLASSES.get(self.name, self.synthetic_classes)
+        return CIFAR_CLASSES.get(self.name, self.synthetic_classes)
 
     @property
     def chance(self) -> float:

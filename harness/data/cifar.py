@@ -47,6 +47,7 @@ _CIFAR: dict[str, _CifarLayout] = {
         "CIFAR-100", "cifar-100-python", ("train",), "test", "meta", b"fine_labels",
         b"fine_label_names", 100, "cifar-100-python.tar.gz"),
 }
+CIFAR_CLASSES = {name: layout.num_classes for name, layout in _CIFAR.items()}
 
 
 class DatasetMissing(FileNotFoundError):
