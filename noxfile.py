@@ -16,11 +16,15 @@ Anything after ``--`` goes to pytest, e.g. ``nox -s claims -- --claim 'agc.*' --
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import nox
 
@@ -28,7 +32,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from harness.environment import KERNEL_SETTINGS, PORTABILITY_SETTING  # noqa: E402 (stdlib only)
 
 nox.options.sessions = ["tests", "claims"]
-nox.options.reuse_venv = "yes"  # the torch install is the slow part; keep it between runs
 
 # Which torch to install. Without an NVIDIA driver the CPU wheel is enough (and is what CI
 # uses). With one (nvidia-smi on PATH) a CUDA build in the tested range: pip's default Linux
@@ -72,18 +75,68 @@ if not torch.cuda.is_available():
 TIMM = "timm==1.0.31"
 
 
-def install(session: nox.Session, extras: str = "test") -> None:
-    session.install(*TORCH.split())
-    session.install("-e", f".[{extras}]")
-    session.install("--no-deps", TIMM)
+# One environment for every session but lint: torch is the slow part of an install (about a
+# minute, and several GB on a GPU box), and each nox session would otherwise install it into a
+# virtualenv of its own. It is refreshed when what it was built from changes (the stamp: the
+# torch and timm specs and pyproject.toml); ``nox --no-venv`` runs on nox's own interpreter.
+SHARED_ENV = Path(__file__).resolve().parent / ".nox" / "harness"
+STAMP = "harness-install.json"
 
 
-@nox.session
+def install_stamp() -> dict[str, str]:
+    """What the shared environment was installed from; another value reinstalls it."""
+    pyproject = (Path(__file__).resolve().parent / "pyproject.toml").read_bytes()
+    return {"torch": TORCH, "timm": TIMM, "extras": "test",
+            "pyproject": hashlib.sha256(pyproject).hexdigest()}
+
+
+def shared_python(session: nox.Session, env_dir: Path = SHARED_ENV) -> str:
+    """The interpreter of the shared environment, created or refreshed first where needed."""
+    config = session._runner.global_config  # nox has no public view of --no-venv
+    if config.force_venv_backend == "none" or getattr(config, "no_venv", False):
+        return sys.executable
+    bin_dir = env_dir / ("Scripts" if os.name == "nt" else "bin")
+    python = str(bin_dir / ("python.exe" if os.name == "nt" else "python"))
+    stamp_path, want = env_dir / STAMP, install_stamp()
+    have = json.loads(stamp_path.read_text()) if stamp_path.exists() else None
+    if have == want or (config.no_install and have is not None):
+        session.log(f"shared environment {env_dir} is up to date")
+        return python
+    if not Path(python).exists():
+        session.run(sys.executable, "-m", "venv", str(env_dir), external=True)
+    stamp_path.unlink(missing_ok=True)  # an interrupted install is redone, not trusted
+    pip = [python, "-m", "pip", "install", "--disable-pip-version-check"]
+    session.run(*pip, *TORCH.split(), external=True)
+    session.run(*pip, "-e", f"{Path(__file__).resolve().parent}[test]", external=True)
+    session.run(*pip, "--no-deps", TIMM, external=True)
+    env_dir.mkdir(parents=True, exist_ok=True)
+    stamp_path.write_text(json.dumps(want, indent=1))
+    return python
+
+
+def install(session: nox.Session) -> Callable[..., Any]:
+    """The shared environment, ready; returns ``run(program, *args)``, which runs ``python``
+    or a module (``pytest``, ``harness.bands``) with that environment's interpreter."""
+    python = shared_python(session)
+
+    def run(program: str, *args: str, **kwargs: Any) -> Any:
+        cmd = [python, *args] if program == "python" else [python, "-m", program, *args]
+        return session.run(*cmd, external=True, **kwargs)
+
+    return run
+
+
+# The unit tests run on every core, up to 8 (pytest-xdist; one torch thread per worker,
+# tests/conftest.py); worksteal keeps both cores busy when a few long tests come last.
+PARALLEL = ("-n", str(min(os.cpu_count() or 1, 8)), "--dist", "worksteal")
+
+
+@nox.session(venv_backend="none")
 def tests(session: nox.Session) -> None:
     """Unit and property tests of the harness (CPU, a few minutes). Test paths after ``--``
     replace the whole folder: ``nox -s tests -- tests/test_cuda.py``; options add to it."""
-    install(session)
-    session.run("pytest", *pytest_targets(session.posargs))
+    run = install(session)
+    run("pytest", *PARALLEL, *pytest_targets(session.posargs))
 
 
 # pytest options whose value is the next argument: that value is never a test path.
@@ -114,15 +167,15 @@ def pytest_targets(posargs: list[str], default: str = "tests") -> list[str]:
     return [default, *posargs]
 
 
-@nox.session
+@nox.session(venv_backend="none")
 def cuda_tests(session: nox.Session) -> None:
     """Only the CUDA tests (``pytest tests -m cuda``: tests/test_cuda.py, every CUDA path of
     the harness once), for a GPU box. Where this venv's torch sees no GPU each of them skips:
     the session says so (before and after pytest) and passes; ``-- --require-gpu`` (a GPU
     machine's CI) makes that an error before any test runs. Other arguments go to pytest."""
-    install(session)
+    run = install(session)
     require, args = cuda_test_arguments(session.posargs)
-    seen = session.run("python", "-c", "import torch; print(torch.cuda.is_available(), "
+    seen = run("python", "-c", "import torch; print(torch.cuda.is_available(), "
                        "torch.__version__)", silent=True)
     no_gpu = None
     if isinstance(seen, str) and seen.split()[:1] == ["False"]:
@@ -132,7 +185,7 @@ def cuda_tests(session: nox.Session) -> None:
         if require:
             session.error(f"--require-gpu: {no_gpu}")
         session.warn(no_gpu)
-    session.run("pytest", *pytest_targets(args), "-m", "cuda", "-rs")
+    run("pytest", *pytest_targets(args), "-m", "cuda", "-rs")
     if no_gpu:
         session.warn(f"{no_gpu}; nothing on CUDA was checked (--require-gpu makes this an error)")
 
@@ -142,21 +195,21 @@ def cuda_test_arguments(posargs: list[str]) -> tuple[bool, list[str]]:
     return "--require-gpu" in posargs, [a for a in posargs if a != "--require-gpu"]
 
 
-@nox.session
+@nox.session(venv_backend="none")
 def claims(session: nox.Session) -> None:
     """Run the claim checks and print the verdict table. Profile: ``full`` on CUDA where
     nvidia-smi exists (a torch without CUDA there is an error), else ``smoke`` on the CPU.
     Every run that would use CUDA or, on a GPU box, the auto device first checks that torch
     sees a GPU (``needs_cuda_check``); only ``--device cpu`` or ``--dry-run`` skip it."""
-    install(session)
+    run = install(session)
     args = claims_arguments(session.posargs, GPU_BOX)
     if needs_cuda_check(args, GPU_BOX):
         # From a file, so that nox's log shows one short command, not the script.
         check = Path(tempfile.mkdtemp(prefix="harness-cuda-check-")) / "cuda_check.py"
         check.write_text(CUDA_CHECK)
         chosen = "chosen-by-nox" if len(args) > len(session.posargs) else "chosen-by-user"
-        session.run("python", str(check), chosen, *args)
-    session.run("pytest", "claims", "-rfEs", *args)
+        run("python", str(check), chosen, *args)
+    run("pytest", "claims", "-rfEs", *args)
 
 
 def claims_arguments(posargs: list[str], gpu_box: bool) -> list[str]:
@@ -190,37 +243,37 @@ def needs_cuda_check(args: list[str], gpu_box: bool) -> bool:
     return device == "cuda" or (gpu_box and device == "auto")
 
 
-@nox.session
+@nox.session(venv_backend="none")
 def claims_portability(session: nox.Session) -> None:
     """The smoke claims under another CPU kernel path (AVX2 for ATen and oneDNN): a stand-in for
     a user's CPU. Every reference must hold here too. ``-- --trained`` runs the trained ones."""
-    install(session)
+    run = install(session)
     env = KERNEL_SETTINGS[PORTABILITY_SETTING]
     session.log(f"kernel path: {env}")
-    session.run("pytest", "claims", "-rfEs", "--profile", "smoke", "--device", "cpu",
+    run("pytest", "claims", "-rfEs", "--profile", "smoke", "--device", "cpu",
                 *session.posargs, env=env)
 
 
-@nox.session
+@nox.session(venv_backend="none")
 def noise(session: nox.Session) -> None:
     """Measure every smoke metric under each CPU kernel path and store it as the bands' noise
     (``reference_results/smoke/cpu/noise/``); then regenerate the references, which take their
     bands from it. ``-- --claim 'agc.*'`` measures a subset."""
-    install(session)
+    run = install(session)
     empty = tempfile.mkdtemp(prefix="noise-references-")  # measure without comparing
     runs = []
     for name, env in KERNEL_SETTINGS.items():
         out = Path("results") / "noise" / name
         before = set(out.iterdir()) if out.exists() else set()
         session.log(f"kernel path {name}: {env or 'as the machine resolves it'}")
-        session.run("pytest", "claims", "-q", "--profile", "smoke", "--device", "cpu",
+        run("pytest", "claims", "-q", "--profile", "smoke", "--device", "cpu",
                     "--references-dir", empty, "--results-dir", str(out), *session.posargs,
                     env=env)
         runs += [str(p) for p in set(out.iterdir()) - before if p.is_dir()]
-    session.run("python", "-m", "harness.bands", "--profile", "smoke", *runs)
+    run("python", "-m", "harness.bands", "--profile", "smoke", *runs)
 
 
-@nox.session
+@nox.session(venv_backend="none")
 def regen(session: nox.Session) -> None:
     """Regenerate references deliberately: ``nox -s regen -- --profile smoke --device cpu``."""
     args = session.posargs
@@ -228,11 +281,11 @@ def regen(session: nox.Session) -> None:
         a.startswith("--device") for a in args
     ):
         session.error("name the profile and device: nox -s regen -- --profile smoke --device cpu")
-    install(session)
-    session.run("pytest", "claims", "--regen-references", *args)
+    run = install(session)
+    run("pytest", "claims", "--regen-references", *args)
 
 
-@nox.session
+@nox.session(venv_backend="none")
 def calibrate(session: nox.Session) -> None:
     """References for this machine's device class in one command (``harness/calibrate.py``):
     the claims run under every kernel setting of the device, their noise is stored and the
@@ -245,8 +298,8 @@ def calibrate(session: nox.Session) -> None:
     if args is None:
         session.error("name the profile and device: nox -s calibrate -- --profile smoke --device cpu "
                       "(on a GPU box the default is --profile full --device cuda)")
-    install(session)
-    session.run("python", "-m", "harness.calibrate", *args)
+    run = install(session)
+    run("python", "-m", "harness.calibrate", *args)
 
 
 def calibrate_arguments(posargs: list[str], gpu_box: bool) -> list[str] | None:
@@ -259,37 +312,37 @@ def calibrate_arguments(posargs: list[str], gpu_box: bool) -> list[str] | None:
     return [*(x for k, v in defaults.items() if k not in given for x in (k, v)), *posargs]
 
 
-@nox.session
+@nox.session(venv_backend="none")
 def report(session: nox.Session) -> None:
     """The self-contained HTML report of a run: ``nox -s report -- results/<run>`` writes
     ``report.html`` there (``nox -s claims`` writes it too); ``-- A B`` compares two runs."""
     if not session.posargs:
         session.error("name a run: nox -s report -- results/<run>  (or two: A B)")
-    install(session)
-    session.run("python", "-m", "harness.html_report", *session.posargs)
+    run = install(session)
+    run("python", "-m", "harness.html_report", *session.posargs)
 
 
-@nox.session
+@nox.session(venv_backend="none")
 def bench(session: nox.Session) -> None:
     """Speed benchmarks (pytest-benchmark). ``-- --compare`` fails on a median slowdown above
     ``--threshold`` (default 10%) against this machine's stored baseline; ``-- --save-baseline``
     stores one (``reference_results/benchmarks/<machine id>/``). Other arguments go to pytest."""
-    install(session)
-    session.run("python", "-m", "harness.benchgate", "bench", *session.posargs)
+    run = install(session)
+    run("python", "-m", "harness.benchgate", "bench", *session.posargs)
 
 
-@nox.session
+@nox.session(venv_backend="none")
 def bench_ab(session: nox.Session) -> None:
     """Same-job A/B speed gate for noisy machines: ``nox -s bench_ab -- origin/main
     [--merge-base] [--rounds 6] [--threshold 10%]`` times that ref (a temporary worktree) and
     this tree, interleaved in fresh processes; fails on a significant slowdown."""
     if not session.posargs or session.posargs[0].startswith("-"):
         session.error("name the git ref to compare against: nox -s bench_ab -- origin/main")
-    install(session)
-    session.run("python", "-m", "harness.benchgate", "ab", *session.posargs)
+    run = install(session)
+    run("python", "-m", "harness.benchgate", "ab", *session.posargs)
 
 
-@nox.session
+@nox.session(venv_backend="venv", reuse_venv=True)
 def lint(session: nox.Session) -> None:
     session.install("ruff>=0.5")
     session.run("ruff", "check", ".")

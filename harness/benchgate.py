@@ -139,9 +139,12 @@ def run_benchmarks(tree: Path, paths: Sequence[str], json_out: Path, pytest_args
                    python: str = sys.executable, echo: bool = False) -> dict[str, BenchStat]:
     """Run ``paths`` of ``tree`` with pytest-benchmark in a fresh process that imports the
     harness from ``tree``; the medians by benchmark. A failing or empty run is a GateError."""
-    env = {**os.environ, "PYTHONPATH": str(tree)}
+    # Never under pytest-xdist: pytest-benchmark switches itself off there, so a ``-n`` in the
+    # user's addopts, or an xdist worker's variables inherited from a test run, would time nothing.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST_")}
+    env["PYTHONPATH"] = str(tree)
     cmd = [python, "-m", "pytest", *paths, "--benchmark-only", f"--benchmark-json={json_out}",
-           "-p", "no:cacheprovider", *pytest_args]
+           "-p", "no:cacheprovider", "-p", "no:xdist", *pytest_args]
     result = subprocess.run(cmd, cwd=tree, env=env, text=True,
                             capture_output=not echo)
     if result.returncode != 0:

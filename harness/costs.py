@@ -105,15 +105,26 @@ class Work:
         return FORWARD_BACKWARD * self.macs_per_image * self.images / macs_per_second
 
 
+_MACS: dict[tuple[str, tuple[int, ...]], float] = {}
+
+
 def job_work(job: TrainJob) -> Work:
-    """The work of ``job`` at its own size (its model built once, counted at its input size)."""
+    """The work of ``job`` at its own size (its model built once, counted at its input size;
+    the count is cached per model and input shape: a grid's seeds and recipes share it)."""
     from harness.complexity import measure
 
     images = job.train_set[0]
     _, channels, resolution, _ = images.shape
-    with torch.device("meta"):  # counted without allocating or initialising weights
-        model = job.model_fn()
-    macs = measure(model, resolution, channels).flops
+    key = (repr(job.model_fn), tuple(images.shape[1:]))
+    if key not in _MACS:
+        with torch.device("meta"):  # counted without allocating or initialising weights
+            model = job.model_fn()
+        macs = measure(model, resolution, channels).flops
+        if " at 0x" in key[0]:  # a closure's repr names its address, which a later one may reuse
+            return Work(macs, job.cfg.total_steps(len(images)) * job.cfg.batch_size
+                        * getattr(job.step_fn, "forward_passes", 1))
+        _MACS[key] = macs
+    macs = _MACS[key]
     steps = job.cfg.total_steps(len(images))
     passes = getattr(job.step_fn, "forward_passes", 1)
     return Work(macs, steps * job.cfg.batch_size * passes)

@@ -35,9 +35,9 @@ CLAIM_FILE = textwrap.dedent("""
     LEARNS = Claim(id="demo.learns", statement="a linear model learns a linear task",
                    source="nowhere", trained=True)
 
-    class SlowStep:  # each cell takes about a second: a kill lands between cells
+    class SlowStep:  # each cell takes about 0.6 s: a kill lands between cells
         def __call__(self, state):
-            time.sleep(0.08)
+            time.sleep(0.05)
 
     def model():
         return nn.Sequential(nn.Flatten(), nn.Linear(12, 3))

@@ -6,6 +6,7 @@ the CUDA tests and says when torch sees no GPU."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -168,3 +169,50 @@ def test_cuda_tests_say_that_everything_skipped_and_require_gpu_fails(tmp_path):
     assert code == 0, out
     assert "sees no GPU" in out and "every CUDA test is skipped" in out
     assert "skipped" in out and " passed" not in out and "failed" not in out, out
+
+
+class _FakeSession:
+    """What ``shared_python`` uses of a nox session: its global config, ``run`` and ``log``."""
+
+    def __init__(self, **config):
+        from types import SimpleNamespace
+        defaults = {"force_venv_backend": None, "no_venv": False, "no_install": False}
+        self._runner = SimpleNamespace(global_config=SimpleNamespace(**{**defaults, **config}))
+        self.calls: list[tuple[str, ...]] = []
+
+    def run(self, *args, **kwargs):
+        self.calls.append(tuple(map(str, args)))
+
+    def log(self, *args):
+        pass
+
+
+def test_one_shared_environment_installed_once_and_again_when_its_inputs_change(tmp_path,
+                                                                                 monkeypatch):
+    env = tmp_path / "harness"
+    first = _FakeSession()
+    python = noxfile.shared_python(first, env)
+    assert python == str(env / "bin" / "python")
+    installs = [c for c in first.calls if "install" in c]
+    assert [c[c.index("install") + 2:] for c in installs] == [
+        tuple(noxfile.TORCH.split()), ("-e", f"{REPO}[test]"), ("--no-deps", noxfile.TIMM)]
+    assert json.loads((env / noxfile.STAMP).read_text()) == noxfile.install_stamp()
+
+    again = _FakeSession()  # another session: nothing installed
+    assert noxfile.shared_python(again, env) == python and again.calls == []
+
+    monkeypatch.setattr(noxfile, "TORCH", "torch==2.14.1")  # another torch: installed again
+    changed = _FakeSession()
+    noxfile.shared_python(changed, env)
+    assert any("torch==2.14.1" in c for c in changed.calls)
+    assert json.loads((env / noxfile.STAMP).read_text())["torch"] == "torch==2.14.1"
+
+    no_venv = _FakeSession(force_venv_backend="none")  # nox --no-venv: nox's own interpreter
+    assert noxfile.shared_python(no_venv, env) == sys.executable and no_venv.calls == []
+
+
+def test_the_stamp_follows_pyproject():
+    stamp = noxfile.install_stamp()
+    assert stamp["pyproject"] == __import__("hashlib").sha256(
+        (REPO / "pyproject.toml").read_bytes()).hexdigest()
+    assert stamp["torch"] == noxfile.TORCH and stamp["timm"] == noxfile.TIMM

@@ -9,6 +9,7 @@ style. The model families below know nothing of scaling; scaling imports these.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import torch
 import torch.nn as nn
@@ -39,8 +40,11 @@ def build_config(cfg: Config) -> nn.Module:
     return _network(cfg)(cfg)
 
 
+@functools.lru_cache(maxsize=2048)
 def measure_config(cfg: Config) -> Complexity:
-    """Build ``cfg`` on ``meta`` and measure it at its resolution (hooks, nothing allocated)."""
+    """Build ``cfg`` on ``meta`` and measure it at its resolution (hooks, nothing allocated).
+    Cached: configs are frozen and a ``Complexity`` is immutable, and the same members are
+    measured by several claims and their price."""
     with torch.device("meta"):
         model = build_config(cfg)
     return measure(model, cfg.resolution, cfg.in_channels)

@@ -470,6 +470,15 @@ def timing_doubling(nets: dict[str, models.Config], batch: int, train_batch: int
 # ------------------------------------------------------------------ what the timings cost
 
 
+@functools.lru_cache(maxsize=1024)
+def _forward_ops(net_cfg: models.Config, res: int) -> float:
+    """Kernels of one eval forward of the member (counted on meta; the same members are priced
+    by every claim that times the population)."""
+    from harness import costs
+
+    return costs.forward_ops_of(functools.partial(models.build_config, net_cfg), res)
+
+
 def population_cost(cfg: PopulationConfig):
     """The GPU time of timing ``cfg``'s population (``harness.costs``): each member in both
     phases at its own resolution (a micro-batched train step launches its kernels k times);
@@ -483,7 +492,7 @@ def population_cost(cfg: PopulationConfig):
                                            plans.train_step_microbatches):
         res = cfg.input_resolution or net_cfg.resolution
         macs = models.measure_config(net_cfg).flops * (res / net_cfg.resolution) ** 2
-        ops = costs.forward_ops_of(functools.partial(models.build_config, net_cfg), res)
+        ops = _forward_ops(net_cfg, res)
         seconds += costs.network_timing_seconds(macs, cfg.batch_size, ops, cfg.min_run_time,
                                                 phases=("inference",))
         seconds += costs.network_timing_seconds(macs, cfg.batch_size, k * ops, cfg.min_run_time,

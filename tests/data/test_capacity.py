@@ -1,5 +1,5 @@
 """The generated smoke task rewards capacity: a model ~12x larger reaches clearly higher test
-accuracy than a small one within the smoke budget (one CPU thread, ~45 s together)."""
+accuracy than a small one within the smoke budget (one CPU thread, ~40 s together)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def large() -> nn.Module:  # ~240K params
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("difficulty, resolution", [("hard", 32), ("medium", 16)])
+@pytest.mark.parametrize("difficulty, resolution", [("hard", 24), ("medium", 16)])
 def test_larger_model_is_clearly_more_accurate(difficulty, resolution):
     # "medium" at 16 px is what the trained scaling claims use in the smoke profile.
     data = synthetic_dataset(resolution=resolution, train_size=4000, test_size=2000, seed=0,
@@ -42,7 +42,8 @@ def test_larger_model_is_clearly_more_accurate(difficulty, resolution):
     acc_small = tr.train(small, data.train, data.test, cfg, progress=False).test_acc
     acc_large = tr.train(large, data.train, data.test, cfg, progress=False).test_acc
     print(f"capacity: small {n_small} params acc {acc_small:.3f}; large {n_large} params acc {acc_large:.3f}")
-    # measured when written: hard 32 px: small 0.337, large 0.595; medium 16 px: small 0.643,
+    # measured when written: hard 24 px: small 0.275, large 0.428 (32 px, half as fast again:
+    # 0.337, 0.595; 16 px is too coarse for "hard": 0.221 vs 0.243); medium 16 px: small 0.643,
     # large 0.759 (chance 0.10). The gap must be clear and nobody may solve the task.
     assert acc_small > 0.15, acc_small
     assert acc_large - acc_small > 0.08, (acc_small, acc_large)

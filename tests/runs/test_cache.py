@@ -275,8 +275,8 @@ def uninterrupted(tmp_path_factory) -> list[dict]:
     return json.loads((tmp / "out.json").read_text())
 
 
+# SIGKILL of a processes run is tests/test_interrupted_claims.py's, through a whole claims run.
 @pytest.mark.parametrize(("sig", "executor"), [(signal.SIGINT, "processes"),
-                                               (signal.SIGKILL, "processes"),
                                                (signal.SIGINT, "local")])
 def test_a_killed_run_leaves_whole_entries_and_the_rerun_reuses_them(tmp_path, uninterrupted, sig,
                                                                       executor):
