@@ -133,8 +133,9 @@ PARALLEL = ("-n", str(min(os.cpu_count() or 1, 8)), "--dist", "worksteal")
 
 @nox.session(venv_backend="none")
 def tests(session: nox.Session) -> None:
-    """Unit and property tests of the harness (CPU, a few minutes). Test paths after ``--``
-    replace the whole folder: ``nox -s tests -- tests/test_cuda.py``; options add to it."""
+    """Unit and property tests of the harness (CPU, on every core: about 4.5 minutes on 2).
+    Test paths after ``--`` replace the whole folder: ``nox -s tests -- tests/test_cuda.py``;
+    options add to it (``-- -n 0``: one process)."""
     run = install(session)
     run("pytest", *PARALLEL, *pytest_targets(session.posargs))
 
@@ -246,10 +247,15 @@ def needs_cuda_check(args: list[str], gpu_box: bool) -> bool:
 @nox.session(venv_backend="none")
 def claims_portability(session: nox.Session) -> None:
     """The smoke claims under another CPU kernel path (AVX2 for ATen and oneDNN): a stand-in for
-    a user's CPU. Every reference must hold here too. ``-- --trained`` runs the trained ones."""
+    a user's CPU. Every reference must hold here too. ``-- --trained`` runs the trained ones.
+    Training records are keyed by the kernels that run (``environment.effective_kernels``): on
+    a CPU whose best is AVX2 this setting runs the native kernels, so it reuses the native
+    run's cells (the same bits) and judges them again; elsewhere it trains its own."""
     run = install(session)
     env = KERNEL_SETTINGS[PORTABILITY_SETTING]
     session.log(f"kernel path: {env}")
+    run("python", "-c", "from harness.environment import effective_kernels as k; "
+        "print('kernels that run (the training cache key):', k())", env=env)
     run("pytest", "claims", "-rfEs", "--profile", "smoke", "--device", "cpu",
                 *session.posargs, env=env)
 

@@ -66,6 +66,40 @@ def kernel_path(device: str = "cpu") -> dict[str, Any]:
     return path
 
 
+# /proc/cpuinfo flags of the ISAs oneDNN would use above AVX2 (AVX-512, AVX-VNNI, AMX). On a CPU
+# with none of them a cap at AVX2 binds nothing: oneDNN runs what it runs uncapped.
+_ABOVE_AVX2_FLAGS = ("avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile")
+
+
+def effective_kernels() -> dict[str, Any]:
+    """The CPU kernels that actually run, as the training cache keys them: ATen's resolved
+    capability, and oneDNN's ISA cap only where it binds. Two spellings of the same kernels
+    share records: on a CPU without AVX-512 or AVX-VNNI the ``avx2`` setting runs exactly the
+    native kernels (measured on such a CPU: the 143 trained metrics of the noise store are
+    equal bit for bit under both), so the portability run reuses the native run's cells there
+    and retrains where the kernels differ (an AVX-512 CPU). Where the CPU's flags cannot be
+    read the cap counts as binding."""
+    import torch
+
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or None
+    if cap is not None and cap.upper() == "AVX2" and not cpu_has_isa_above_avx2():
+        cap = None
+    return {"aten_capability": torch.backends.cpu.get_cpu_capability(), "onednn_max_isa": cap}
+
+
+def cpu_has_isa_above_avx2(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this CPU has an ISA above AVX2 for oneDNN (True where it cannot be told)."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return True
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            return any(f in flags for f in _ABOVE_AVX2_FLAGS)
+    return True
+
+
 def kernel_setting_name(path: dict[str, Any] | None = None, device: str = "cpu") -> str:
     """The name in ``KERNEL_SETTINGS`` of the variables in force, or ``custom``; on ``cuda``
     the name in ``CUDA_KERNEL_SETTINGS`` of the CUDA setting in force."""

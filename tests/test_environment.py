@@ -122,8 +122,8 @@ def test_setting_environment_sets_one_setting_and_clears_the_others():
 
 def _key_before_cuda_settings(key: dict, code: str) -> str:
     """``cache_key`` as it was before the CUDA settings: the CPU keys must stay exactly this."""
-    doc = {"v": rc.CACHE_VERSION, "torch": torch.__version__, "kernels": envmod.kernel_path(),
-           "code": code, **key}
+    doc = {"v": rc.CACHE_VERSION, "torch": torch.__version__,
+           "kernels": envmod.effective_kernels(), "code": code, **key}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -160,3 +160,26 @@ def test_each_cuda_setting_has_its_own_key(monkeypatch):
     with monkeypatch.context() as m:  # "1" is what native means: the same record
         m.setenv("HARNESS_CUDA_TF32", "1")
         assert rc.cache_key({"study": "x"}, "c", "cuda") == keys["native"][2]
+
+
+def _cpuinfo(tmp_path, flags: str):
+    path = tmp_path / "cpuinfo"
+    path.write_text(f"processor\t: 0\nmodel name\t: a CPU\nflags\t\t: {flags}\n")
+    return path
+
+
+def test_a_cap_at_avx2_binds_only_on_a_cpu_with_more(tmp_path, monkeypatch):
+    assert not envmod.cpu_has_isa_above_avx2(_cpuinfo(tmp_path, "fpu sse2 avx avx2 fma"))
+    for more in ("avx512f", "avx_vnni", "amx_tile"):
+        assert envmod.cpu_has_isa_above_avx2(_cpuinfo(tmp_path, f"fpu avx2 {more}"))
+    assert envmod.cpu_has_isa_above_avx2(tmp_path / "missing")  # unknown: it may bind
+
+    monkeypatch.setattr(envmod, "cpu_has_isa_above_avx2", lambda: False)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert envmod.effective_kernels()["onednn_max_isa"] is None  # binds nothing here
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "SSE41")
+    assert envmod.effective_kernels()["onednn_max_isa"] == "SSE41"  # binds: its own records
+    monkeypatch.setattr(envmod, "cpu_has_isa_above_avx2", lambda: True)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert envmod.effective_kernels()["onednn_max_isa"] == "AVX2"
+    assert envmod.effective_kernels()["aten_capability"] == torch.backends.cpu.get_cpu_capability()

@@ -143,12 +143,13 @@ def _stamp(path: Path) -> tuple[int, int]:
 
 def cache_key(key: dict[str, Any], code: str | None = None, device: str | None = None) -> str:
     """The hash under which a run's record is stored: the caller's key, the torch version, the
-    kernel path and the code fingerprint (``code_fingerprint()`` of the loop alone if None).
+    CPU kernels that run (``effective_kernels``: two settings that run the same kernels share
+    records) and the code fingerprint (``code_fingerprint()`` of the loop alone if None).
     A CUDA run (``device``, else a ``device``/``device_class`` in the key naming CUDA) adds the
     CUDA kernel setting in force, so each setting trains its own record; CPU keys are as ever."""
-    from harness.environment import cuda_kernel_config, kernel_path
+    from harness.environment import cuda_kernel_config, effective_kernels
 
-    doc = {"v": CACHE_VERSION, "torch": torch.__version__, "kernels": kernel_path(),
+    doc = {"v": CACHE_VERSION, "torch": torch.__version__, "kernels": effective_kernels(),
            "code": code if code is not None else code_fingerprint(), **to_jsonable(key)}
     if _on_cuda(key, device):
         doc["cuda_kernels"] = cuda_kernel_config()

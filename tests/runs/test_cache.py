@@ -88,6 +88,22 @@ def test_another_kernel_path_is_another_key(tmp_path):
     assert scalar["key"] != native["key"] and not scalar["from_cache"]
 
 
+def test_the_avx2_setting_shares_the_native_records_only_where_it_runs_the_native_kernels(
+        tmp_path):
+    """The portability run's setting (ATen and oneDNN capped at AVX2) on a CPU whose best is
+    AVX2 runs the native kernels: it reuses the native record. Where the CPU has more
+    (AVX-512, AVX-VNNI) the kernels differ and it trains its own."""
+    from harness.environment import cpu_has_isa_above_avx2
+
+    tree, cache = _copy_tree(tmp_path / "tree"), tmp_path / "cache"
+    native = _probe(tree, cache)
+    avx2 = _probe(tree, cache, ATEN_CPU_CAPABILITY="avx2", ONEDNN_MAX_CPU_ISA="AVX2")
+    same_kernels = (torch.backends.cpu.get_cpu_capability() == "AVX2"
+                    and not cpu_has_isa_above_avx2())
+    assert (avx2["key"] == native["key"]) == same_kernels
+    assert avx2["from_cache"] == same_kernels
+
+
 def test_fingerprint_covers_the_loop_models_data_and_the_hook_modules():
     files = rc._closure(set(rc._RUN_CODE_ROOTS))
     names = {f.relative_to(rc._HARNESS_ROOT).as_posix() for f in files}
