@@ -116,15 +116,13 @@ def job_work(job: TrainJob) -> Work:
     images = job.train_set[0]
     _, channels, resolution, _ = images.shape
     key = (repr(job.model_fn), tuple(images.shape[1:]))
-    if key not in _MACS:
+    macs = _MACS.get(key)
+    if macs is None:
         with torch.device("meta"):  # counted without allocating or initialising weights
             model = job.model_fn()
         macs = measure(model, resolution, channels).flops
-        if " at 0x" in key[0]:  # a closure's repr names its address, which a later one may reuse
-            return Work(macs, job.cfg.total_steps(len(images)) * job.cfg.batch_size
-                        * getattr(job.step_fn, "forward_passes", 1))
-        _MACS[key] = macs
-    macs = _MACS[key]
+        if " at 0x" not in key[0]:  # a closure's repr names its address, which a later one may reuse
+            _MACS[key] = macs
     steps = job.cfg.total_steps(len(images))
     passes = getattr(job.step_fn, "forward_passes", 1)
     return Work(macs, steps * job.cfg.batch_size * passes)
